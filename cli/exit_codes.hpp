@@ -1,0 +1,18 @@
+// SPDX-License-Identifier: Apache-2.0
+// Exit codes of tagmem(1); documented in man/tagmem.1 (EXIT STATUS) and kept
+// true by tests. Scripts branch on them, so they never change meaning.
+#pragma once
+
+namespace tagmem::cli {
+
+enum ExitCode : int {
+    kExitOk = 0,
+    kExitError = 1,      // the scan itself failed (e.g. libdaxctl cannot start)
+    kExitUsage = 2,      // bad argument or option
+    kExitUnknownTag = 3, // no device carries the tag
+    kExitConflict = 4,   // several devices claim the tag
+    kExitNotUsable = 5,  // the tag exists but is not mappable (system-ram, disabled)
+    kExitTimeout = 6,    // tagmem wait gave up
+};
+
+} // namespace tagmem::cli

@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "config.hpp"
+
+#include "host_os.hpp"
+#include "sysfs_value.hpp"
+
+#include <fmt/format.h>
+#include <ini.h>
+
+#include <algorithm>
+#include <set>
+
+namespace tagmem {
+namespace {
+
+constexpr std::string_view kTagPrefix = "tag ";
+
+struct ParseState {
+    Config config;
+    std::string current_section; // as written, to notice a new section
+    std::optional<TagConfig> current;
+    bool current_bad = false;
+    std::set<std::string> keys_seen;
+    std::set<Uuid> sections_seen;
+    int lines_read = 0; // counted by read_ini_line
+
+    void error(int line, const std::string& what) {
+        config.errors.push_back(fmt::format("{}:{}: {}", config.origin, line, what));
+    }
+
+    void finish_section() {
+        if (current && !current_bad)
+            config.tags.emplace(current->tag, *current);
+        current.reset();
+        current_bad = false;
+        keys_seen.clear();
+    }
+
+    void start_section(const std::string& section, int line) {
+        finish_section();
+        current_section = section;
+        if (!section.starts_with(kTagPrefix)) {
+            error(line, fmt::format("unknown section [{}] (expected [tag <uuid>])", section));
+            current = TagConfig{};
+            current_bad = true;
+            return;
+        }
+        auto uuid = Uuid::parse(trim_attr(std::string_view(section).substr(kTagPrefix.size())));
+        current = TagConfig{};
+        current->line = line;
+        if (!uuid) {
+            error(line, fmt::format("section [{}]: {}", section, uuid.error().message));
+            current_bad = true;
+            return;
+        }
+        if (uuid->is_nil()) {
+            error(line,
+                  "section [tag 00000000-...]: the nil UUID means 'no tag' and cannot be one");
+            current_bad = true;
+            return;
+        }
+        if (!sections_seen.insert(*uuid).second) {
+            error(line, fmt::format("tag {} is configured twice", uuid->str()));
+            current_bad = true;
+            return;
+        }
+        current->tag = *uuid;
+    }
+
+    void key(const std::string& name, const std::string& value, int line) {
+        TagConfig& t = *current;
+        if (!keys_seen.insert(name).second) {
+            error(line, fmt::format("'{}' given twice in this section", name));
+            current_bad = true;
+            return;
+        }
+        auto bad = [&](const std::string& why) {
+            error(line, fmt::format("{} = {}: {}", name, value, why));
+            current_bad = true;
+        };
+        if (name == "name") {
+            if (value.empty() || value.size() > 255)
+                return bad("a name must be 1 to 255 characters");
+            if (value.find_first_of("\n\r\t") != std::string::npos)
+                return bad("a name must not hold control characters");
+            t.name = value;
+        } else if (name == "shareable") {
+            auto b = parse_bool(value);
+            if (!b)
+                return bad(b.error().message);
+            t.shareable = *b;
+        } else if (name == "owner") {
+            if (value.empty())
+                return bad("empty owner");
+            t.owner = value;
+        } else if (name == "group") {
+            if (value.empty())
+                return bad("empty group");
+            t.group = value;
+        } else if (name == "mode") {
+            auto m = parse_mode(value);
+            if (!m)
+                return bad(m.error().message);
+            t.mode = *m;
+        } else if (name == "match-range") {
+            auto r = parse_phys_range(value);
+            if (!r)
+                return bad(r.error().message);
+            t.match_range = *r;
+        } else if (name == "match-node") {
+            auto n = parse_i64(value);
+            if (!n || *n < 0 || *n > 4095)
+                return bad("a NUMA node number from 0 to 4095");
+            t.match_node = static_cast<int>(*n);
+        } else {
+            bad("unknown key (known: name, shareable, owner, group, mode, match-range, "
+                "match-node)");
+        }
+    }
+};
+
+// Debian builds inih without INI_HANDLER_LINENO, so the reader below counts
+// lines itself; the handler runs right after the line it reports was read.
+struct LineReader {
+    std::string_view rest;
+    ParseState* state;
+};
+
+char* read_ini_line(char* out, int size, void* stream) noexcept {
+    auto& r = *static_cast<LineReader*>(stream);
+    if (r.rest.empty() || size < 2)
+        return nullptr;
+    auto want = std::min<std::size_t>(static_cast<std::size_t>(size - 1), r.rest.size());
+    auto nl = r.rest.substr(0, want).find('\n');
+    std::size_t n = nl == std::string_view::npos ? want : nl + 1;
+    r.rest.copy(out, n);
+    out[n] = '\0';
+    r.rest.remove_prefix(n);
+    if (nl != std::string_view::npos || r.rest.empty())
+        ++r.state->lines_read;
+    return out;
+}
+
+int on_ini_entry(void* user, const char* section, const char* name, const char* value) noexcept {
+    // inih calls back from C: nothing may throw through it.
+    try {
+        auto& st = *static_cast<ParseState*>(user);
+        const int line = st.lines_read;
+        if (st.current_section != section)
+            st.start_section(section, line);
+        if (!st.current) {
+            st.error(line, fmt::format("'{}' outside of any [tag <uuid>] section", name));
+            return 1;
+        }
+        if (!st.current_bad) // a bad section's keys would only repeat its error
+            st.key(name, value ? value : "", line);
+        return 1;
+    } catch (...) {
+        return 0;
+    }
+}
+
+} // namespace
+
+Result<mode_t> parse_mode(std::string_view raw) {
+    auto text = trim_attr(raw);
+    if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos)
+        return make_error(EINVAL, fmt::format("not an octal mode such as 0600: '{}'", text));
+    unsigned long v = std::stoul(std::string(text), nullptr, 8);
+    if (v > 0777)
+        return make_error(EINVAL, fmt::format("mode {} has setuid/setgid/sticky bits; only "
+                                              "permission bits (0000-0777) are allowed",
+                                              text));
+    return static_cast<mode_t>(v);
+}
+
+Result<PhysRange> parse_phys_range(std::string_view raw) {
+    auto text = trim_attr(raw);
+    auto dash = text.find('-');
+    if (dash == std::string_view::npos)
+        return make_error(EINVAL, fmt::format("not a range START-END: '{}'", text));
+    auto start = parse_u64(text.substr(0, dash));
+    auto end = parse_u64(text.substr(dash + 1));
+    if (!start || !end)
+        return make_error(EINVAL, fmt::format("not a range START-END: '{}'", text));
+    if (*end < *start)
+        return make_error(EINVAL, fmt::format("range ends before it starts: '{}'", text));
+    return PhysRange{*start, *end};
+}
+
+Config parse_config(std::string_view text, std::string origin) {
+    ParseState st;
+    st.config.origin = std::move(origin);
+    LineReader reader{text, &st};
+    int rc = ini_parse_stream(&read_ini_line, &reader, &on_ini_entry, &st);
+    st.finish_section();
+    if (rc != 0) {
+        // A line inih could not read: nothing in the file can be trusted.
+        Config broken;
+        broken.origin = st.config.origin;
+        broken.errors = std::move(st.config.errors);
+        broken.errors.push_back(rc > 0 ? fmt::format("{}:{}: syntax error (expected "
+                                                     "'[section]' or 'key = value')",
+                                                     broken.origin, rc)
+                                       : fmt::format("{}: cannot be parsed", broken.origin));
+        return broken;
+    }
+    return std::move(st.config);
+}
+
+Config load_config(const std::string& path, bool missing_ok, HostOs& os) {
+    auto text = os.read_file(path);
+    if (!text) {
+        Config empty;
+        empty.origin = path;
+        if (!(missing_ok && text.error().code == ENOENT))
+            empty.errors.push_back(text.error().message);
+        return empty;
+    }
+    Config config = parse_config(*text, path);
+    for (auto it = config.tags.begin(); it != config.tags.end();) {
+        const TagConfig& t = it->second;
+        std::string problem;
+        if (t.owner) {
+            if (auto uid = os.user_id(*t.owner); !uid)
+                problem = uid.error().message;
+        }
+        if (t.group && problem.empty()) {
+            if (auto gid = os.group_id(*t.group); !gid)
+                problem = gid.error().message;
+        }
+        if (!problem.empty()) {
+            config.errors.push_back(
+                fmt::format("{}:{}: [tag {}]: {}", path, t.line, t.tag.str(), problem));
+            it = config.tags.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    return config;
+}
+
+} // namespace tagmem

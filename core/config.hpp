@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+// /etc/tagmem/tagmem.conf: INI-style (parsed by inih), one section per tag.
+//
+//   # Comments take whole lines ('#' or ';').
+//   [tag 6f1c2d3e-0000-4000-8000-000000000001]
+//   name        = scratch-pool
+//   match-range = 0x1040000000-0x107fffffff
+//   match-node  = 2
+//   shareable   = yes
+//   owner       = famfs
+//   group       = famfs
+//   mode        = 0660
+//
+// match-* tag memory that carries no UUID of its own; owner/group/mode decide
+// who may open the tag's data (default root:root 0600). See tagmem.conf(5).
+// Syntax errors make the whole file invalid; a section with a bad value is
+// reported and left out, so the others still apply. Whoever consumes the
+// result decides how strict to be (the daemon refuses any error).
+#pragma once
+
+#include "result.hpp"
+#include "uuid.hpp"
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tagmem {
+
+class HostOs;
+
+inline constexpr const char* kDefaultConfigPath = "/etc/tagmem/tagmem.conf";
+
+// Inclusive physical address range, as /proc/iomem prints it.
+struct PhysRange {
+    std::uint64_t start = 0;
+    std::uint64_t end = 0;
+    auto operator<=>(const PhysRange&) const = default;
+};
+
+struct TagConfig {
+    Uuid tag;
+    int line = 0; // where the section starts, for messages
+    std::string name;
+    std::optional<bool> shareable;
+    std::optional<std::string> owner;
+    std::optional<std::string> group;
+    std::optional<mode_t> mode;
+    std::optional<PhysRange> match_range;
+    std::optional<int> match_node;
+
+    bool has_match() const { return match_range || match_node; }
+};
+
+struct Config {
+    std::string origin; // file the configuration came from, for messages
+    std::map<Uuid, TagConfig> tags;
+    std::vector<std::string> errors; // one line per problem, with file:line
+
+    const TagConfig* find(const Uuid& tag) const {
+        auto it = tags.find(tag);
+        return it == tags.end() ? nullptr : &it->second;
+    }
+};
+
+// Parses text; never fails as a whole: problems land in Config::errors.
+Config parse_config(std::string_view text, std::string origin);
+
+// Reads and parses a file. A missing file is an empty configuration when
+// missing_ok (the default path), an error otherwise. Owners and groups are
+// checked against the user database so that a typo is reported at load time
+// rather than when a tag appears.
+Config load_config(const std::string& path, bool missing_ok, HostOs& os);
+
+Result<PhysRange> parse_phys_range(std::string_view text);
+Result<mode_t> parse_mode(std::string_view text);
+
+} // namespace tagmem

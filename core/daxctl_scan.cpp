@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "daxctl_scan.hpp"
+
+#include "host_os.hpp"
+
+#include <daxctl/libdaxctl.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <memory>
+#include <set>
+
+namespace tagmem {
+namespace {
+
+constexpr const char* kDaxBusDevices = "/sys/bus/dax/devices";
+
+struct CtxDeleter {
+    void operator()(daxctl_ctx* ctx) const { daxctl_unref(ctx); }
+};
+using DaxctlCtx = std::unique_ptr<daxctl_ctx, CtxDeleter>;
+
+// libdaxctl logs to stderr at LOG_ERR by default for devices it cannot read;
+// tagmem reports those itself, in its own words.
+void quiet_log(daxctl_ctx*, int, const char*, int, const char*, const char*, va_list) {}
+
+DevMode mode_of(daxctl_dev* dev) {
+    if (!daxctl_dev_is_enabled(dev))
+        return DevMode::disabled;
+    // Non-NULL only when the device is bound to kmem (see libdaxctl).
+    return daxctl_dev_get_memory(dev) ? DevMode::system_ram : DevMode::devdax;
+}
+
+std::vector<PhysRange> ranges_of(daxctl_dev* dev) {
+    std::vector<PhysRange> ranges;
+    for (auto* m = daxctl_mapping_get_first(dev); m; m = daxctl_mapping_get_next(m)) {
+        auto start = daxctl_mapping_get_start(m);
+        auto end = daxctl_mapping_get_end(m);
+        if (end >= start)
+            ranges.push_back({start, end});
+    }
+    if (ranges.empty()) {
+        auto start = daxctl_dev_get_resource(dev);
+        auto size = daxctl_dev_get_size(dev);
+        if (size > 0 && start != 0 && start != ~0ull)
+            ranges.push_back({start, start + size - 1});
+    }
+    return ranges;
+}
+
+} // namespace
+
+Result<DaxctlScan> scan_dax_devices(HostOs& os) {
+    daxctl_ctx* raw = nullptr;
+    if (int rc = daxctl_new(&raw); rc < 0)
+        return make_error(-rc, fmt::format("libdaxctl: cannot start: {}", std::strerror(-rc)));
+    DaxctlCtx ctx(raw);
+    daxctl_set_log_fn(ctx.get(), &quiet_log);
+
+    DaxctlScan scan;
+    std::set<std::string> seen;
+    daxctl_region* region;
+    daxctl_region_foreach(ctx.get(), region) {
+        daxctl_dev* dev;
+        daxctl_dev_foreach(region, dev) {
+            DaxDevice d;
+            d.name = daxctl_dev_get_devname(dev);
+            d.region_id = daxctl_region_get_id(region);
+            d.id = daxctl_dev_get_id(dev);
+            d.devno = DevNumber{static_cast<unsigned>(daxctl_dev_get_major(dev)),
+                                static_cast<unsigned>(daxctl_dev_get_minor(dev))};
+            d.size = daxctl_dev_get_size(dev);
+            d.align = daxctl_dev_get_align(dev);
+            d.resource = daxctl_dev_get_resource(dev);
+            d.target_node = daxctl_dev_get_target_node(dev);
+            d.mode = mode_of(dev);
+            d.ranges = ranges_of(dev);
+            d.region_path = daxctl_region_get_path(region);
+            d.sysfs_path = d.region_path + "/" + d.name;
+            seen.insert(d.name);
+            scan.devices.push_back(std::move(d));
+        }
+    }
+
+    // Cross-check with the bus itself.
+    if (auto names = os.list_dir(kDaxBusDevices)) {
+        for (const auto& name : *names) {
+            if (seen.contains(name))
+                continue;
+            std::string path = fmt::format("{}/{}", kDaxBusDevices, name);
+            std::string why;
+            if (!os.real_path(path))
+                why = "its sysfs entry vanished or is a dangling link (removed during the scan?)";
+            else if (!os.exists("/dev/" + name))
+                why = fmt::format("no device node /dev/{}", name);
+            else if (!os.read_file(path + "/size"))
+                why = "its size attribute cannot be read";
+            else
+                why = "libdaxctl could not read it";
+            scan.unreadable.push_back({name, why});
+        }
+    }
+    std::sort(scan.devices.begin(), scan.devices.end(), [](const DaxDevice& a, const DaxDevice& b) {
+        return std::tie(a.region_id, a.id) < std::tie(b.region_id, b.id);
+    });
+    std::sort(scan.unreadable.begin(), scan.unreadable.end());
+    return scan;
+}
+
+} // namespace tagmem

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// Enumeration of dax devices through libdaxctl, the same library daxctl(1)
+// uses, so tagmem and the admin's tools always agree on what exists.
+#pragma once
+
+#include "device.hpp"
+#include "result.hpp"
+
+#include <vector>
+
+namespace tagmem {
+
+class HostOs;
+
+struct DaxctlScan {
+    std::vector<DaxDevice> devices;
+    // Devices the bus lists but libdaxctl could not read (it drops a device
+    // whose /dev node or size is missing without a word); reported so that
+    // nothing vanishes silently.
+    std::vector<DeviceIssue> unreadable;
+};
+
+Result<DaxctlScan> scan_dax_devices(HostOs& os);
+
+} // namespace tagmem

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the host says about one dax device, before any tag is assigned.
+#pragma once
+
+#include "config.hpp"
+#include "sysfs_value.hpp"
+#include "uuid.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tagmem {
+
+// devdax: bound to device_dax, mappable. system_ram: onlined through kmem,
+// its contents were zeroed and belong to the page allocator. disabled: no
+// driver bound (e.g. a DC region's seed device).
+enum class DevMode { devdax, system_ram, disabled };
+const char* to_string(DevMode mode);
+
+enum class TagSource { dcd, nvdimm, config };
+const char* to_string(TagSource source);
+
+// One DCD extent of the device's region, in region offsets.
+struct Extent {
+    std::string name; // extentR.E
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    std::optional<Uuid> tag;
+    auto operator<=>(const Extent&) const = default;
+};
+
+// HMAT access coordinates of the target node (access0 class).
+struct Performance {
+    std::optional<std::uint64_t> read_latency_ns;
+    std::optional<std::uint64_t> write_latency_ns;
+    std::optional<std::uint64_t> read_bandwidth_mbps;
+    std::optional<std::uint64_t> write_bandwidth_mbps;
+    bool empty() const {
+        return !read_latency_ns && !write_latency_ns && !read_bandwidth_mbps &&
+               !write_bandwidth_mbps;
+    }
+    auto operator<=>(const Performance&) const = default;
+};
+
+// As enumerated by libdaxctl.
+struct DaxDevice {
+    std::string name; // daxR.N
+    int region_id = -1;
+    int id = -1;
+    DevNumber devno; // from /dev/<name>, as libdaxctl reads it
+    std::uint64_t size = 0;
+    std::uint64_t align = 0;
+    std::uint64_t resource = 0;
+    int target_node = -1;
+    DevMode mode = DevMode::disabled;
+    std::vector<PhysRange> ranges; // physical ranges (mappings, else resource+size)
+    std::string sysfs_path;        // realpath of the device directory
+    std::string region_path;       // its parent: libdaxctl's region path
+
+    std::string dev_path() const { return "/dev/" + name; }
+};
+
+// A device after its tag and facts were read (core/probe.cpp).
+struct ProbedDevice {
+    DaxDevice dev;
+    int numa_node = -1;
+    std::optional<Uuid> tag;
+    TagSource source = TagSource::config;
+    std::vector<Extent> extents;        // DCD: this tag's extents in the region
+    std::optional<Uuid> infoblock_uuid; // NVDIMM: nd_dax uuid
+    std::string namespace_name;         // NVDIMM: namespaceR.N
+    Performance performance;
+    std::vector<std::string> warnings; // non-fatal oddities
+};
+
+// A device that tagmem will not present, and why.
+struct DeviceIssue {
+    std::string device;
+    std::string reason;
+    auto operator<=>(const DeviceIssue&) const = default;
+};
+
+} // namespace tagmem

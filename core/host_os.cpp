@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "host_os.hpp"
+
+#include "fd.hpp"
+
+#include <fmt/format.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+namespace tagmem {
+namespace {
+
+Error errno_error(int err, std::string_view what, const std::string& path) {
+    return make_error(err, fmt::format("{} {}: {}", what, path, std::strerror(err)));
+}
+
+bool all_digits(const std::string& s) {
+    return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+class RealHostOs final : public HostOs {
+  public:
+    Result<std::string> read_file(const std::string& path) override {
+        Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+        if (!fd)
+            return errno_error(errno, "cannot open", path);
+        std::string out;
+        char buf[4096];
+        for (;;) {
+            ssize_t n = ::read(fd.get(), buf, sizeof buf);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return errno_error(errno, "cannot read", path);
+            }
+            if (n == 0)
+                break;
+            out.append(buf, static_cast<std::size_t>(n));
+            // sysfs attributes are at most a page; anything larger is not one.
+            if (out.size() > 64 * 1024)
+                return make_error(EFBIG, fmt::format("{}: larger than a sysfs attribute", path));
+        }
+        return out;
+    }
+
+    Result<std::string> real_path(const std::string& path) override {
+        std::unique_ptr<char, decltype(&std::free)> p(::realpath(path.c_str(), nullptr),
+                                                      &std::free);
+        if (!p)
+            return errno_error(errno, "cannot resolve", path);
+        return std::string(p.get());
+    }
+
+    Result<std::vector<std::string>> list_dir(const std::string& path) override {
+        struct DirCloser {
+            void operator()(DIR* d) const { ::closedir(d); }
+        };
+        std::unique_ptr<DIR, DirCloser> dir(::opendir(path.c_str()));
+        if (!dir)
+            return errno_error(errno, "cannot list", path);
+        std::vector<std::string> names;
+        while (auto* de = ::readdir(dir.get())) {
+            if (std::strcmp(de->d_name, ".") == 0 || std::strcmp(de->d_name, "..") == 0)
+                continue;
+            names.emplace_back(de->d_name);
+        }
+        return names;
+    }
+
+    Result<NodeInfo> lstat_node(const std::string& path) override {
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) != 0)
+            return errno_error(errno, "cannot stat", path);
+        NodeInfo info;
+        switch (st.st_mode & S_IFMT) {
+        case S_IFCHR:
+            info.type = NodeType::char_device;
+            break;
+        case S_IFBLK:
+            info.type = NodeType::block_device;
+            break;
+        case S_IFLNK:
+            info.type = NodeType::symlink;
+            break;
+        case S_IFDIR:
+            info.type = NodeType::directory;
+            break;
+        case S_IFREG:
+            info.type = NodeType::regular;
+            break;
+        default:
+            info.type = NodeType::other;
+            break;
+        }
+        info.rdev = DevNumber{::major(st.st_rdev), ::minor(st.st_rdev)};
+        return info;
+    }
+
+    bool exists(const std::string& path) override {
+        struct stat st {};
+        return ::lstat(path.c_str(), &st) == 0;
+    }
+
+    std::optional<unsigned> dax_char_major() override {
+        // /proc/devices lists "Character devices:" then "Block devices:".
+        std::ifstream in("/proc/devices");
+        std::string line;
+        bool in_char = false;
+        while (std::getline(in, line)) {
+            if (line.starts_with("Character devices"))
+                in_char = true;
+            else if (line.starts_with("Block devices"))
+                in_char = false;
+            else if (in_char) {
+                std::istringstream fields(line);
+                unsigned major = 0;
+                std::string name;
+                if (fields >> major >> name && name == "dax")
+                    return major;
+            }
+        }
+        return std::nullopt;
+    }
+
+    Result<uid_t> user_id(const std::string& name) override {
+        if (all_digits(name))
+            return static_cast<uid_t>(std::stoul(name));
+        struct passwd pw {};
+        struct passwd* found = nullptr;
+        std::vector<char> buf(16384);
+        int rc = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
+        if (rc != 0 || !found)
+            return make_error(ENOENT, fmt::format("unknown user '{}'", name));
+        return found->pw_uid;
+    }
+
+    Result<gid_t> group_id(const std::string& name) override {
+        if (all_digits(name))
+            return static_cast<gid_t>(std::stoul(name));
+        struct group gr {};
+        struct group* found = nullptr;
+        std::vector<char> buf(16384);
+        int rc = ::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found);
+        if (rc != 0 || !found)
+            return make_error(ENOENT, fmt::format("unknown group '{}'", name));
+        return found->gr_gid;
+    }
+};
+
+} // namespace
+
+HostOs& real_host_os() {
+    static RealHostOs os;
+    return os;
+}
+
+} // namespace tagmem

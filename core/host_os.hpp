@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+// Every read tagmem makes of the host (sysfs attributes, links, /dev nodes,
+// /proc/devices, the user database) goes through HostOs. Production uses
+// real_host_os(); unit tests substitute an in-memory host. libdaxctl reads
+// /sys and /dev itself, which is why the synthetic-host tests mount fake
+// trees over those paths instead of faking this interface.
+#pragma once
+
+#include "result.hpp"
+#include "sysfs_value.hpp"
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tagmem {
+
+enum class NodeType { char_device, block_device, symlink, directory, regular, other };
+
+struct NodeInfo {
+    NodeType type = NodeType::other;
+    DevNumber rdev; // for device nodes
+};
+
+class HostOs {
+  public:
+    virtual ~HostOs() = default;
+
+    // Reads a small file (sysfs attribute) whole. ENOENT when it is absent.
+    virtual Result<std::string> read_file(const std::string& path) = 0;
+    virtual Result<std::string> real_path(const std::string& path) = 0;
+    // Entry names of a directory, without "." and "..", in no set order.
+    virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+    // lstat(): a symlink is reported as a symlink, never followed.
+    virtual Result<NodeInfo> lstat_node(const std::string& path) = 0;
+    virtual bool exists(const std::string& path) = 0;
+    // The character major the running kernel registered for "dax".
+    virtual std::optional<unsigned> dax_char_major() = 0;
+
+    virtual Result<uid_t> user_id(const std::string& name_or_number) = 0;
+    virtual Result<gid_t> group_id(const std::string& name_or_number) = 0;
+};
+
+HostOs& real_host_os();
+
+} // namespace tagmem

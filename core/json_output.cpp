@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "json_output.hpp"
+
+#include <fmt/format.h>
+
+namespace tagmem {
+namespace {
+
+using nlohmann::json;
+
+json ranges_json(const std::vector<PhysRange>& ranges) {
+    json out = json::array();
+    for (const auto& r : ranges)
+        out.push_back({{"start", r.start}, {"end", r.end}, {"size", r.end - r.start + 1}});
+    return out;
+}
+
+json device_json(const ProbedDevice& p) {
+    const DaxDevice& d = p.dev;
+    json j = {
+        {"device", d.name},
+        {"path", d.dev_path()},
+        {"major", d.devno.major},
+        {"minor", d.devno.minor},
+        {"source", to_string(p.source)},
+        {"size", d.size},
+        {"align", d.align},
+        {"mode", to_string(d.mode)},
+        {"region", d.region_id},
+        {"numa_node", p.numa_node},
+        {"target_node", d.target_node},
+        {"ranges", ranges_json(d.ranges)},
+    };
+    if (p.source == TagSource::dcd) {
+        json ext = json::array();
+        for (const auto& e : p.extents)
+            ext.push_back({{"extent", e.name}, {"offset", e.offset}, {"length", e.length}});
+        j["extents"] = std::move(ext);
+    }
+    if (!p.namespace_name.empty())
+        j["namespace"] = p.namespace_name;
+    if (p.infoblock_uuid)
+        j["infoblock_uuid"] = p.infoblock_uuid->str();
+    if (!p.performance.empty()) {
+        json perf = json::object();
+        auto put = [&](const char* key, const std::optional<std::uint64_t>& v) {
+            if (v)
+                perf[key] = *v;
+        };
+        put("read_latency_ns", p.performance.read_latency_ns);
+        put("write_latency_ns", p.performance.write_latency_ns);
+        put("read_bandwidth_mbps", p.performance.read_bandwidth_mbps);
+        put("write_bandwidth_mbps", p.performance.write_bandwidth_mbps);
+        j["performance"] = std::move(perf);
+    }
+    if (!p.warnings.empty())
+        j["warnings"] = p.warnings;
+    return j;
+}
+
+} // namespace
+
+json tag_to_json(const TagRecord& t) {
+    json j = {
+        {"tag", t.tag.str()},
+        {"name", t.name},
+        {"source", to_string(t.source)},
+        {"state", to_string(t.state)},
+        {"shareable", t.shareable},
+        {"shareable_from", t.shareable_from},
+        {"access",
+         {{"owner", t.access.owner},
+          {"group", t.access.group},
+          {"uid", t.access.uid},
+          {"gid", t.access.gid},
+          {"mode", fmt::format("{:04o}", t.access.mode)}}},
+    };
+    if (!t.reason.empty())
+        j["reason"] = t.reason;
+    if (const auto* d = t.device()) {
+        j["device"] = d->dev.name;
+        j["path"] = d->dev.dev_path();
+        j["size"] = d->dev.size;
+        j["align"] = d->dev.align;
+    }
+    json devs = json::array();
+    for (const auto& d : t.devices)
+        devs.push_back(device_json(d));
+    j["devices"] = std::move(devs);
+    return j;
+}
+
+json scan_to_json(const ScanResult& scan) {
+    json tags = json::array();
+    for (const auto& t : scan.tags)
+        tags.push_back(tag_to_json(t));
+    json untagged = json::array();
+    for (const auto& u : scan.untagged)
+        untagged.push_back({{"device", u.device},
+                            {"size", u.size},
+                            {"mode", to_string(u.mode)},
+                            {"target_node", u.target_node},
+                            {"ranges", ranges_json(u.ranges)}});
+    json rejected = json::array();
+    for (const auto& r : scan.rejected)
+        rejected.push_back({{"device", r.device}, {"reason", r.reason}});
+    return {{"tags", std::move(tags)},
+            {"untagged", std::move(untagged)},
+            {"rejected", std::move(rejected)},
+            {"config_errors", scan.config_errors}};
+}
+
+} // namespace tagmem

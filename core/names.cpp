@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+// The spelling of enums in JSON, tables and messages; part of the stable
+// output format (see man/tagmem.1), so never renamed lightly.
+#include "device.hpp"
+#include "tag_record.hpp"
+
+namespace tagmem {
+
+const char* to_string(DevMode mode) {
+    switch (mode) {
+    case DevMode::devdax:
+        return "devdax";
+    case DevMode::system_ram:
+        return "system-ram";
+    case DevMode::disabled:
+        return "disabled";
+    }
+    return "unknown";
+}
+
+const char* to_string(TagSource source) {
+    switch (source) {
+    case TagSource::dcd:
+        return "dcd";
+    case TagSource::nvdimm:
+        return "nvdimm";
+    case TagSource::config:
+        return "config";
+    }
+    return "unknown";
+}
+
+const char* to_string(TagState state) {
+    switch (state) {
+    case TagState::ready:
+        return "ready";
+    case TagState::system_ram:
+        return "system-ram";
+    case TagState::disabled:
+        return "disabled";
+    case TagState::conflict:
+        return "conflict";
+    }
+    return "unknown";
+}
+
+} // namespace tagmem

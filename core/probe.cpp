@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "probe.hpp"
+
+#include "host_os.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <regex>
+
+namespace tagmem {
+namespace {
+
+std::string parent_dir(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+// An attribute that must be present and well formed.
+template <typename Parse>
+auto read_attr(HostOs& os, const std::string& path, Parse parse)
+    -> decltype(parse(std::string_view())) {
+    auto text = os.read_file(path);
+    if (!text)
+        return text.error();
+    auto value = parse(*text);
+    if (!value)
+        return make_error(value.error().code, fmt::format("{}: {}", path, value.error().message));
+    return value;
+}
+
+std::optional<std::uint64_t> optional_u64(HostOs& os, const std::string& path) {
+    auto v = read_attr(os, path, parse_u64);
+    return v ? std::optional<std::uint64_t>(*v) : std::nullopt;
+}
+
+Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
+    // region path = the nd_dax device; its `namespace` names the namespace.
+    const std::string& nd_dax = p.dev.region_path;
+    auto ns = os.read_file(nd_dax + "/namespace");
+    if (!ns)
+        return Ok{};
+    std::string name(trim_attr(*ns));
+    static const std::regex valid_name("namespace[0-9]+\\.[0-9]+");
+    if (!std::regex_match(name, valid_name))
+        return make_error(EINVAL,
+                          fmt::format("{}/namespace: not a namespace name: '{}'", nd_dax, name));
+    p.namespace_name = name;
+    auto tag = read_attr(os, parent_dir(nd_dax) + "/" + name + "/uuid", Uuid::parse);
+    if (!tag)
+        return make_error(tag.error().code, fmt::format("namespace uuid: {}", tag.error().message));
+    if (!tag->is_nil()) {
+        p.tag = *tag;
+        p.source = TagSource::nvdimm;
+    }
+    if (auto info = read_attr(os, nd_dax + "/uuid", Uuid::parse); info && !info->is_nil())
+        p.infoblock_uuid = *info;
+    return Ok{};
+}
+
+} // namespace
+
+Status verify_device_node(const DaxDevice& dev, HostOs& os) {
+    auto sys_devno = read_attr(os, dev.sysfs_path + "/dev", parse_dev_number);
+    if (!sys_devno)
+        return make_error(sys_devno.error().code,
+                          fmt::format("device number unreadable: {}", sys_devno.error().message));
+    auto node = os.lstat_node(dev.dev_path());
+    if (!node)
+        return make_error(node.error().code, node.error().message);
+    if (node->type != NodeType::char_device)
+        return make_error(ENODEV, fmt::format("{} is not a character device", dev.dev_path()));
+    if (node->rdev != *sys_devno)
+        return make_error(ENODEV, fmt::format("{} is {}:{} but sysfs says {}:{}", dev.dev_path(),
+                                              node->rdev.major, node->rdev.minor, sys_devno->major,
+                                              sys_devno->minor));
+    auto dax_major = os.dax_char_major();
+    if (!dax_major || node->rdev.major != *dax_major)
+        return make_error(ENODEV, fmt::format("{} has major {}, which is not the kernel's dax "
+                                              "major ({})",
+                                              dev.dev_path(), node->rdev.major,
+                                              dax_major ? fmt::to_string(*dax_major) : "none"));
+    auto subsystem = os.real_path(
+        fmt::format("/sys/dev/char/{}:{}/subsystem", sys_devno->major, sys_devno->minor));
+    if (!subsystem || *subsystem != "/sys/bus/dax")
+        return make_error(ENODEV, fmt::format("{}:{} does not belong to the dax bus",
+                                              sys_devno->major, sys_devno->minor));
+    return Ok{};
+}
+
+Result<std::vector<Extent>> read_region_extents(const std::string& region_path, HostOs& os) {
+    std::vector<Extent> extents;
+    auto names = os.list_dir(region_path);
+    if (!names)
+        return names.error();
+    static const std::regex extent_name("extent[0-9]+\\.[0-9]+");
+    for (const auto& name : *names) {
+        if (!std::regex_match(name, extent_name))
+            continue;
+        std::string dir = region_path + "/" + name;
+        Extent e;
+        e.name = name;
+        auto offset = read_attr(os, dir + "/offset", parse_u64);
+        auto length = read_attr(os, dir + "/length", parse_u64);
+        if (!offset)
+            return offset.error();
+        if (!length)
+            return length.error();
+        e.offset = *offset;
+        e.length = *length;
+        // The uuid file is absent for an untagged extent.
+        if (os.exists(dir + "/uuid")) {
+            auto tag = read_attr(os, dir + "/uuid", parse_tag_attr);
+            if (!tag)
+                return tag.error();
+            e.tag = *tag;
+        }
+        extents.push_back(std::move(e));
+    }
+    std::sort(extents.begin(), extents.end(),
+              [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+    return extents;
+}
+
+Performance read_node_performance(int node, HostOs& os) {
+    Performance perf;
+    if (node < 0)
+        return perf;
+    auto base = fmt::format("/sys/devices/system/node/node{}/access0/initiators/", node);
+    perf.read_latency_ns = optional_u64(os, base + "read_latency");
+    perf.write_latency_ns = optional_u64(os, base + "write_latency");
+    perf.read_bandwidth_mbps = optional_u64(os, base + "read_bandwidth");
+    perf.write_bandwidth_mbps = optional_u64(os, base + "write_bandwidth");
+    return perf;
+}
+
+Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os) {
+    if (auto ok = verify_device_node(dev, os); !ok)
+        return ok.error();
+
+    ProbedDevice p;
+    p.dev = dev;
+    if (auto n = read_attr(os, dev.sysfs_path + "/numa_node", parse_i64))
+        p.numa_node = static_cast<int>(*n);
+
+    // 1. CXL DCD: the device's own uuid attribute.
+    if (os.exists(dev.sysfs_path + "/uuid")) {
+        auto tag = read_attr(os, dev.sysfs_path + "/uuid", parse_tag_attr);
+        if (!tag)
+            return make_error(tag.error().code,
+                              fmt::format("malformed tag: {}", tag.error().message));
+        if (*tag) {
+            p.tag = **tag;
+            p.source = TagSource::dcd;
+        }
+        auto extents = read_region_extents(dev.region_path, os);
+        if (!extents) {
+            p.warnings.push_back(fmt::format("extents unreadable: {}", extents.error().message));
+        } else if (p.tag) {
+            for (auto& e : *extents)
+                if (e.tag == p.tag)
+                    p.extents.push_back(e);
+        }
+    } else {
+        // 2. NVDIMM: the namespace behind the nd_dax device.
+        if (auto ok = read_nvdimm_tag(p, os); !ok)
+            return make_error(ok.error().code,
+                              fmt::format("malformed tag: {}", ok.error().message));
+    }
+
+    p.performance = read_node_performance(dev.target_node, os);
+    return p;
+}
+
+} // namespace tagmem

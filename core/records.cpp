@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "records.hpp"
+
+#include "host_os.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+namespace tagmem {
+namespace {
+
+bool matches(const TagConfig& c, const DaxDevice& d) {
+    if (c.match_range) {
+        if (d.ranges.size() != 1 || d.ranges.front() != *c.match_range)
+            return false;
+    }
+    if (c.match_node && d.target_node != *c.match_node)
+        return false;
+    return c.has_match();
+}
+
+// Tags memory that carries none from the configuration's match rules.
+void apply_matches(std::vector<ProbedDevice>& devices, std::vector<DeviceIssue>& rejected,
+                   const Config& config) {
+    for (auto it = devices.begin(); it != devices.end();) {
+        if (it->tag) {
+            ++it;
+            continue;
+        }
+        std::vector<const TagConfig*> hits;
+        for (const auto& [tag, c] : config.tags)
+            if (matches(c, it->dev))
+                hits.push_back(&c);
+        if (hits.size() > 1) {
+            rejected.push_back(
+                {it->dev.name, fmt::format("matched by more than one configured tag ({} and {})",
+                                           hits[0]->tag.str(), hits[1]->tag.str())});
+            it = devices.erase(it);
+            continue;
+        }
+        if (hits.size() == 1) {
+            it->tag = hits[0]->tag;
+            it->source = TagSource::config;
+        }
+        ++it;
+    }
+}
+
+Access resolve_access(const TagConfig* c, HostOs& os) {
+    Access a;
+    if (!c)
+        return a;
+    // load_config already rejected names that do not resolve; a user removed
+    // since then falls back to root, never to "everyone".
+    if (c->owner) {
+        if (auto uid = os.user_id(*c->owner)) {
+            a.uid = *uid;
+            a.owner = *c->owner;
+        }
+    }
+    if (c->group) {
+        if (auto gid = os.group_id(*c->group)) {
+            a.gid = *gid;
+            a.group = *c->group;
+        }
+    }
+    if (c->mode)
+        a.mode = *c->mode;
+    return a;
+}
+
+TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs, const Config& config,
+                      HostOs& os) {
+    TagRecord r;
+    r.tag = tag;
+    std::sort(devs.begin(), devs.end(), [](const ProbedDevice& a, const ProbedDevice& b) {
+        return std::tie(a.dev.region_id, a.dev.id) < std::tie(b.dev.region_id, b.dev.id);
+    });
+    r.devices = std::move(devs);
+    r.source = r.devices.front().source;
+    const TagConfig* c = config.find(tag);
+    if (c) {
+        r.name = c->name;
+        if (c->shareable) {
+            r.shareable = *c->shareable;
+            r.shareable_from = "config";
+        }
+    }
+    r.access = resolve_access(c, os);
+
+    if (r.devices.size() > 1) {
+        std::string names;
+        for (const auto& d : r.devices)
+            names += (names.empty() ? "" : ", ") + d.dev.name;
+        r.state = TagState::conflict;
+        r.reason = fmt::format("{} devices claim this tag: {}", r.devices.size(), names);
+    } else if (r.devices[0].dev.mode == DevMode::system_ram) {
+        r.state = TagState::system_ram;
+        r.reason = fmt::format("{} is online as system RAM: onlining zeroed it and the kernel "
+                               "owns it; it is not this tag's data",
+                               r.devices[0].dev.name);
+    } else if (r.devices[0].dev.mode == DevMode::disabled) {
+        r.state = TagState::disabled;
+        r.reason =
+            fmt::format("{} has no driver bound (not in devdax mode)", r.devices[0].dev.name);
+    }
+    return r;
+}
+
+} // namespace
+
+const TagRecord* ScanResult::find(const Uuid& tag) const {
+    auto it = std::lower_bound(tags.begin(), tags.end(), tag,
+                               [](const TagRecord& r, const Uuid& t) { return r.tag < t; });
+    return it != tags.end() && it->tag == tag ? &*it : nullptr;
+}
+
+ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
+                         const Config& config, HostOs& os) {
+    ScanResult result;
+    result.config_errors = config.errors;
+    apply_matches(devices, rejected, config);
+
+    std::map<Uuid, std::vector<ProbedDevice>> by_tag;
+    for (auto& d : devices) {
+        if (d.tag) {
+            by_tag[*d.tag].push_back(std::move(d));
+        } else {
+            result.untagged.push_back(
+                {d.dev.name, d.dev.size, d.dev.mode, d.dev.target_node, d.dev.ranges});
+        }
+    }
+    result.tags.reserve(by_tag.size());
+    for (auto& [tag, devs] : by_tag)
+        result.tags.push_back(make_record(tag, std::move(devs), config, os));
+    std::sort(rejected.begin(), rejected.end());
+    result.rejected = std::move(rejected);
+    return result;
+}
+
+} // namespace tagmem

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// The result of a scan: one record per tag, plus what was left out and why.
+#pragma once
+
+#include "device.hpp"
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace tagmem {
+
+// ready: one devdax device, its data may be mapped.
+// system_ram: onlined as memory: zeroed by onlining, never the tag's data.
+// disabled: no driver bound. conflict: several devices claim the tag.
+enum class TagState { ready, system_ram, disabled, conflict };
+const char* to_string(TagState state);
+
+// Who may open the tag's data: the FUSE inode's owner and mode decide under
+// default_permissions, so the default is as strict as /dev/dax.
+struct Access {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    mode_t mode = 0600;
+    std::string owner = "root"; // as configured, for display
+    std::string group = "root";
+    auto operator<=>(const Access&) const = default;
+};
+
+struct TagRecord {
+    Uuid tag;
+    std::string name; // from configuration, may be empty
+    TagSource source = TagSource::config;
+    TagState state = TagState::ready;
+    std::string reason;                // why it is not ready
+    std::vector<ProbedDevice> devices; // exactly one unless in conflict
+    bool shareable = false;
+    std::string shareable_from = "default"; // "config" or "default"
+    Access access;
+
+    bool usable() const { return state == TagState::ready; }
+    const ProbedDevice* device() const { return devices.size() == 1 ? &devices[0] : nullptr; }
+};
+
+struct UntaggedDevice {
+    std::string device;
+    std::uint64_t size = 0;
+    DevMode mode = DevMode::disabled;
+    int target_node = -1;
+    std::vector<PhysRange> ranges;
+};
+
+struct ScanResult {
+    std::vector<TagRecord> tags; // sorted by tag
+    std::vector<UntaggedDevice> untagged;
+    std::vector<DeviceIssue> rejected; // devices tagmem refuses to present
+    std::vector<std::string> config_errors;
+
+    const TagRecord* find(const Uuid& tag) const;
+};
+
+} // namespace tagmem

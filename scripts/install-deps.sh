@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Installs every build and test dependency of tagmem from Debian 12 packages.
+# Idempotent: packages already present are skipped, so a second run is quick.
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake pkg-config git
+  libfuse3-dev fuse3 libdaxctl-dev libndctl-dev libudev-dev
+  libfmt-dev libgtest-dev libgmock-dev nlohmann-json3-dev libinih-dev libcli11-dev
+)
+# Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
+# python3 for the FUSE/fixture tests, clang-format for the style check.
+test_pkgs=(util-linux jq python3 clang-format kmod)
+# The emulated real-devdax hosts (tests/qemu).
+qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
+
+want=("${build_pkgs[@]}" "${test_pkgs[@]}")
+if [[ "${TAGMEM_SKIP_QEMU_DEPS:-0}" != 1 ]]; then
+  want+=("${qemu_pkgs[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: all ${#want[@]} packages present"
