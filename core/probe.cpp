@@ -46,14 +46,14 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
         return make_error(EINVAL,
                           fmt::format("{}/namespace: not a namespace name: '{}'", nd_dax, name));
     p.namespace_name = name;
-    auto tag = read_attr(os, parent_dir(nd_dax) + "/" + name + "/uuid", Uuid::parse);
+    auto tag = read_attr(os, parent_dir(nd_dax) + "/" + name + "/uuid", parse_uuid_attr);
     if (!tag)
         return make_error(tag.error().code, fmt::format("namespace uuid: {}", tag.error().message));
     if (!tag->is_nil()) {
         p.tag = *tag;
         p.source = TagSource::nvdimm;
     }
-    if (auto info = read_attr(os, nd_dax + "/uuid", Uuid::parse); info && !info->is_nil())
+    if (auto info = read_attr(os, nd_dax + "/uuid", parse_uuid_attr); info && !info->is_nil())
         p.infoblock_uuid = *info;
     return Ok{};
 }
@@ -138,8 +138,16 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os) {
     if (auto ok = verify_device_node(dev, os); !ok)
         return ok.error();
 
+    // libdaxctl reads an empty or garbled size as 0; a device whose size
+    // cannot be trusted is not presented.
+    auto size = read_attr(os, dev.sysfs_path + "/size", parse_u64);
+    if (!size)
+        return make_error(size.error().code,
+                          fmt::format("size unreadable: {}", size.error().message));
+
     ProbedDevice p;
     p.dev = dev;
+    p.dev.size = *size;
     if (auto n = read_attr(os, dev.sysfs_path + "/numa_node", parse_i64))
         p.numa_node = static_cast<int>(*n);
 

@@ -68,6 +68,10 @@ Result<std::optional<Uuid>> parse_tag_attr(std::string_view raw) {
     return std::optional<Uuid>{*uuid};
 }
 
+Result<Uuid> parse_uuid_attr(std::string_view raw) {
+    return Uuid::parse(trim_attr(raw));
+}
+
 Result<bool> parse_bool(std::string_view raw) {
     auto text = trim_attr(raw);
     std::string lower;

@@ -34,6 +34,9 @@ Result<DevNumber> parse_dev_number(std::string_view text);
 // `0` printed by older series), returned as std::nullopt.
 Result<std::optional<Uuid>> parse_tag_attr(std::string_view text);
 
+// A plain UUID attribute (NVDIMM namespace and info-block uuid).
+Result<Uuid> parse_uuid_attr(std::string_view text);
+
 // "0"/"1", "true"/"false", "yes"/"no", "on"/"off".
 Result<bool> parse_bool(std::string_view text);
 

@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tag_tree.hpp"
+
+#include "json_output.hpp"
+
+#include <fmt/format.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <mutex>
+
+namespace tagmem {
+namespace {
+
+constexpr std::uint64_t kKindsPerSlot = 8;
+constexpr std::array<NodeKind, 5> kFileKinds = {NodeKind::dev, NodeKind::size, NodeKind::shareable,
+                                                NodeKind::metadata, NodeKind::data};
+
+std::string_view kind_name(NodeKind kind) {
+    switch (kind) {
+    case NodeKind::dev:
+        return "dev";
+    case NodeKind::size:
+        return "size";
+    case NodeKind::shareable:
+        return "shareable";
+    case NodeKind::metadata:
+        return "metadata";
+    case NodeKind::data:
+        return "data";
+    case NodeKind::dir:
+        break;
+    }
+    return {};
+}
+
+std::optional<NodeKind> kind_by_name(std::string_view name) {
+    for (auto k : kFileKinds)
+        if (kind_name(k) == name)
+            return k;
+    return std::nullopt;
+}
+
+std::uint64_t ino_of(std::uint64_t slot, NodeKind kind) {
+    return slot * kKindsPerSlot + static_cast<std::uint64_t>(kind);
+}
+
+timespec now() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts;
+}
+
+// Two records with the same identity can be updated in place; otherwise the
+// tag's inodes are replaced (see the header).
+std::string identity(const TagRecord& r) {
+    std::string id = to_string(r.state);
+    for (const auto& d : r.devices)
+        id += fmt::format(" {}={}:{}", d.dev.name, d.dev.devno.major, d.dev.devno.minor);
+    return id;
+}
+
+std::string single_device(const TagRecord& r) {
+    const auto* d = r.device();
+    return d ? d->dev.name : std::string();
+}
+
+} // namespace
+
+const char* to_string(TagEventKind kind) {
+    switch (kind) {
+    case TagEventKind::added:
+        return "added";
+    case TagEventKind::removed:
+        return "removed";
+    case TagEventKind::changed:
+        return "changed";
+    }
+    return "unknown";
+}
+
+std::string metadata_text(const TagRecord& record) {
+    return tag_to_json(record).dump(2) + "\n";
+}
+
+TagTree::TagTree() : root_changed_(now()) {}
+
+bool TagTree::has_kind(const TagEntry& e, NodeKind kind) {
+    switch (kind) {
+    case NodeKind::dir:
+    case NodeKind::metadata:
+    case NodeKind::shareable:
+        return true;
+    case NodeKind::size:
+        return e.record->device() != nullptr;
+    case NodeKind::dev:
+    case NodeKind::data:
+        return e.record->usable();
+    }
+    return false;
+}
+
+const TagTree::TagEntry* TagTree::entry_of(std::uint64_t ino) const {
+    auto it = by_slot_.find(ino / kKindsPerSlot);
+    if (it == by_slot_.end())
+        return nullptr;
+    auto kind = static_cast<NodeKind>(ino % kKindsPerSlot);
+    if (ino % kKindsPerSlot > static_cast<std::uint64_t>(NodeKind::data) ||
+        !has_kind(it->second, kind))
+        return nullptr;
+    return &it->second;
+}
+
+NodeAttr TagTree::root_attr() const {
+    NodeAttr a;
+    a.ino = kRootIno;
+    a.mode = S_IFDIR | 0555;
+    a.nlink = 2 + by_slot_.size();
+    a.mtime = root_changed_;
+    return a;
+}
+
+NodeAttr TagTree::attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) const {
+    NodeAttr a;
+    a.ino = ino_of(slot, kind);
+    a.mtime = e.changed;
+    const TagRecord& r = *e.record;
+    switch (kind) {
+    case NodeKind::dir:
+        a.mode = S_IFDIR | 0555;
+        a.nlink = 2;
+        break;
+    case NodeKind::dev:
+        a.mode = S_IFLNK | 0777;
+        a.size = r.device()->dev.dev_path().size();
+        break;
+    case NodeKind::size:
+        a.mode = S_IFREG | 0444;
+        a.size = fmt::formatted_size("{}\n", r.device()->dev.size);
+        break;
+    case NodeKind::shareable:
+        a.mode = S_IFREG | 0444;
+        a.size = 2;
+        break;
+    case NodeKind::metadata:
+        a.mode = S_IFREG | 0444;
+        a.size = e.metadata_size;
+        break;
+    case NodeKind::data:
+        // The only node that grants memory: owner and mode come from the
+        // configuration, defaulting to root 0600 like /dev/dax.
+        a.mode = S_IFCHR | (r.access.mode & 0777);
+        a.uid = r.access.uid;
+        a.gid = r.access.gid;
+        a.rdev = r.device()->dev.devno;
+        break;
+    }
+    return a;
+}
+
+Result<NodeAttr> TagTree::getattr(std::uint64_t ino) const {
+    std::shared_lock lock(mutex_);
+    if (ino == kRootIno)
+        return root_attr();
+    const TagEntry* e = entry_of(ino);
+    if (!e)
+        return make_error(ENOENT, fmt::format("no inode {}", ino));
+    return attr_of(ino / kKindsPerSlot, *e, static_cast<NodeKind>(ino % kKindsPerSlot));
+}
+
+Result<NodeAttr> TagTree::lookup(std::uint64_t parent, std::string_view name) const {
+    std::shared_lock lock(mutex_);
+    if (parent == kRootIno) {
+        auto tag = Uuid::parse(name);
+        // Only the canonical lower-case spelling names a directory, so that
+        // one tag never appears under two names in the dentry cache.
+        if (!tag || tag->str() != name)
+            return make_error(ENOENT, "no such tag");
+        auto it = slot_of_.find(*tag);
+        if (it == slot_of_.end())
+            return make_error(ENOENT, "no such tag");
+        return attr_of(it->second, by_slot_.at(it->second), NodeKind::dir);
+    }
+    if (parent % kKindsPerSlot != static_cast<std::uint64_t>(NodeKind::dir))
+        return make_error(ENOTDIR, "not a directory");
+    const TagEntry* e = entry_of(parent);
+    if (!e)
+        return make_error(ENOENT, "directory vanished");
+    auto kind = kind_by_name(name);
+    if (!kind || !has_kind(*e, *kind))
+        return make_error(ENOENT, "no such file");
+    return attr_of(parent / kKindsPerSlot, *e, *kind);
+}
+
+Result<std::string> TagTree::read_link(std::uint64_t ino) const {
+    std::shared_lock lock(mutex_);
+    const TagEntry* e = entry_of(ino);
+    if (!e)
+        return make_error(ENOENT, "no such link");
+    if (static_cast<NodeKind>(ino % kKindsPerSlot) != NodeKind::dev)
+        return make_error(EINVAL, "not a symlink");
+    return e->record->device()->dev.dev_path();
+}
+
+Result<std::string> TagTree::contents(std::uint64_t ino) const {
+    std::shared_lock lock(mutex_);
+    if (ino == kRootIno)
+        return make_error(EISDIR, "a directory");
+    const TagEntry* e = entry_of(ino);
+    if (!e)
+        return make_error(ENOENT, "no such file");
+    const TagRecord& r = *e->record;
+    switch (static_cast<NodeKind>(ino % kKindsPerSlot)) {
+    case NodeKind::size:
+        return fmt::format("{}\n", r.device()->dev.size);
+    case NodeKind::shareable:
+        return std::string(r.shareable ? "1\n" : "0\n");
+    case NodeKind::metadata:
+        return metadata_text(r);
+    case NodeKind::dir:
+        return make_error(EISDIR, "a directory");
+    case NodeKind::dev:
+    case NodeKind::data:
+        break;
+    }
+    return make_error(EINVAL, "not a regular file");
+}
+
+Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
+                        const std::function<bool(const DirEntry&)>& fn) const {
+    std::shared_lock lock(mutex_);
+    // Cookies: 1 after ".", 2 after "..", then the inode number of the entry
+    // just listed (always > 2), which stays valid while entries come and go.
+    const TagEntry* dir = nullptr;
+    NodeAttr self;
+    if (ino == kRootIno) {
+        self = root_attr();
+    } else {
+        if (ino % kKindsPerSlot != static_cast<std::uint64_t>(NodeKind::dir))
+            return make_error(ENOTDIR, "not a directory");
+        dir = entry_of(ino);
+        if (!dir)
+            return make_error(ENOENT, "directory vanished");
+        self = attr_of(ino / kKindsPerSlot, *dir, NodeKind::dir);
+    }
+    if (offset < 1 && !fn(DirEntry{".", self, 1}))
+        return Ok{};
+    if (offset < 2 && !fn(DirEntry{"..", root_attr(), 2}))
+        return Ok{};
+    if (ino == kRootIno) {
+        for (auto it = by_slot_.upper_bound(offset / kKindsPerSlot); it != by_slot_.end(); ++it) {
+            NodeAttr a = attr_of(it->first, it->second, NodeKind::dir);
+            if (a.ino <= offset)
+                continue;
+            if (!fn(DirEntry{it->second.name, a, a.ino}))
+                break;
+        }
+        return Ok{};
+    }
+    std::uint64_t slot = ino / kKindsPerSlot;
+    for (auto kind : kFileKinds) {
+        if (!has_kind(*dir, kind))
+            continue;
+        NodeAttr a = attr_of(slot, *dir, kind);
+        if (a.ino <= offset)
+            continue;
+        if (!fn(DirEntry{kind_name(kind), a, a.ino}))
+            break;
+    }
+    return Ok{};
+}
+
+TreeChanges TagTree::update(const ScanResult& scan) {
+    // Build the new entries outside the lock: JSON generation is the costly
+    // part, and readers must not wait for it.
+    struct Incoming {
+        std::shared_ptr<const TagRecord> record;
+        std::uint64_t size;
+        std::size_t fingerprint;
+    };
+    std::vector<Incoming> incoming;
+    incoming.reserve(scan.tags.size());
+    for (const auto& r : scan.tags) {
+        auto rec = std::make_shared<const TagRecord>(r);
+        std::string text = metadata_text(*rec);
+        incoming.push_back({std::move(rec), text.size(), std::hash<std::string>{}(text)});
+    }
+
+    TreeChanges ch;
+    const timespec t = now();
+    std::unique_lock lock(mutex_);
+    std::unordered_map<Uuid, std::uint64_t> next_slots;
+    next_slots.reserve(incoming.size());
+    auto remove_slot = [&](std::uint64_t slot) {
+        auto node = by_slot_.extract(slot);
+        std::uint64_t dir = ino_of(slot, NodeKind::dir);
+        for (auto kind : kFileKinds)
+            if (has_kind(node.mapped(), kind))
+                ch.removed.push_back({dir, ino_of(slot, kind), std::string(kind_name(kind))});
+        ch.removed.push_back({kRootIno, dir, node.mapped().name});
+    };
+    auto add_slot = [&](Incoming& in) {
+        std::uint64_t slot = next_slot_++;
+        TagEntry e{in.record->tag.str(), in.record, in.size, in.fingerprint, t};
+        ch.added.emplace_back(kRootIno, e.name);
+        by_slot_.emplace(slot, std::move(e));
+        return slot;
+    };
+
+    for (auto& in : incoming) {
+        const TagRecord& r = *in.record;
+        auto old = slot_of_.find(r.tag);
+        if (old == slot_of_.end()) {
+            next_slots.emplace(r.tag, add_slot(in));
+            ch.events.push_back({TagEventKind::added, r.tag, single_device(r), to_string(r.state)});
+            continue;
+        }
+        TagEntry& e = by_slot_.at(old->second);
+        if (e.fingerprint == in.fingerprint) {
+            next_slots.emplace(r.tag, old->second);
+            continue;
+        }
+        ch.events.push_back({TagEventKind::changed, r.tag, single_device(r), to_string(r.state)});
+        if (identity(*e.record) != identity(r)) {
+            remove_slot(old->second);
+            next_slots.emplace(r.tag, add_slot(in));
+            continue;
+        }
+        e.record = in.record;
+        e.metadata_size = in.size;
+        e.fingerprint = in.fingerprint;
+        e.changed = t;
+        ch.changed.push_back(ino_of(old->second, NodeKind::dir));
+        for (auto kind : kFileKinds)
+            if (has_kind(e, kind))
+                ch.changed.push_back(ino_of(old->second, kind));
+        next_slots.emplace(r.tag, old->second);
+    }
+    for (const auto& [tag, slot] : slot_of_) {
+        if (next_slots.contains(tag))
+            continue;
+        const TagRecord& r = *by_slot_.at(slot).record;
+        ch.events.push_back({TagEventKind::removed, tag, single_device(r), to_string(r.state)});
+        remove_slot(slot);
+    }
+    slot_of_ = std::move(next_slots);
+    if (!ch.added.empty() || !ch.removed.empty()) {
+        root_changed_ = t;
+        ch.changed.push_back(kRootIno);
+    }
+    return ch;
+}
+
+std::size_t TagTree::tag_count() const {
+    std::shared_lock lock(mutex_);
+    return by_slot_.size();
+}
+
+std::vector<std::shared_ptr<const TagRecord>> TagTree::records() const {
+    std::shared_lock lock(mutex_);
+    std::vector<std::shared_ptr<const TagRecord>> out;
+    out.reserve(by_slot_.size());
+    for (const auto& [slot, e] : by_slot_)
+        out.push_back(e.record);
+    return out;
+}
+
+} // namespace tagmem

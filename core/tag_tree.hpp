@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+// The namespace tagmemfs presents, with no FUSE in it: the root holds one
+// directory per tag (named by its canonical UUID) holding `dev`, `size`,
+// `shareable`, `metadata` and `data`. update() applies a new scan and says
+// exactly which kernel caches must be invalidated, so the filesystem layer
+// only translates those into notifications.
+//
+// Inode numbers: root is 1; tag directories get a slot number that is never
+// reused, and each file of the tag is slot * 8 + kind. Nothing per file is
+// stored, which keeps memory per tag small, and a vanished tag's numbers can
+// never alias a new tag's. A tag whose device or state changes is replaced by
+// a new slot: the kernel fixes a device node's rdev when it first sees the
+// inode, so the old inode must die rather than change under an open().
+//
+// Thread safety: all methods may be called concurrently; update() excludes
+// readers only while it swaps the maps.
+#pragma once
+
+#include "result.hpp"
+#include "sysfs_value.hpp"
+#include "tag_record.hpp"
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace tagmem {
+
+enum class NodeKind : std::uint8_t {
+    dir = 0,
+    dev = 1,
+    size = 2,
+    shareable = 3,
+    metadata = 4,
+    data = 5
+};
+inline constexpr std::uint64_t kRootIno = 1;
+
+struct NodeAttr {
+    std::uint64_t ino = 0;
+    mode_t mode = 0; // with the file type bits
+    uid_t uid = 0;
+    gid_t gid = 0;
+    nlink_t nlink = 1;
+    std::uint64_t size = 0;
+    DevNumber rdev;
+    timespec mtime{};
+};
+
+struct DirEntry {
+    std::string_view name; // valid during the readdir callback only
+    NodeAttr attr;
+    std::uint64_t cookie = 0; // pass back as the offset to continue after it
+};
+
+enum class TagEventKind { added, removed, changed };
+const char* to_string(TagEventKind kind);
+
+struct TagEvent {
+    TagEventKind kind;
+    Uuid tag;
+    std::string device; // daxX.Y, or empty when the tag has no single device
+    std::string state;
+};
+
+// What the kernel must forget after an update.
+struct TreeChanges {
+    struct Removed {
+        std::uint64_t parent;
+        std::uint64_t child;
+        std::string name;
+    };
+    std::vector<std::pair<std::uint64_t, std::string>>
+        added; // (parent, name): kill negative dentries
+    std::vector<Removed> removed;
+    std::vector<std::uint64_t> changed; // inodes whose attributes, content or listing changed
+    std::vector<TagEvent> events;       // one per tag added, removed or changed
+
+    bool empty() const { return added.empty() && removed.empty() && changed.empty(); }
+};
+
+class TagTree {
+  public:
+    TagTree();
+
+    Result<NodeAttr> getattr(std::uint64_t ino) const;
+    Result<NodeAttr> lookup(std::uint64_t parent, std::string_view name) const;
+    Result<std::string> read_link(std::uint64_t ino) const;
+    // The whole content of a regular file (they are small and generated).
+    Result<std::string> contents(std::uint64_t ino) const;
+    // Calls fn for each entry after `offset` ("." and ".." first) until fn
+    // returns false. ENOTDIR/ENOENT for a bad inode.
+    Status readdir(std::uint64_t ino, std::uint64_t offset,
+                   const std::function<bool(const DirEntry&)>& fn) const;
+
+    TreeChanges update(const ScanResult& scan);
+
+    std::size_t tag_count() const;
+    // A snapshot of the records, for the watch/wait channel and tests.
+    std::vector<std::shared_ptr<const TagRecord>> records() const;
+
+  private:
+    struct TagEntry {
+        std::string name; // canonical UUID
+        std::shared_ptr<const TagRecord> record;
+        std::uint64_t metadata_size = 0;
+        std::size_t fingerprint = 0; // hash of the metadata JSON: detects any change
+        timespec changed{};
+    };
+
+    const TagEntry* entry_of(std::uint64_t ino) const; // caller holds the lock
+    NodeAttr attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) const;
+    NodeAttr root_attr() const;
+    static bool has_kind(const TagEntry& e, NodeKind kind);
+
+    mutable std::shared_mutex mutex_;
+    std::map<std::uint64_t, TagEntry> by_slot_; // ordered: readdir resumes by slot
+    std::unordered_map<Uuid, std::uint64_t> slot_of_;
+    std::uint64_t next_slot_ = 1;
+    timespec root_changed_{};
+};
+
+std::string metadata_text(const TagRecord& record);
+
+} // namespace tagmem

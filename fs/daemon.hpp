@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// tagmemfs as a whole: scan, mount, serve, rescan on SIGHUP, unmount on
+// SIGTERM/SIGINT.
+#pragma once
+
+#include "log.hpp"
+
+#include <string>
+#include <vector>
+
+namespace tagmem {
+
+struct DaemonOptions {
+    std::string mount_point = "/run/tagmem";
+    std::string config_path;                // empty: the default path, optional
+    std::vector<std::string> mount_options; // extra -o, checked
+    bool foreground = false;
+    log::Level log_level = log::Level::info;
+    unsigned threads = 0; // 0: libfuse's default worker pool
+};
+
+// Returns the process exit code.
+int run_daemon(const DaemonOptions& options);
+
+} // namespace tagmem

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+// tagmemfs(8): mounts the tag namespace (default /run/tagmem).
+#include "daemon.hpp"
+
+#include "config.hpp"
+#include "tagmem/version.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+int main(int argc, char** argv) {
+    using namespace tagmem;
+    DaemonOptions opt;
+    std::string level = "info";
+    CLI::App app{"tagmemfs: a read-only FUSE filesystem with one directory per memory tag; "
+                 "each tag's `data` opens and maps its devdax device directly"};
+    app.set_version_flag("-V,--version", std::string("tagmemfs ") + kVersion);
+    app.add_option("mountpoint", opt.mount_point, "where to mount")->capture_default_str();
+    app.add_flag("-f,--foreground", opt.foreground, "stay in the foreground (for systemd)");
+    app.add_option("-c,--config", opt.config_path,
+                   fmt::format("configuration file (default {}, optional)", kDefaultConfigPath));
+    app.add_option("-o", opt.mount_options,
+                   "extra mount options: noexec, noatime, nodiratime, relatime, sync, async "
+                   "(dev, nosuid, ro, allow_other, default_permissions are always applied)");
+    app.add_option("-l,--log-level", level, "error, warning, info or debug")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"error", "warning", "info", "debug"}));
+    app.add_option("-t,--threads", opt.threads, "maximum FUSE worker threads (0: libfuse default)")
+        ->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);
+        return 2;
+    }
+    opt.log_level = *log::parse_level(level);
+    try {
+        return run_daemon(opt);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tagmemfs: internal error: %s\n", e.what());
+        return 1;
+    }
+}
