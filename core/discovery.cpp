@@ -14,8 +14,9 @@ Result<ScanResult> scan_host(const Config& config, HostOs& os) {
     std::vector<ProbedDevice> probed;
     std::vector<DeviceIssue> rejected = std::move(scan->unreadable);
     probed.reserve(scan->devices.size());
+    ScanCache cache(os);
     for (const auto& dev : scan->devices) {
-        auto p = probe_device(dev, os);
+        auto p = probe_device(dev, os, cache);
         if (p)
             probed.push_back(std::move(*p));
         else

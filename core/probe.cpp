@@ -60,7 +60,7 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
 
 } // namespace
 
-Status verify_device_node(const DaxDevice& dev, HostOs& os) {
+Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major) {
     auto sys_devno = read_attr(os, dev.sysfs_path + "/dev", parse_dev_number);
     if (!sys_devno)
         return make_error(sys_devno.error().code,
@@ -74,7 +74,6 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os) {
         return make_error(ENODEV, fmt::format("{} is {}:{} but sysfs says {}:{}", dev.dev_path(),
                                               node->rdev.major, node->rdev.minor, sys_devno->major,
                                               sys_devno->minor));
-    auto dax_major = os.dax_char_major();
     if (!dax_major || node->rdev.major != *dax_major)
         return make_error(ENODEV, fmt::format("{} has major {}, which is not the kernel's dax "
                                               "major ({})",
@@ -134,8 +133,17 @@ Performance read_node_performance(int node, HostOs& os) {
     return perf;
 }
 
-Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os) {
-    if (auto ok = verify_device_node(dev, os); !ok)
+ScanCache::ScanCache(HostOs& os) : os_(os), dax_major_(os.dax_char_major()) {}
+
+const Result<std::vector<Extent>>& ScanCache::extents(const std::string& region_path) {
+    auto it = extents_.find(region_path);
+    if (it == extents_.end())
+        it = extents_.emplace(region_path, read_region_extents(region_path, os_)).first;
+    return it->second;
+}
+
+Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache) {
+    if (auto ok = verify_device_node(dev, os, cache.dax_major()); !ok)
         return ok.error();
 
     // libdaxctl reads an empty or garbled size as 0; a device whose size
@@ -161,11 +169,11 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os) {
             p.tag = **tag;
             p.source = TagSource::dcd;
         }
-        auto extents = read_region_extents(dev.region_path, os);
+        const auto& extents = cache.extents(dev.region_path);
         if (!extents) {
             p.warnings.push_back(fmt::format("extents unreadable: {}", extents.error().message));
         } else if (p.tag) {
-            for (auto& e : *extents)
+            for (const auto& e : *extents)
                 if (e.tag == p.tag)
                     p.extents.push_back(e);
         }

@@ -8,17 +8,36 @@
 #include "device.hpp"
 #include "result.hpp"
 
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
 namespace tagmem {
 
 class HostOs;
 
+// What every device of one scan shares, read once: the extents of each DC
+// region (a region can hold thousands of devices) and the dax major.
+class ScanCache {
+  public:
+    explicit ScanCache(HostOs& os);
+    const Result<std::vector<Extent>>& extents(const std::string& region_path);
+    std::optional<unsigned> dax_major() const { return dax_major_; }
+
+  private:
+    HostOs& os_;
+    std::optional<unsigned> dax_major_;
+    std::map<std::string, Result<std::vector<Extent>>> extents_;
+};
+
 // Fails (with the reason) when the device must be rejected: its device number
 // disagrees with /dev/<name>, the node is not a character device of the dax
 // major, or its tag attribute is malformed.
-Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os);
+Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache);
 
 // The checks alone, shared by probe_device and whoever re-validates a node.
-Status verify_device_node(const DaxDevice& dev, HostOs& os);
+Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major);
 
 // Extents of a DC region (empty for other regions).
 Result<std::vector<Extent>> read_region_extents(const std::string& region_path, HostOs& os);
