@@ -46,7 +46,12 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
         return make_error(EINVAL,
                           fmt::format("{}/namespace: not a namespace name: '{}'", nd_dax, name));
     p.namespace_name = name;
-    auto tag = read_attr(os, parent_dir(nd_dax) + "/" + name + "/uuid", parse_uuid_attr);
+    // Label-less NVDIMMs have "io" namespaces without a uuid attribute: such
+    // memory carries no tag, and only the configuration can name it.
+    std::string uuid_path = parent_dir(nd_dax) + "/" + name + "/uuid";
+    if (!os.exists(uuid_path))
+        return Ok{};
+    auto tag = read_attr(os, uuid_path, parse_uuid_attr);
     if (!tag)
         return make_error(tag.error().code, fmt::format("namespace uuid: {}", tag.error().message));
     if (!tag->is_nil()) {
