@@ -12,7 +12,6 @@ enum ExitCode : int {
     kExitUnknownTag = 3, // no device carries the tag
     kExitConflict = 4,   // several devices claim the tag
     kExitNotUsable = 5,  // the tag exists but is not mappable (system-ram, disabled)
-    kExitTimeout = 6,    // tagmem wait gave up
 };
 
 } // namespace tagmem::cli

@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures for tests that run the real binaries on synthetic hosts.
+
+The whole pytest process runs in a private mount namespace (CTest starts it
+under `unshare --mount --propagation private`). Each test mounts its own
+synthetic host over /sys and /dev there, so libdaxctl, tagmem and tagmemfs
+read the fake tree exactly as they would read the kernel's, and nothing
+leaks to the machine's real mounts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "synthetic"))
+import hostgen  # noqa: E402
+
+BUILD = Path(os.environ.get("TAGMEM_BUILD_DIR", ROOT / "build")).resolve()
+TAGMEM = BUILD / "cli" / "tagmem"
+TAGMEMFS = BUILD / "fs" / "tagmemfs"
+
+
+def _in_private_mount_namespace() -> bool:
+    # unshare execs pytest in place, so the parent (ctest, a shell) is still
+    # in the namespace we must not touch. (/proc/1 may be out of reach.)
+    return os.stat("/proc/self/ns/mnt").st_ino != os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino
+
+
+def pytest_configure(config):
+    if os.geteuid() != 0:
+        pytest.exit("SKIPPED LOUDLY: these tests need root (mount namespaces, FUSE, mknod)",
+                    returncode=1)
+    if not _in_private_mount_namespace():
+        pytest.exit("refusing to mount synthetic hosts over the machine's /sys and /dev: run "
+                    "under `unshare --mount --propagation private` (ctest does)", returncode=1)
+    for binary in (TAGMEM, TAGMEMFS):
+        if not binary.exists():
+            pytest.exit(f"{binary} is missing: build first (TAGMEM_BUILD_DIR={BUILD})",
+                        returncode=1)
+
+
+class SyntheticHost:
+    """A synthetic host mounted over /sys and /dev of this namespace."""
+
+    def __init__(self, root: Path, host: hostgen.Host):
+        self.root = root
+        self.host = host
+
+    @property
+    def sys(self) -> Path:
+        return self.root / "sys"
+
+    def mount(self) -> None:
+        # The same setup script hostgen's run_in_host uses, run in this
+        # (already private) namespace instead of a new one.
+        subprocess.run(["sh", "-c", hostgen._ENTER_SCRIPT, "enter", str(self.root),
+                        sys.executable, hostgen.__file__, "true"], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-R", "-l", "/dev"], check=False)
+        subprocess.run(["umount", "-l", "/sys"], check=False)
+
+    def rewrite(self, host: hostgen.Host) -> None:
+        """Replace the tree's content with another host (for rescans)."""
+        import shutil
+        new = self.root.parent / (self.root.name + ".next")
+        if new.exists():
+            shutil.rmtree(new)
+        host.write(new)
+        # Swap the content under the bind mount: the mount follows the
+        # directory, so replace the files inside it rather than the directory.
+        for child in list(self.sys.iterdir()):
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        for child in (new / "sys").iterdir():
+            os.rename(child, self.sys / child.name)
+        os.replace(new / "dev.list", self.root / "dev.list")
+        shutil.rmtree(new)
+        # /dev: add the nodes the new host needs (existing ones stay).
+        for line in (self.root / "dev.list").read_text().splitlines():
+            kind, name, *rest = line.split()
+            path = Path("/dev") / name
+            if path.exists() or path.is_symlink():
+                path.unlink()
+        hostgen.populate_dev(self.root / "dev.list")
+        self.host = host
+
+
+@pytest.fixture
+def make_host(tmp_path):
+    """make_host(hostgen.Host or scenario name) -> SyntheticHost, mounted."""
+    mounted: list[SyntheticHost] = []
+
+    def make(spec) -> SyntheticHost:
+        host = hostgen.scenario(spec) if isinstance(spec, str) else spec
+        root = tmp_path / f"host{len(mounted)}"
+        host.write(root)
+        h = SyntheticHost(root, host)
+        if mounted:
+            mounted[-1].unmount()
+        h.mount()
+        mounted.append(h)
+        return h
+
+    yield make
+    for h in reversed(mounted):
+        h.unmount()
+
+
+def run_tagmem(*args, config: Path | None = None, check_json=False, **kw):
+    argv = [str(TAGMEM)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    argv += [str(a) for a in args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
+    if check_json:
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    return r
+
+
+def list_json(config: Path | None = None) -> dict:
+    return run_tagmem("list", "--json", config=config, check_json=True)
+
+
+def write_config(tmp_path: Path, text: str, name="tagmem.conf") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def mount_options(mount_point: Path) -> tuple[str, set[str], set[str]] | None:
+    """(fstype, mount options, super options) of the top mount at the path."""
+    found = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, post = line.split(" - ")
+        fields = pre.split()
+        if fields[4] == str(mount_point):
+            fstype, _source, sup = post.split()[:3]
+            found = (fstype, set(fields[5].split(",")), set(sup.split(",")))
+    return found
+
+
+class Daemon:
+    """A tagmemfs process serving a mount point."""
+
+    def __init__(self, mount_point: Path, args: list[str], log_path: Path):
+        self.mount_point = mount_point
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([str(TAGMEMFS), "-f", "-l", "debug", *args,
+                                      str(mount_point)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_mounted(self, timeout=30.0) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while time.monotonic() < deadline:
+            mi = mount_options(self.mount_point)
+            if mi and mi[0] == "fuse.tagmem":
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tagmemfs exited {self.proc.returncode}:\n{self.text()}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        raise AssertionError(f"tagmemfs did not mount within {timeout}s:\n{self.text()}")
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def rescan(self, expect_in_log: str | None = None, timeout=30.0) -> None:
+        """SIGHUP, then wait for the rescan to be logged as finished."""
+        before = self.text().count("rescan (SIGHUP)")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.text().count("rescan (SIGHUP)") > before:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no rescan logged after SIGHUP:\n{self.text()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"tagmemfs ignored {sig!r}:\n{self.text()}")
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def tagmemfs(tmp_path):
+    """tagmemfs(*args, mount_point=None) -> Daemon, mounted; stopped at teardown."""
+    daemons: list[Daemon] = []
+
+    def start(*args, mount_point: Path | None = None, wait=True) -> Daemon:
+        mp = mount_point or (tmp_path / f"mnt{len(daemons)}")
+        d = Daemon(mp, [str(a) for a in args], tmp_path / f"tagmemfs{len(daemons)}.log")
+        daemons.append(d)
+        if wait:
+            d.wait_mounted()
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+        subprocess.run(["umount", "-l", str(d.mount_point)], capture_output=True)
+
+
+def run_as(uid: int, gid: int, code: str) -> subprocess.CompletedProcess:
+    """Run Python code as another user (no supplementary groups)."""
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                           sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
