@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
                    fmt::format("configuration file (default {}, optional)", kDefaultConfigPath));
     app.add_option("-o", opt.mount_options,
                    "extra mount options: noexec, noatime, nodiratime, relatime, sync, async "
-                   "(dev, nosuid, ro, allow_other, default_permissions are always applied)");
+                   "(dev, nosuid, ro, allow_other, default_permissions are always applied)")
+        ->allow_extra_args(false); // each -o takes one argument, never the mount point
     app.add_option("-l,--log-level", level, "error, warning, info or debug")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warning", "info", "debug"}));

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +73,6 @@ class SyntheticHost:
 
     def rewrite(self, host: hostgen.Host) -> None:
         """Replace the tree's content with another host (for rescans)."""
-        import shutil
         new = self.root.parent / (self.root.name + ".next")
         if new.exists():
             shutil.rmtree(new)
@@ -84,13 +85,13 @@ class SyntheticHost:
             os.rename(child, self.sys / child.name)
         os.replace(new / "dev.list", self.root / "dev.list")
         shutil.rmtree(new)
-        # /dev: add the nodes the new host needs (existing ones stay).
-        for line in (self.root / "dev.list").read_text().splitlines():
-            kind, name, *rest = line.split()
-            path = Path("/dev") / name
+        # /dev: the nodes of the new host replace those of the old one.
+        lines = (self.root / "dev.list").read_text().splitlines()
+        for line in lines:
+            path = Path("/dev") / line.split()[1]
             if path.exists() or path.is_symlink():
                 path.unlink()
-        hostgen.populate_dev(self.root / "dev.list")
+        hostgen.populate_dev(lines)
         self.host = host
 
 
@@ -164,8 +165,10 @@ class Daemon:
         deadline = time.monotonic() + timeout
         delay = 0.01
         while time.monotonic() < deadline:
+            # A stale mount of a killed daemon shows in mountinfo too: wait
+            # for this daemon to say it mounted.
             mi = mount_options(self.mount_point)
-            if mi and mi[0] == "fuse.tagmem":
+            if mi and mi[0] == "fuse.tagmem" and " mounted " in self.text():
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"tagmemfs exited {self.proc.returncode}:\n{self.text()}")
@@ -174,7 +177,6 @@ class Daemon:
         raise AssertionError(f"tagmemfs did not mount within {timeout}s:\n{self.text()}")
 
     def text(self) -> str:
-        self.log.flush()
         return self.log_path.read_text()
 
     def rescan(self, expect_in_log: str | None = None, timeout=30.0) -> None:
@@ -206,8 +208,13 @@ def tagmemfs(tmp_path):
     """tagmemfs(*args, mount_point=None) -> Daemon, mounted; stopped at teardown."""
     daemons: list[Daemon] = []
 
+    # Mount points other users can reach (pytest's tmp_path is root-only), so
+    # that an EACCES in a test is the data node's mode and not the path's.
+    public = Path(tempfile.mkdtemp(prefix="tagmem-it-", dir="/tmp"))
+    public.chmod(0o755)
+
     def start(*args, mount_point: Path | None = None, wait=True) -> Daemon:
-        mp = mount_point or (tmp_path / f"mnt{len(daemons)}")
+        mp = mount_point or (public / f"mnt{len(daemons)}")
         d = Daemon(mp, [str(a) for a in args], tmp_path / f"tagmemfs{len(daemons)}.log")
         daemons.append(d)
         if wait:
@@ -218,6 +225,7 @@ def tagmemfs(tmp_path):
     for d in daemons:
         d.stop()
         subprocess.run(["umount", "-l", str(d.mount_point)], capture_output=True)
+    shutil.rmtree(public, ignore_errors=True)
 
 
 def run_as(uid: int, gid: int, code: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,361 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tier 3: real FUSE mounts of the real tagmemfs on synthetic hosts."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import hostgen as hg
+import pytest
+from conftest import TAGMEMFS, mount_options, run_as, run_tagmem, write_config
+
+NOBODY = 65534
+
+
+def open_errno(path: Path, flags=os.O_RDWR) -> int:
+    """errno of open(), 0 if it opened (then closed)."""
+    try:
+        os.close(os.open(path, flags))
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def open_errno_as(uid: int, gid: int, path: Path) -> str:
+    r = run_as(uid, gid, f"""
+import errno, os
+try:
+    os.close(os.open({str(path)!r}, os.O_RDWR)); print("OPENED")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+""")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with (mode, size, rdev, link target)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_rdev, st.st_uid,
+                                             os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+def test_every_file_of_every_tag(make_host, tagmemfs):
+    make_host("mixed")
+    d = tagmemfs()
+    mnt = d.mount_point
+    expected = {hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1", hg.TAG_NV0: "dax1.0",
+                hg.TAG_NV1: "dax1.1"}
+    assert sorted(os.listdir(mnt)) == sorted(expected)
+    root = mnt.stat()
+    assert stat.S_IMODE(root.st_mode) == 0o555 and root.st_nlink == 2 + len(expected)
+    now = time.time()
+    for tag, dev in expected.items():
+        t = mnt / tag
+        assert sorted(os.listdir(t)) == ["data", "dev", "metadata", "shareable", "size"]
+        st = t.stat()
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
+        assert st.st_nlink == 2 and st.st_uid == 0 and abs(st.st_mtime - now) < 120
+        assert os.readlink(t / "dev") == f"/dev/{dev}"
+        shown = json.loads(run_tagmem("show", "--json", tag).stdout)
+        assert (t / "size").read_text() == f"{shown['size']}\n"
+        assert (t / "shareable").read_text() == "0\n"
+        meta = (t / "metadata").read_text()
+        assert json.loads(meta) == shown
+        for name, content in (("size", (t / "size").read_text()), ("metadata", meta)):
+            fst = (t / name).stat()
+            assert stat.S_ISREG(fst.st_mode) and stat.S_IMODE(fst.st_mode) == 0o444
+            assert fst.st_size == len(content.encode()) and fst.st_nlink == 1
+        data = (t / "data").stat()
+        assert stat.S_ISCHR(data.st_mode) and stat.S_IMODE(data.st_mode) == 0o600
+        assert (data.st_uid, data.st_gid) == (0, 0)
+        assert (os.major(data.st_rdev), os.minor(data.st_rdev)) == (
+            shown["devices"][0]["major"], shown["devices"][0]["minor"])
+        assert os.major(data.st_rdev) == hg.dax_major()
+
+
+def test_common_tools_work(make_host, tagmemfs, tmp_path):
+    make_host("dcd")
+    mnt = tagmemfs().mount_point
+    found = subprocess.run(["find", str(mnt)], capture_output=True, text=True, check=True)
+    assert len(found.stdout.splitlines()) == 1 + 2 * 6
+    subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, check=True)
+    subprocess.run(["cp", str(mnt / hg.TAG_A / "metadata"), str(tmp_path / "m.json")],
+                   check=True)
+    assert json.loads((tmp_path / "m.json").read_text())["tag"] == hg.TAG_A
+    wc = subprocess.run(["wc", "-c", str(mnt / hg.TAG_A / "size")], capture_output=True,
+                        text=True, check=True)
+    assert wc.stdout.split()[0] == str(len(f"{hg.GiB + 512 * hg.MiB}\n"))
+    # Tab completion and `ls` see canonical names only.
+    assert not (mnt / hg.TAG_A.upper()).exists()
+    assert not (mnt / "not-a-tag").exists()
+    assert not (mnt / hg.TAG_A / "nothing").exists()
+
+
+def test_data_open_reaches_device_dax(make_host, tagmemfs):
+    # No real dax device exists here: device_dax answers ENXIO, which proves
+    # the open went to the driver and not to the daemon.
+    make_host("dcd")
+    mnt = tagmemfs().mount_point
+    assert open_errno(mnt / hg.TAG_A / "data") == errno.ENXIO
+    assert open_errno(mnt / hg.TAG_A / "data", os.O_RDONLY) == errno.ENXIO
+
+
+def test_other_users_are_refused_by_default(make_host, tagmemfs):
+    make_host("dcd")
+    mnt = tagmemfs().mount_point
+    assert open_errno_as(NOBODY, NOBODY, mnt / hg.TAG_A / "data") == "EACCES"
+    # Everything else is world-readable.
+    r = run_as(NOBODY, NOBODY, f"print(open({str(mnt / hg.TAG_A / 'metadata')!r}).read())")
+    assert r.returncode == 0 and json.loads(r.stdout)["tag"] == hg.TAG_A
+
+
+def test_configured_grants_open_exactly_their_tag(make_host, tagmemfs, tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, f"""[tag {hg.TAG_A}]
+owner = {NOBODY}
+mode = 0600
+[tag {hg.TAG_B}]
+group = 4343
+mode = 0060
+""")
+    mnt = tagmemfs("-c", conf).mount_point
+    a, b = mnt / hg.TAG_A / "data", mnt / hg.TAG_B / "data"
+    assert (a.stat().st_uid, stat.S_IMODE(a.stat().st_mode)) == (NOBODY, 0o600)
+    assert (b.stat().st_gid, stat.S_IMODE(b.stat().st_mode)) == (4343, 0o060)
+    assert open_errno_as(NOBODY, NOBODY, a) == "ENXIO"   # reached device_dax
+    assert open_errno_as(NOBODY, NOBODY, b) == "EACCES"  # the grant of A opens no other
+    assert open_errno_as(1234, 4343, b) == "ENXIO"       # group grant
+    assert open_errno_as(1234, 4343, a) == "EACCES"
+
+
+MUTATIONS = {
+    "create": lambda m, t: os.close(os.open(m / "new", os.O_CREAT | os.O_WRONLY, 0o600)),
+    "create_in_tag": lambda m, t: os.close(os.open(m / t / "new", os.O_CREAT | os.O_WRONLY)),
+    "mkdir": lambda m, t: os.mkdir(m / "newdir"),
+    "mknod": lambda m, t: os.mknod(m / t / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 3)),
+    "unlink": lambda m, t: os.unlink(m / t / "size"),
+    "unlink_data": lambda m, t: os.unlink(m / t / "data"),
+    "rmdir": lambda m, t: os.rmdir(m / t),
+    "rename": lambda m, t: os.rename(m / t / "size", m / t / "size2"),
+    "rename_dir": lambda m, t: os.rename(m / t, m / "x"),
+    "symlink": lambda m, t: os.symlink("/dev/null", m / t / "evil"),
+    "link": lambda m, t: os.link(m / t / "size", m / t / "size2"),
+    "write": lambda m, t: os.close(os.open(m / t / "metadata", os.O_WRONLY)),
+    "truncate": lambda m, t: os.truncate(m / t / "size", 0),
+    "open_trunc": lambda m, t: os.close(os.open(m / t / "size", os.O_RDONLY | os.O_TRUNC)),
+    "chmod_data": lambda m, t: os.chmod(m / t / "data", 0o666),
+    "chown_data": lambda m, t: os.chown(m / t / "data", NOBODY, NOBODY),
+    "chmod_dir": lambda m, t: os.chmod(m / t, 0o777),
+    "utime": lambda m, t: os.utime(m / t / "size", (0, 0)),
+    "setxattr": lambda m, t: os.setxattr(m / t / "size", "user.x", b"1"),
+    "removexattr": lambda m, t: os.removexattr(m / t / "size", "user.x"),
+}
+
+
+@pytest.mark.parametrize("op", sorted(MUTATIONS))
+def test_mutations_are_refused_and_change_nothing(make_host, tagmemfs, op):
+    make_host("dcd")
+    mnt = tagmemfs().mount_point
+    before = snapshot(mnt)
+    with pytest.raises(OSError) as e:
+        MUTATIONS[op](mnt, hg.TAG_A)
+    assert e.value.errno in (errno.EROFS, errno.EPERM, errno.EACCES), os.strerror(e.value.errno)
+    assert snapshot(mnt) == before
+
+
+def test_conflict_and_system_ram_keep_only_metadata(make_host, tagmemfs):
+    make_host("conflict")
+    d = tagmemfs()
+    t = d.mount_point / hg.TAG_CONFLICT
+    assert sorted(os.listdir(t)) == ["metadata", "shareable"]
+    meta = json.loads((t / "metadata").read_text())
+    assert meta["state"] == "conflict" and "dax0.0" in meta["reason"]
+    assert not (t / "data").exists() and not (t / "dev").exists()
+    d.stop()
+
+    make_host("system-ram")
+    t = tagmemfs().mount_point / hg.TAG_RAM
+    assert sorted(os.listdir(t)) == ["metadata", "shareable", "size"]
+    meta = json.loads((t / "metadata").read_text())
+    assert meta["state"] == "system-ram" and "system RAM" in meta["reason"]
+
+
+def _views_agree(mnt: Path, expected: dict[str, str]) -> None:
+    """lookup, readdir and stat all tell the same story."""
+    assert sorted(os.listdir(mnt)) == sorted(expected)
+    for tag, dev in expected.items():
+        assert os.readlink(mnt / tag / "dev") == f"/dev/{dev}"
+        assert json.loads((mnt / tag / "metadata").read_text())["device"] == dev
+    assert mnt.stat().st_nlink == 2 + len(expected)
+
+
+def test_sighup_applies_added_removed_and_changed_tags(make_host, tagmemfs):
+    host = make_host("dcd")
+    d = tagmemfs()
+    mnt = d.mount_point
+    _views_agree(mnt, {hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1"})
+    # Warm every cache, including negative entries for names yet to come.
+    assert not (mnt / hg.TAG_NV0).exists()
+    old_b = (mnt / hg.TAG_B / "metadata").read_text()
+    size_a = (mnt / hg.TAG_A / "size").read_text()
+
+    # Next: TAG_B gone, TAG_A grows (a third extent), NVDIMM tags arrive.
+    nxt = hg.Host()
+    nxt.node(1, **hg.CXL_NODE_PERF)
+    r = nxt.dcd_region(region_id=0, base=0x10_0000_0000, size=16 * hg.GiB)
+    r.extent(offset=0, length=hg.GiB, uuid=hg.TAG_A)
+    r.extent(offset=2 * hg.GiB, length=512 * hg.MiB, uuid=hg.TAG_A)
+    r.extent(offset=3 * hg.GiB, length=512 * hg.MiB, uuid=hg.TAG_A)
+    r.dax(dev_id=0, uuid=hg.TAG_A)
+    nv = nxt.nvdimm_region(region_id=1, base=0x20_0000_0000, size=16 * hg.GiB)
+    nv.namespace(ns_id=0, uuid=hg.TAG_NV0, size=4 * hg.GiB, infoblock_uuid=hg.INFOBLOCK_NV0)
+    host.rewrite(nxt)
+    d.rescan()
+
+    _views_agree(mnt, {hg.TAG_A: "dax0.0", hg.TAG_NV0: "dax1.0"})
+    assert not (mnt / hg.TAG_B).exists() and old_b
+    new_size = (mnt / hg.TAG_A / "size").read_text()
+    assert new_size != size_a and new_size == f"{2 * hg.GiB}\n"
+    assert (mnt / hg.TAG_A / "size").stat().st_size == len(new_size)
+    assert len(json.loads((mnt / hg.TAG_A / "metadata").read_text())["devices"][0]
+               ["extents"]) == 3
+    assert "tag bbbbbbbb-0000-4000-8000-00000000000b removed" in d.text()
+
+
+def test_sighup_moves_a_tag_to_another_device(make_host, tagmemfs):
+    host = make_host("dcd")
+    d = tagmemfs()
+    mnt = d.mount_point
+    data_a = mnt / hg.TAG_A / "data"
+    old_rdev = data_a.stat().st_rdev
+    nxt = hg.Host()
+    r = nxt.dcd_region(region_id=0, base=0x10_0000_0000, size=16 * hg.GiB)
+    r.extent(offset=0, length=hg.GiB, uuid=hg.TAG_B)
+    r.extent(offset=hg.GiB, length=hg.GiB, uuid=hg.TAG_A)
+    r.dax(dev_id=0, uuid=hg.TAG_B)
+    r.dax(dev_id=1, uuid=hg.TAG_A)
+    host.rewrite(nxt)
+    d.rescan()
+    assert os.readlink(mnt / hg.TAG_A / "dev") == "/dev/dax0.1"
+    assert data_a.stat().st_rdev != old_rdev
+    assert os.minor(data_a.stat().st_rdev) == os.minor(os.stat("/dev/dax0.1").st_rdev)
+
+
+def test_sighup_reloads_grants_and_keeps_a_good_config_over_a_bad_one(make_host, tagmemfs,
+                                                                       tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, "")
+    d = tagmemfs("-c", conf)
+    data = d.mount_point / hg.TAG_A / "data"
+    assert open_errno_as(NOBODY, NOBODY, data) == "EACCES"
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
+    d.rescan()
+    assert data.stat().st_uid == NOBODY  # cached attributes were invalidated
+    assert open_errno_as(NOBODY, NOBODY, data) == "ENXIO"
+
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\nmode = 0666x\n")
+    d.rescan()
+    assert "keeping the previous configuration" in d.text()
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o600
+
+
+def test_sighup_revokes_a_grant(make_host, tagmemfs, tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
+    d = tagmemfs("-c", conf)
+    data = d.mount_point / hg.TAG_A / "data"
+    assert open_errno_as(NOBODY, NOBODY, data) == "ENXIO"
+    conf.write_text("")
+    d.rescan()
+    assert open_errno_as(NOBODY, NOBODY, data) == "EACCES"
+
+
+def test_mount_options_are_enforced(make_host, tagmemfs):
+    make_host("dcd")
+    d = tagmemfs("-o", "noexec")
+    fstype, opts, sup = mount_options(d.mount_point)
+    assert fstype == "fuse.tagmem"
+    assert {"ro", "nosuid", "noexec"} <= opts and "nodev" not in opts
+    assert {"default_permissions", "allow_other"} <= sup
+
+
+@pytest.mark.parametrize("bad", ["nodev", "suid", "rw", "exec,suid", "user_id=5",
+                                 "default_permissions=0", "allow_root"])
+def test_weakening_mount_options_are_refused(make_host, tmp_path, bad):
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    r = subprocess.run([str(TAGMEMFS), "-f", "-o", bad, str(mp)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "not allowed" in r.stderr
+    assert mount_options(mp) is None
+
+
+def test_sigterm_and_sigint_unmount_cleanly(make_host, tagmemfs):
+    make_host("dcd")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = tagmemfs()
+        assert d.stop(sig) == 0
+        assert mount_options(d.mount_point) is None
+        assert "unmounting" in d.text()
+
+
+def test_stale_mount_of_a_killed_daemon_is_recovered(make_host, tagmemfs):
+    make_host("dcd")
+    d = tagmemfs()
+    mp = d.mount_point
+    d.proc.kill()
+    d.proc.wait()
+    with pytest.raises(OSError) as e:
+        os.stat(mp)
+    assert e.value.errno == errno.ENOTCONN
+    d2 = tagmemfs(mount_point=mp)
+    assert "stale mount" in d2.text()
+    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B])
+
+
+def test_a_live_mount_is_never_replaced(make_host, tagmemfs):
+    make_host("dcd")
+    d = tagmemfs()
+    r = subprocess.run([str(TAGMEMFS), "-f", str(d.mount_point)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "already a live tagmemfs mount" in r.stderr
+    assert sorted(os.listdir(d.mount_point)) == sorted([hg.TAG_A, hg.TAG_B])
+
+
+def test_invalid_config_at_start_refuses_to_mount(make_host, tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nmode = 7777\n")
+    mp = tmp_path / "mnt"
+    r = subprocess.run([str(TAGMEMFS), "-f", "-c", str(conf), str(mp)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "mode = 7777" in r.stderr and "not mounting" in r.stderr
+    assert mount_options(mp) is None
+
+
+def test_background_mode_daemonizes_and_exits_on_unmount(make_host, tmp_path):
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    r = subprocess.run([str(TAGMEMFS), str(mp)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert mount_options(mp)[0] == "fuse.tagmem"
+    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B])
+    pids = subprocess.run(["pgrep", "-f", f"tagmemfs {mp}"], capture_output=True,
+                          text=True).stdout.split()
+    assert len(pids) == 1
+    subprocess.run(["umount", str(mp)], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pids[0]}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pids[0]}").exists()
