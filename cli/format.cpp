@@ -30,7 +30,9 @@ std::string format_table(const ScanResult& scan) {
                                   "SIZE", "SOURCE", "STATE", "NAME");
     for (const auto& t : scan.tags) {
         const auto* d = t.device();
-        std::string dev = d ? d->dev.name : fmt::format("{} devices", t.devices.size());
+        std::string dev = d                   ? d->dev.name
+                          : t.devices.empty() ? std::string(1, '-')
+                                              : fmt::format("{} devices", t.devices.size());
         std::string size = d ? human_size(d->dev.size) : std::string(1, '-');
         out += fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", t.tag.str(), dev, size,
                            to_string(t.source), to_string(t.state), t.name);
@@ -61,6 +63,9 @@ std::string format_tag(const TagRecord& t) {
     line("source", to_string(t.source));
     line("shareable", fmt::format("{} ({})", t.shareable ? "yes" : "no", t.shareable_from));
     line("access", fmt::format("{}:{} {:04o}", t.access.owner, t.access.group, t.access.mode));
+    for (const auto& e : t.offered_extents)
+        line("extent",
+             fmt::format("{} offset {:#x} length {:#x} (offered)", e.name, e.offset, e.length));
     for (const auto& p : t.devices) {
         const auto& d = p.dev;
         line("device", fmt::format("{} ({}:{}, {})", d.dev_path(), d.devno.major, d.devno.minor,

@@ -92,14 +92,11 @@ int cmd_resolve(const Options& opt) {
         return l.code;
     const TagRecord& t = *l.record;
     switch (t.state) {
-    case TagState::ready:
-        fmt::print("{}\n", t.device()->dev.dev_path());
-        return kExitOk;
-    case TagState::conflict:
-        return fail(kExitConflict, t.reason);
+    case TagState::ready: fmt::print("{}\n", t.device()->dev.dev_path()); return kExitOk;
+    case TagState::conflict: return fail(kExitConflict, t.reason);
     case TagState::system_ram:
     case TagState::disabled:
-        return fail(kExitNotUsable, t.reason);
+    case TagState::offered: return fail(kExitNotUsable, t.reason);
     }
     return kExitError;
 }

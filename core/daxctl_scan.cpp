@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <set>
 
@@ -39,6 +41,8 @@ std::vector<PhysRange> ranges_of(daxctl_dev* dev) {
         if (end >= start)
             ranges.push_back({start, end});
     }
+    // readdir order: sort, so both readers of a device say the same.
+    std::sort(ranges.begin(), ranges.end());
     if (ranges.empty()) {
         auto start = daxctl_dev_get_resource(dev);
         auto size = daxctl_dev_get_size(dev);
@@ -48,7 +52,78 @@ std::vector<PhysRange> ranges_of(daxctl_dev* dev) {
     return ranges;
 }
 
+std::string parent_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::optional<std::uint64_t> read_u64(HostOs& os, const std::string& path) {
+    auto text = os.read_file(path);
+    if (!text)
+        return std::nullopt;
+    auto v = parse_u64(*text);
+    return v ? std::optional<std::uint64_t>(*v) : std::nullopt;
+}
+
 } // namespace
+
+Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
+    DaxDevice d;
+    d.name = name;
+    if (std::sscanf(name.c_str(), "dax%d.%d", &d.region_id, &d.id) != 2)
+        return make_error(EINVAL, fmt::format("{}: not a dax device name", name));
+    auto real = os.real_path(fmt::format("{}/{}", kDaxBusDevices, name));
+    if (!real)
+        return make_error(ENOENT, fmt::format("{}: gone from the dax bus", name));
+    d.sysfs_path = *real;
+    d.region_path = parent_of(*real);
+    auto node = os.lstat_node(d.dev_path());
+    if (!node)
+        return make_error(ENOENT, fmt::format("no device node {}", d.dev_path()));
+    d.devno = node->rdev;
+    // As libdaxctl: size is required, the rest optional.
+    auto size = read_u64(os, d.sysfs_path + "/size");
+    if (!size)
+        return make_error(EIO, fmt::format("{}: its size attribute cannot be read", name));
+    d.size = *size;
+    d.align = read_u64(os, d.sysfs_path + "/align").value_or(0);
+    d.resource = read_u64(os, d.sysfs_path + "/resource").value_or(0);
+    auto node_text = os.read_file(d.sysfs_path + "/target_node");
+    auto node_num = node_text ? parse_i64(*node_text) : Result<std::int64_t>(Error{});
+    d.target_node = node_num ? static_cast<int>(*node_num) : -1;
+
+    auto driver = os.lstat_node(d.sysfs_path + "/driver");
+    if (!driver || driver->type != NodeType::symlink) {
+        d.mode = DevMode::disabled;
+    } else {
+        auto target = os.real_path(d.sysfs_path + "/driver");
+        d.mode = target && base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
+    }
+
+    if (auto entries = os.list_dir(d.sysfs_path)) {
+        std::vector<PhysRange> maps;
+        for (const auto& e : *entries) {
+            int idx = 0;
+            char tail = 0;
+            if (std::sscanf(e.c_str(), "mapping%d%c", &idx, &tail) != 1)
+                continue; // not mappingN
+            auto start = read_u64(os, d.sysfs_path + "/" + e + "/start");
+            auto end = read_u64(os, d.sysfs_path + "/" + e + "/end");
+            if (start && end && *end >= *start)
+                maps.push_back(PhysRange{*start, *end});
+        }
+        std::sort(maps.begin(), maps.end());
+        d.ranges = std::move(maps);
+    }
+    if (d.ranges.empty() && d.size > 0 && d.resource != 0 && d.resource != ~0ull)
+        d.ranges.push_back({d.resource, d.resource + d.size - 1});
+    return d;
+}
 
 Result<DaxctlScan> scan_dax_devices(HostOs& os) {
     daxctl_ctx* raw = nullptr;

@@ -22,4 +22,10 @@ struct DaxctlScan {
 
 Result<DaxctlScan> scan_dax_devices(HostOs& os);
 
+// Reads one device the way libdaxctl reads it, for hotplug: libdaxctl has no
+// way to refresh a single device, and a full enumeration of a host with
+// thousands of devices is far too slow to run per event. ENOENT when the
+// device is gone. The synthetic-host tests check that both readers agree.
+Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os);
+
 } // namespace tagmem

@@ -85,24 +85,12 @@ class RealHostOs final : public HostOs {
             return errno_error(errno, "cannot stat", path);
         NodeInfo info;
         switch (st.st_mode & S_IFMT) {
-        case S_IFCHR:
-            info.type = NodeType::char_device;
-            break;
-        case S_IFBLK:
-            info.type = NodeType::block_device;
-            break;
-        case S_IFLNK:
-            info.type = NodeType::symlink;
-            break;
-        case S_IFDIR:
-            info.type = NodeType::directory;
-            break;
-        case S_IFREG:
-            info.type = NodeType::regular;
-            break;
-        default:
-            info.type = NodeType::other;
-            break;
+        case S_IFCHR: info.type = NodeType::char_device; break;
+        case S_IFBLK: info.type = NodeType::block_device; break;
+        case S_IFLNK: info.type = NodeType::symlink; break;
+        case S_IFDIR: info.type = NodeType::directory; break;
+        case S_IFREG: info.type = NodeType::regular; break;
+        default: info.type = NodeType::other; break;
         }
         info.rdev = DevNumber{::major(st.st_rdev), ::minor(st.st_rdev)};
         return info;

@@ -83,6 +83,12 @@ json tag_to_json(const TagRecord& t) {
         j["size"] = d->dev.size;
         j["align"] = d->dev.align;
     }
+    if (!t.offered_extents.empty()) {
+        json ext = json::array();
+        for (const auto& e : t.offered_extents)
+            ext.push_back({{"extent", e.name}, {"offset", e.offset}, {"length", e.length}});
+        j["extents"] = std::move(ext);
+    }
     json devs = json::array();
     for (const auto& d : t.devices)
         devs.push_back(device_json(d));

@@ -8,38 +8,29 @@ namespace tagmem {
 
 const char* to_string(DevMode mode) {
     switch (mode) {
-    case DevMode::devdax:
-        return "devdax";
-    case DevMode::system_ram:
-        return "system-ram";
-    case DevMode::disabled:
-        return "disabled";
+    case DevMode::devdax: return "devdax";
+    case DevMode::system_ram: return "system-ram";
+    case DevMode::disabled: return "disabled";
     }
     return "unknown";
 }
 
 const char* to_string(TagSource source) {
     switch (source) {
-    case TagSource::dcd:
-        return "dcd";
-    case TagSource::nvdimm:
-        return "nvdimm";
-    case TagSource::config:
-        return "config";
+    case TagSource::dcd: return "dcd";
+    case TagSource::nvdimm: return "nvdimm";
+    case TagSource::config: return "config";
     }
     return "unknown";
 }
 
 const char* to_string(TagState state) {
     switch (state) {
-    case TagState::ready:
-        return "ready";
-    case TagState::system_ram:
-        return "system-ram";
-    case TagState::disabled:
-        return "disabled";
-    case TagState::conflict:
-        return "conflict";
+    case TagState::ready: return "ready";
+    case TagState::system_ram: return "system-ram";
+    case TagState::disabled: return "disabled";
+    case TagState::conflict: return "conflict";
+    case TagState::offered: return "offered";
     }
     return "unknown";
 }

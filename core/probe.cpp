@@ -140,6 +140,15 @@ Performance read_node_performance(int node, HostOs& os) {
 
 ScanCache::ScanCache(HostOs& os) : os_(os), dax_major_(os.dax_char_major()) {}
 
+void ScanCache::set_extents(const std::string& region_path, Result<std::vector<Extent>> extents) {
+    extents_.insert_or_assign(region_path, std::move(extents));
+}
+
+void ScanCache::clear() {
+    extents_.clear();
+    dax_major_ = os_.dax_char_major();
+}
+
 const Result<std::vector<Extent>>& ScanCache::extents(const std::string& region_path) {
     auto it = extents_.find(region_path);
     if (it == extents_.end())

@@ -25,6 +25,13 @@ class ScanCache {
     const Result<std::vector<Extent>>& extents(const std::string& region_path);
     std::optional<unsigned> dax_major() const { return dax_major_; }
 
+    // For a long-lived cache (hotplug): what is known, and updates to it.
+    const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
+    void set_extents(const std::string& region_path, Result<std::vector<Extent>> extents);
+    void forget_region(const std::string& region_path) { extents_.erase(region_path); }
+    // Starts over, as a new cache would (a full rescan).
+    void clear();
+
   private:
     HostOs& os_;
     std::optional<unsigned> dax_major_;

@@ -21,33 +21,6 @@ bool matches(const TagConfig& c, const DaxDevice& d) {
     return c.has_match();
 }
 
-// Tags memory that carries none from the configuration's match rules.
-void apply_matches(std::vector<ProbedDevice>& devices, std::vector<DeviceIssue>& rejected,
-                   const Config& config) {
-    for (auto it = devices.begin(); it != devices.end();) {
-        if (it->tag) {
-            ++it;
-            continue;
-        }
-        std::vector<const TagConfig*> hits;
-        for (const auto& [tag, c] : config.tags)
-            if (matches(c, it->dev))
-                hits.push_back(&c);
-        if (hits.size() > 1) {
-            rejected.push_back(
-                {it->dev.name, fmt::format("matched by more than one configured tag ({} and {})",
-                                           hits[0]->tag.str(), hits[1]->tag.str())});
-            it = devices.erase(it);
-            continue;
-        }
-        if (hits.size() == 1) {
-            it->tag = hits[0]->tag;
-            it->source = TagSource::config;
-        }
-        ++it;
-    }
-}
-
 Access resolve_access(const TagConfig* c, HostOs& os) {
     Access a;
     if (!c)
@@ -71,15 +44,39 @@ Access resolve_access(const TagConfig* c, HostOs& os) {
     return a;
 }
 
-TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs, const Config& config,
-                      HostOs& os) {
+} // namespace
+
+Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& config) {
+    std::vector<const TagConfig*> hits;
+    for (const auto& [tag, c] : config.tags)
+        if (matches(c, dev))
+            hits.push_back(&c);
+    if (hits.size() > 1)
+        return make_error(EEXIST, fmt::format("matched by more than one configured tag ({} and {})",
+                                              hits[0]->tag.str(), hits[1]->tag.str()));
+    if (hits.empty())
+        return std::optional<Uuid>{};
+    return std::optional<Uuid>{hits[0]->tag};
+}
+
+std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
+                                                      const std::set<Uuid>& claimed) {
+    std::map<Uuid, std::vector<Extent>> out;
+    for (const auto& e : region_extents)
+        if (e.tag && !claimed.contains(*e.tag))
+            out[*e.tag].push_back(e);
+    return out;
+}
+
+TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs,
+                      std::vector<Extent> offered_extents, const Config& config, HostOs& os) {
     TagRecord r;
     r.tag = tag;
     std::sort(devs.begin(), devs.end(), [](const ProbedDevice& a, const ProbedDevice& b) {
         return std::tie(a.dev.region_id, a.dev.id) < std::tie(b.dev.region_id, b.dev.id);
     });
     r.devices = std::move(devs);
-    r.source = r.devices.front().source;
+    r.source = r.devices.empty() ? TagSource::dcd : r.devices.front().source;
     const TagConfig* c = config.find(tag);
     if (c) {
         r.name = c->name;
@@ -90,7 +87,11 @@ TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs, const Con
     }
     r.access = resolve_access(c, os);
 
-    if (r.devices.size() > 1) {
+    if (r.devices.empty()) {
+        r.state = TagState::offered;
+        r.offered_extents = std::move(offered_extents);
+        r.reason = "DCD extents carry this tag, but no dax device has claimed them yet";
+    } else if (r.devices.size() > 1) {
         std::string names;
         for (const auto& d : r.devices)
             names += (names.empty() ? "" : ", ") + d.dev.name;
@@ -109,8 +110,6 @@ TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs, const Con
     return r;
 }
 
-} // namespace
-
 const TagRecord* ScanResult::find(const Uuid& tag) const {
     auto it = std::lower_bound(tags.begin(), tags.end(), tag,
                                [](const TagRecord& r, const Uuid& t) { return r.tag < t; });
@@ -121,10 +120,19 @@ ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIs
                          const Config& config, HostOs& os) {
     ScanResult result;
     result.config_errors = config.errors;
-    apply_matches(devices, rejected, config);
-
     std::map<Uuid, std::vector<ProbedDevice>> by_tag;
     for (auto& d : devices) {
+        if (!d.tag) {
+            auto configured = config_tag_for(d.dev, config);
+            if (!configured) {
+                rejected.push_back({d.dev.name, configured.error().message});
+                continue;
+            }
+            if (*configured) {
+                d.tag = **configured;
+                d.source = TagSource::config;
+            }
+        }
         if (d.tag) {
             by_tag[*d.tag].push_back(std::move(d));
         } else {
@@ -134,7 +142,7 @@ ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIs
     }
     result.tags.reserve(by_tag.size());
     for (auto& [tag, devs] : by_tag)
-        result.tags.push_back(make_record(tag, std::move(devs), config, os));
+        result.tags.push_back(make_record(tag, std::move(devs), {}, config, os));
     std::sort(rejected.begin(), rejected.end());
     result.rejected = std::move(rejected);
     return result;

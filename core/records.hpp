@@ -7,11 +7,27 @@
 #include "config.hpp"
 #include "tag_record.hpp"
 
+#include <map>
+#include <optional>
+#include <set>
 #include <vector>
 
 namespace tagmem {
 
 class HostOs;
+
+// The configured tag of a device that carries none; an error when two
+// sections match it (the device is then rejected).
+Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& config);
+
+// One tag's record from the devices that carry it (several: a conflict; none:
+// offered by DCD extents alone).
+TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devices,
+                      std::vector<Extent> offered_extents, const Config& config, HostOs& os);
+
+// Extents that carry a tag no device has claimed, by tag.
+std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
+                                                      const std::set<Uuid>& claimed);
 
 ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
                          const Config& config, HostOs& os);

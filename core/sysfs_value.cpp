@@ -89,20 +89,11 @@ Result<std::uint64_t> parse_size(std::string_view raw) {
     std::uint64_t mult = 1;
     if (!text.empty()) {
         switch (std::toupper(static_cast<unsigned char>(text.back()))) {
-        case 'K':
-            mult = 1ull << 10;
-            break;
-        case 'M':
-            mult = 1ull << 20;
-            break;
-        case 'G':
-            mult = 1ull << 30;
-            break;
-        case 'T':
-            mult = 1ull << 40;
-            break;
-        default:
-            break;
+        case 'K': mult = 1ull << 10; break;
+        case 'M': mult = 1ull << 20; break;
+        case 'G': mult = 1ull << 30; break;
+        case 'T': mult = 1ull << 40; break;
+        default: break;
         }
         if (mult != 1)
             text.remove_suffix(1);

@@ -14,7 +14,8 @@ namespace tagmem {
 // ready: one devdax device, its data may be mapped.
 // system_ram: onlined as memory: zeroed by onlining, never the tag's data.
 // disabled: no driver bound. conflict: several devices claim the tag.
-enum class TagState { ready, system_ram, disabled, conflict };
+// offered: DCD extents carry the tag but no dax device has claimed them.
+enum class TagState { ready, system_ram, disabled, conflict, offered };
 const char* to_string(TagState state);
 
 // Who may open the tag's data: the FUSE inode's owner and mode decide under
@@ -33,8 +34,9 @@ struct TagRecord {
     std::string name; // from configuration, may be empty
     TagSource source = TagSource::config;
     TagState state = TagState::ready;
-    std::string reason;                // why it is not ready
-    std::vector<ProbedDevice> devices; // exactly one unless in conflict
+    std::string reason;                  // why it is not ready
+    std::vector<ProbedDevice> devices;   // exactly one unless in conflict or offered
+    std::vector<Extent> offered_extents; // offered: the extents carrying the tag
     bool shareable = false;
     std::string shareable_from = "default"; // "config" or "default"
     Access access;

@@ -20,18 +20,12 @@ constexpr std::array<NodeKind, 5> kFileKinds = {NodeKind::dev, NodeKind::size, N
 
 std::string_view kind_name(NodeKind kind) {
     switch (kind) {
-    case NodeKind::dev:
-        return "dev";
-    case NodeKind::size:
-        return "size";
-    case NodeKind::shareable:
-        return "shareable";
-    case NodeKind::metadata:
-        return "metadata";
-    case NodeKind::data:
-        return "data";
-    case NodeKind::dir:
-        break;
+    case NodeKind::dev: return "dev";
+    case NodeKind::size: return "size";
+    case NodeKind::shareable: return "shareable";
+    case NodeKind::metadata: return "metadata";
+    case NodeKind::data: return "data";
+    case NodeKind::dir: break;
     }
     return {};
 }
@@ -71,12 +65,9 @@ std::string single_device(const TagRecord& r) {
 
 const char* to_string(TagEventKind kind) {
     switch (kind) {
-    case TagEventKind::added:
-        return "added";
-    case TagEventKind::removed:
-        return "removed";
-    case TagEventKind::changed:
-        return "changed";
+    case TagEventKind::added: return "added";
+    case TagEventKind::removed: return "removed";
+    case TagEventKind::changed: return "changed";
     }
     return "unknown";
 }
@@ -91,13 +82,10 @@ bool TagTree::has_kind(const TagEntry& e, NodeKind kind) {
     switch (kind) {
     case NodeKind::dir:
     case NodeKind::metadata:
-    case NodeKind::shareable:
-        return true;
-    case NodeKind::size:
-        return e.record->device() != nullptr;
+    case NodeKind::shareable: return true;
+    case NodeKind::size: return e.record->device() != nullptr;
     case NodeKind::dev:
-    case NodeKind::data:
-        return e.record->usable();
+    case NodeKind::data: return e.record->usable();
     }
     return false;
 }
@@ -213,17 +201,12 @@ Result<std::string> TagTree::contents(std::uint64_t ino) const {
         return make_error(ENOENT, "no such file");
     const TagRecord& r = *e->record;
     switch (static_cast<NodeKind>(ino % kKindsPerSlot)) {
-    case NodeKind::size:
-        return fmt::format("{}\n", r.device()->dev.size);
-    case NodeKind::shareable:
-        return std::string(r.shareable ? "1\n" : "0\n");
-    case NodeKind::metadata:
-        return metadata_text(r);
-    case NodeKind::dir:
-        return make_error(EISDIR, "a directory");
+    case NodeKind::size: return fmt::format("{}\n", r.device()->dev.size);
+    case NodeKind::shareable: return std::string(r.shareable ? "1\n" : "0\n");
+    case NodeKind::metadata: return metadata_text(r);
+    case NodeKind::dir: return make_error(EISDIR, "a directory");
     case NodeKind::dev:
-    case NodeKind::data:
-        break;
+    case NodeKind::data: break;
     }
     return make_error(EINVAL, "not a regular file");
 }

@@ -52,8 +52,14 @@ def test_resolve_prints_the_path_for_scripts(make_host):
 
 def test_resolve_unknown_tag_exits_3(make_host):
     make_host("dcd")
-    r = run_tagmem("resolve", hg.TAG_C)  # offered, but no device holds it
-    assert r.returncode == 3 and "no device carries tag" in r.stderr
+    r = run_tagmem("resolve", "12345678-0000-4000-8000-000000000000")
+    assert r.returncode == 3 and "no device carries tag" in r.stderr and r.stdout == ""
+
+
+def test_resolve_offered_tag_exits_5(make_host):
+    make_host("dcd")
+    r = run_tagmem("resolve", hg.TAG_C)  # extents carry it, no device claimed them
+    assert r.returncode == 5 and "no dax device has claimed" in r.stderr
 
 
 def test_show_json_is_the_list_entry(make_host):

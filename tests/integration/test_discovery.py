@@ -27,9 +27,12 @@ def test_dcd_host(make_host):
     make_host("dcd")
     out = list_json()
     tags = tags_by_uuid(out)
-    # TAG_C is offered by an extent no device claimed: not a device, so not
-    # a tag here (hotplug reports offered tags).
-    assert sorted(tags) == sorted([hg.TAG_A, hg.TAG_B])
+    assert sorted(tags) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
+    # TAG_C is carried by an extent that no dax device has claimed.
+    c = tags[hg.TAG_C]
+    assert (c["state"], c["source"], c["devices"]) == ("offered", "dcd", [])
+    assert c["extents"] == [{"extent": "extent0.4", "offset": 4 * GiB, "length": GiB}]
+    assert "device" not in c and "size" not in c
     a = tags[hg.TAG_A]
     assert (a["source"], a["state"], a["device"], a["path"]) == ("dcd", "ready", "dax0.0",
                                                                   "/dev/dax0.0")
@@ -165,7 +168,8 @@ match-range = 0x3000000000-0x31ffffffff
     assert "unknown user 'no-such-user-tagmem'" in errors
     assert all(str(conf) in e for e in out["config_errors"])
     # No bad section applied, every device still found.
-    assert sorted(tags_by_uuid(out)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_NV0, hg.TAG_NV1])
+    assert sorted(tags_by_uuid(out)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C, hg.TAG_NV0,
+                                                hg.TAG_NV1])
     assert "dax2.0" in names(out["untagged"])
 
 
@@ -184,16 +188,17 @@ def test_missing_config_given_explicitly_is_an_error_but_not_fatal(make_host, tm
     make_host("dcd")
     out = list_json(tmp_path / "nope.conf")
     assert any("nope.conf" in e for e in out["config_errors"])
-    assert len(out["tags"]) == 2
+    assert len(out["tags"]) == 3
 
 
 def test_mixed_host(make_host):
     make_host("mixed")
     out = list_json()
     tags = tags_by_uuid(out)
-    assert sorted(tags) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_NV0, hg.TAG_NV1])
-    assert {t: v["device"] for t, v in tags.items()} == {
-        hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1", hg.TAG_NV0: "dax1.0", hg.TAG_NV1: "dax1.1"}
+    assert sorted(tags) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C, hg.TAG_NV0, hg.TAG_NV1])
+    assert {t: v.get("device") for t, v in tags.items()} == {
+        hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1", hg.TAG_C: None, hg.TAG_NV0: "dax1.0",
+        hg.TAG_NV1: "dax1.1"}
     assert names(out["untagged"]) == ["dax0.2", "dax0.3", "dax2.0"]
     assert out["rejected"] == []
 
@@ -224,8 +229,12 @@ def test_system_ram_is_listed_but_never_usable(make_host):
 def test_malformed_devices_are_rejected_one_by_one(make_host):
     make_host("malformed")
     out = list_json()
-    assert [t["tag"] for t in out["tags"]] == [hg.TAG_GOOD]
-    assert out["tags"][0]["device"] == "dax0.8"
+    states = {t["tag"]: t["state"] for t in out["tags"]}
+    assert states.pop(hg.TAG_GOOD) == "ready"
+    assert tags_by_uuid(out)[hg.TAG_GOOD]["device"] == "dax0.8"
+    # The extents of rejected devices carry tags no usable device claims:
+    # offered, never presented with data.
+    assert set(states.values()) == {"offered"} and len(states) == 8
     reasons = {r["device"]: r["reason"] for r in out["rejected"]}
     assert sorted(reasons) == [f"dax0.{i}" for i in range(8)]
     assert "not a UUID" in reasons["dax0.0"] and hg.BAD_UUID_TEXT in reasons["dax0.0"]
@@ -236,9 +245,10 @@ def test_malformed_devices_are_rejected_one_by_one(make_host):
     assert "/dev/dax0.5 is" in reasons["dax0.5"] and "but sysfs says" in reasons["dax0.5"]
     assert "vanished" in reasons["dax0.6"]
     assert "size unreadable" in reasons["dax0.7"]
-    # None of the rejected devices' tags resolves.
+    # None of the rejected devices' tags resolves to a device.
     for tag in (hg.TAG_BAD_TEXT, hg.TAG_NULL_RDEV, hg.TAG_BLOCK_NODE, hg.TAG_DEV_MISMATCH):
-        assert run_tagmem("resolve", tag).returncode == 3
+        r = run_tagmem("resolve", tag)
+        assert r.returncode == 5 and r.stdout == ""
 
 
 def _one_dcd_device(**dev_kw) -> hg.Host:
@@ -256,7 +266,7 @@ def test_consistent_device_numbers_of_another_driver_are_rejected(make_host):
     h.dev_node(dev.name, kind="c", major=1, minor=3)
     make_host(h)
     out = list_json()
-    assert out["tags"] == []
+    assert [t["state"] for t in out["tags"]] == ["offered"]
     [rej] = out["rejected"]
     assert "not the kernel's dax major" in rej["reason"]
 
@@ -266,7 +276,7 @@ def test_symlinked_device_node_is_rejected(make_host):
     h.dev_node(dev.name, kind="symlink", target="/dev/null")
     make_host(h)
     out = list_json()
-    assert out["tags"] == []
+    assert [t["state"] for t in out["tags"]] == ["offered"]
     assert names(out["rejected"]) == ["dax0.0"]
 
 
@@ -275,7 +285,9 @@ def test_tag_attribute_zero_means_untagged(make_host):
     h.override(dev.path("uuid"), "0\n")
     make_host(h)
     out = list_json()
-    assert out["tags"] == [] and names(out["untagged"]) == ["dax0.0"]
+    assert names(out["untagged"]) == ["dax0.0"]
+    # The extent's tag is then claimed by no device.
+    assert [(t["tag"], t["state"]) for t in out["tags"]] == [(hg.TAG_GOOD, "offered")]
 
 
 def test_uppercase_tag_attribute_is_canonicalised(make_host):

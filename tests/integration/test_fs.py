@@ -57,9 +57,9 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
     mnt = d.mount_point
     expected = {hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1", hg.TAG_NV0: "dax1.0",
                 hg.TAG_NV1: "dax1.1"}
-    assert sorted(os.listdir(mnt)) == sorted(expected)
+    assert sorted(os.listdir(mnt)) == sorted([*expected, hg.TAG_C])
     root = mnt.stat()
-    assert stat.S_IMODE(root.st_mode) == 0o555 and root.st_nlink == 2 + len(expected)
+    assert stat.S_IMODE(root.st_mode) == 0o555 and root.st_nlink == 2 + len(expected) + 1
     now = time.time()
     for tag, dev in expected.items():
         t = mnt / tag
@@ -89,7 +89,8 @@ def test_common_tools_work(make_host, tagmemfs, tmp_path):
     make_host("dcd")
     mnt = tagmemfs().mount_point
     found = subprocess.run(["find", str(mnt)], capture_output=True, text=True, check=True)
-    assert len(found.stdout.splitlines()) == 1 + 2 * 6
+    # two ready tags (dir + 5 files) and offered TAG_C (dir, metadata, shareable)
+    assert len(found.stdout.splitlines()) == 1 + 2 * 6 + 3
     subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, check=True)
     subprocess.run(["cp", str(mnt / hg.TAG_A / "metadata"), str(tmp_path / "m.json")],
                    check=True)
@@ -192,20 +193,23 @@ def test_conflict_and_system_ram_keep_only_metadata(make_host, tagmemfs):
     assert meta["state"] == "system-ram" and "system RAM" in meta["reason"]
 
 
-def _views_agree(mnt: Path, expected: dict[str, str]) -> None:
+def _views_agree(mnt: Path, expected: dict[str, str], offered=()) -> None:
     """lookup, readdir and stat all tell the same story."""
-    assert sorted(os.listdir(mnt)) == sorted(expected)
+    assert sorted(os.listdir(mnt)) == sorted([*expected, *offered])
+    for tag in offered:
+        assert sorted(os.listdir(mnt / tag)) == ["metadata", "shareable"]
+        assert json.loads((mnt / tag / "metadata").read_text())["state"] == "offered"
     for tag, dev in expected.items():
         assert os.readlink(mnt / tag / "dev") == f"/dev/{dev}"
         assert json.loads((mnt / tag / "metadata").read_text())["device"] == dev
-    assert mnt.stat().st_nlink == 2 + len(expected)
+    assert mnt.stat().st_nlink == 2 + len(expected) + len(offered)
 
 
 def test_sighup_applies_added_removed_and_changed_tags(make_host, tagmemfs):
     host = make_host("dcd")
     d = tagmemfs()
     mnt = d.mount_point
-    _views_agree(mnt, {hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1"})
+    _views_agree(mnt, {hg.TAG_A: "dax0.0", hg.TAG_B: "dax0.1"}, offered=[hg.TAG_C])
     # Warm every cache, including negative entries for names yet to come.
     assert not (mnt / hg.TAG_NV0).exists()
     old_b = (mnt / hg.TAG_B / "metadata").read_text()
@@ -322,7 +326,7 @@ def test_stale_mount_of_a_killed_daemon_is_recovered(make_host, tagmemfs):
     assert e.value.errno == errno.ENOTCONN
     d2 = tagmemfs(mount_point=mp)
     assert "stale mount" in d2.text()
-    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B])
+    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
 
 
 def test_a_live_mount_is_never_replaced(make_host, tagmemfs):
@@ -331,7 +335,7 @@ def test_a_live_mount_is_never_replaced(make_host, tagmemfs):
     r = subprocess.run([str(TAGMEMFS), "-f", str(d.mount_point)], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 1 and "already a live tagmemfs mount" in r.stderr
-    assert sorted(os.listdir(d.mount_point)) == sorted([hg.TAG_A, hg.TAG_B])
+    assert sorted(os.listdir(d.mount_point)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
 
 
 def test_invalid_config_at_start_refuses_to_mount(make_host, tmp_path):
@@ -350,7 +354,7 @@ def test_background_mode_daemonizes_and_exits_on_unmount(make_host, tmp_path):
     r = subprocess.run([str(TAGMEMFS), str(mp)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert mount_options(mp)[0] == "fuse.tagmem"
-    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B])
+    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
     pids = subprocess.run(["pgrep", "-f", f"tagmemfs {mp}"], capture_output=True,
                           text=True).stdout.split()
     assert len(pids) == 1

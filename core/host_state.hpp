@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+// Everything tagmem knows about the host, kept up to date piece by piece.
+//
+// A full rescan enumerates with libdaxctl; after that, a uevent names one
+// device and refresh_device() re-reads only it, and poll_extents() re-reads
+// only the extent directories of DC regions that changed. Each returns the
+// tags whose records changed, so the filesystem touches nothing else: on a
+// host with 10,000 tags one event costs one device's reads.
+//
+// Not thread-safe: one thread (the daemon's event thread) owns it.
+#pragma once
+
+#include "config.hpp"
+#include "probe.hpp"
+#include "result.hpp"
+#include "tag_record.hpp"
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tagmem {
+
+class HostOs;
+
+// The records to (re)publish and the tags that are gone.
+struct TagDelta {
+    std::vector<std::shared_ptr<const TagRecord>> upserts;
+    std::vector<Uuid> removals;
+    bool empty() const { return upserts.empty() && removals.empty(); }
+};
+
+class HostState {
+  public:
+    explicit HostState(HostOs& os);
+
+    // Enumerates the whole host with libdaxctl under this configuration.
+    // Fails only when libdaxctl cannot start (the state is then unchanged).
+    Result<TagDelta> rescan(const Config& config);
+
+    // One device was added, changed or removed: re-read it alone.
+    TagDelta refresh_device(const std::string& name);
+
+    // Devices whose sysfs path lies under a path (an nd or cxl uevent).
+    std::vector<std::string> devices_under(const std::string& sysfs_path) const;
+
+    // Re-reads the extent lists of the DC regions; only new extent
+    // directories are read, so an unchanged region costs one readdir.
+    TagDelta poll_extents();
+    bool has_dc_regions() const;
+
+    ScanResult snapshot() const;
+    std::size_t tag_count() const { return records_.size(); }
+
+  private:
+    void forget_device(const std::string& name, std::set<Uuid>& touched);
+    void load_device(const DaxDevice& dev, std::set<Uuid>& touched);
+    void index_extents(const std::string& region, const std::vector<Extent>* old_list,
+                       const std::vector<Extent>* new_list, std::set<Uuid>& touched);
+    TagDelta rebuild(const std::set<Uuid>& touched);
+
+    HostOs& os_;
+    Config config_;
+    ScanCache cache_;
+    std::map<std::string, ProbedDevice> devices_; // probed fine, tagged or not
+    std::map<std::string, DeviceIssue> rejected_;
+    std::unordered_map<Uuid, std::set<std::string>> by_tag_;          // tag -> device names
+    std::unordered_map<Uuid, std::map<std::string, Extent>> extents_; // tag -> extents by name
+    std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
+};
+
+} // namespace tagmem
