@@ -11,6 +11,7 @@ enum ExitCode : int {
     kExitUsage = 2,      // bad argument or option
     kExitUnknownTag = 3, // no device carries the tag
     kExitConflict = 4,   // several devices claim the tag
+    kExitTimeout = 6,    // tagmem wait gave up
     kExitNotUsable = 5,  // the tag exists but is not mappable (system-ram, disabled)
 };
 

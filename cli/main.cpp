@@ -2,6 +2,7 @@
 // tagmem(1): list tagged memory, show one tag, resolve a tag to its device.
 #include "exit_codes.hpp"
 #include "format.hpp"
+#include "watch_client.hpp"
 
 #include "config.hpp"
 #include "discovery.hpp"
@@ -123,6 +124,20 @@ int run(int argc, char** argv) {
         "resolve", "print the device path of a tag; exit 3 unknown, 4 conflict, 5 not usable");
     resolve->add_option("tag", opt.tag_text, "the tag (UUID)")->required();
 
+    WatchOptions wopt;
+    auto* wait = app.add_subcommand(
+        "wait", "wait until a tag is usable at <mount>/<tag>/data; exit 6 on timeout");
+    wait->add_option("tag", wopt.tag_text, "the tag (UUID)")->required();
+    wait->add_option("-t,--timeout", wopt.timeout_s, "give up after this many seconds");
+    auto* watch = app.add_subcommand("watch", "print one line per change until interrupted");
+    watch->add_flag("-j,--json", wopt.json, "the socket's JSON lines as they come");
+    for (auto* sub : {wait, watch}) {
+        sub->add_option("-m,--mount-point", wopt.mount_point, "where tagmemfs is mounted")
+            ->capture_default_str();
+        sub->add_option("-s,--socket", wopt.socket_path,
+                        "tagmemfs's watch socket (default: <mount point>.sock)");
+    }
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -141,6 +156,10 @@ int run(int argc, char** argv) {
         return cmd_show(opt);
     if (*resolve)
         return cmd_resolve(opt);
+    if (*wait)
+        return cmd_wait(wopt);
+    if (*watch)
+        return cmd_watch(wopt);
     return kExitUsage;
 }
 

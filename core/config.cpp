@@ -14,6 +14,7 @@ namespace tagmem {
 namespace {
 
 constexpr std::string_view kTagPrefix = "tag ";
+constexpr std::size_t kMaxNameLength = 128;
 
 struct ParseState {
     Config config;
@@ -79,8 +80,8 @@ struct ParseState {
             current_bad = true;
         };
         if (name == "name") {
-            if (value.empty() || value.size() > 255)
-                return bad("a name must be 1 to 255 characters");
+            if (value.empty() || value.size() > kMaxNameLength)
+                return bad(fmt::format("a name must be 1 to {} characters", kMaxNameLength));
             if (value.find_first_of("\n\r\t") != std::string::npos)
                 return bad("a name must not hold control characters");
             t.name = value;
@@ -119,35 +120,57 @@ struct ParseState {
     }
 };
 
-// Debian builds inih without INI_HANDLER_LINENO, so the reader below counts
-// lines itself; the handler runs right after the line it reports was read.
+// Feeds inih one line at a time, and does what Debian's inih build cannot:
+// it counts lines (no INI_HANDLER_LINENO), notices every section header on
+// its own line (inih reports sections only with their first key), strips
+// indentation (inih would take an indented key for a continuation line), and
+// refuses lines longer than inih's fixed buffer instead of letting them be
+// split in two.
 struct LineReader {
     std::string_view rest;
     ParseState* state;
 };
 
+constexpr std::size_t kMaxLine = 190; // inih's INI_MAX_LINE is 200, with room to spare
+
 char* read_ini_line(char* out, int size, void* stream) noexcept {
     auto& r = *static_cast<LineReader*>(stream);
-    if (r.rest.empty() || size < 2)
+    if (r.rest.empty())
         return nullptr;
-    auto want = std::min<std::size_t>(static_cast<std::size_t>(size - 1), r.rest.size());
-    auto nl = r.rest.substr(0, want).find('\n');
-    std::size_t n = nl == std::string_view::npos ? want : nl + 1;
-    r.rest.copy(out, n);
-    out[n] = '\0';
-    r.rest.remove_prefix(n);
-    if (nl != std::string_view::npos || r.rest.empty())
-        ++r.state->lines_read;
+    auto& st = *r.state;
+    auto nl = r.rest.find('\n');
+    std::string_view line = r.rest.substr(0, nl);
+    r.rest.remove_prefix(nl == std::string_view::npos ? r.rest.size() : nl + 1);
+    ++st.lines_read;
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t'))
+        line.remove_prefix(1);
+    if (!line.empty() && line.back() == '\r')
+        line.remove_suffix(1);
+    try {
+        if (line.size() > kMaxLine || line.size() + 2 > static_cast<std::size_t>(size)) {
+            st.error(st.lines_read, fmt::format("line too long (at most {} characters)", kMaxLine));
+            if (st.current)
+                st.current_bad = true;
+            line = {};
+        } else if (line.starts_with('[')) {
+            auto close = line.find(']');
+            if (close != std::string_view::npos)
+                st.start_section(std::string(trim_attr(line.substr(1, close - 1))), st.lines_read);
+        }
+    } catch (...) {
+        return nullptr; // out of memory: inih ends the parse
+    }
+    line.copy(out, line.size());
+    out[line.size()] = '\n';
+    out[line.size() + 1] = '\0';
     return out;
 }
 
-int on_ini_entry(void* user, const char* section, const char* name, const char* value) noexcept {
+int on_ini_entry(void* user, const char*, const char* name, const char* value) noexcept {
     // inih calls back from C: nothing may throw through it.
     try {
         auto& st = *static_cast<ParseState*>(user);
         const int line = st.lines_read;
-        if (st.current_section != section)
-            st.start_section(section, line);
         if (!st.current) {
             st.error(line, fmt::format("'{}' outside of any [tag <uuid>] section", name));
             return 1;

@@ -63,6 +63,23 @@ class RealHostOs final : public HostOs {
         return std::string(p.get());
     }
 
+    Result<std::vector<std::pair<std::string, std::uint64_t>>>
+    list_dir_inodes(const std::string& path) override {
+        struct DirCloser {
+            void operator()(DIR* d) const { ::closedir(d); }
+        };
+        std::unique_ptr<DIR, DirCloser> dir(::opendir(path.c_str()));
+        if (!dir)
+            return errno_error(errno, "cannot list", path);
+        std::vector<std::pair<std::string, std::uint64_t>> out;
+        while (auto* de = ::readdir(dir.get())) {
+            if (std::strcmp(de->d_name, ".") == 0 || std::strcmp(de->d_name, "..") == 0)
+                continue;
+            out.emplace_back(de->d_name, de->d_ino);
+        }
+        return out;
+    }
+
     Result<std::vector<std::string>> list_dir(const std::string& path) override {
         struct DirCloser {
             void operator()(DIR* d) const { ::closedir(d); }

@@ -11,8 +11,10 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tagmem {
@@ -33,6 +35,19 @@ class HostOs {
     virtual Result<std::string> real_path(const std::string& path) = 0;
     // Entry names of a directory, without "." and "..", in no set order.
     virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+    // Names with their inode numbers (readdir's d_ino, free to get): a
+    // sysfs object re-created under an old name has a new inode. The
+    // default, for hosts that cannot tell, reports 0 for all.
+    virtual Result<std::vector<std::pair<std::string, std::uint64_t>>>
+    list_dir_inodes(const std::string& path) {
+        auto names = list_dir(path);
+        if (!names)
+            return names.error();
+        std::vector<std::pair<std::string, std::uint64_t>> out;
+        for (auto& n : *names)
+            out.emplace_back(std::move(n), 0);
+        return out;
+    }
     // lstat(): a symlink is reported as a symlink, never followed.
     virtual Result<NodeInfo> lstat_node(const std::string& path) = 0;
     virtual bool exists(const std::string& path) = 0;

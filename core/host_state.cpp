@@ -57,9 +57,8 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
     devices_.insert_or_assign(dev.name, std::move(p));
 }
 
-void HostState::index_extents(const std::string& region, const std::vector<Extent>* old_list,
+void HostState::index_extents(const std::vector<Extent>* old_list,
                               const std::vector<Extent>* new_list, std::set<Uuid>& touched) {
-    (void)region;
     if (old_list)
         for (const auto& e : *old_list)
             if (e.tag) {
@@ -123,26 +122,41 @@ Result<TagDelta> HostState::rescan(const Config& config) {
         load_device(dev, touched);
     for (const auto& [region, extents] : cache_.regions())
         if (extents)
-            index_extents(region, nullptr, &*extents, touched);
+            index_extents(nullptr, &*extents, touched);
+    signatures_.clear();
     return rebuild(touched);
 }
 
-TagDelta HostState::refresh_device(const std::string& name) {
-    std::set<Uuid> touched;
+void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
+                            std::set<std::string>& regions) {
+    if (auto it = devices_.find(name); it != devices_.end())
+        regions.insert(it->second.dev.region_path);
     forget_device(name, touched);
     auto dev = read_dax_device(name, os_);
-    if (dev) {
-        // A device appearing in a DC region we have not seen: read it once.
-        bool new_region = !cache_.regions().contains(dev->region_path);
-        load_device(*dev, touched);
-        if (new_region && cache_.regions().contains(dev->region_path)) {
-            const auto& extents = cache_.regions().at(dev->region_path);
-            if (extents)
-                index_extents(dev->region_path, nullptr, &*extents, touched);
-        }
-    } else if (dev.error().code != ENOENT) {
-        rejected_[name] = {name, dev.error().message};
+    if (!dev) {
+        if (dev.error().code != ENOENT)
+            rejected_[name] = {name, dev.error().message};
+        return;
     }
+    // A device in a DC region we have not seen: its extents are read once.
+    bool new_region = !cache_.regions().contains(dev->region_path);
+    load_device(*dev, touched);
+    if (new_region && cache_.regions().contains(dev->region_path)) {
+        if (const auto& extents = cache_.regions().at(dev->region_path))
+            index_extents(nullptr, &*extents, touched);
+    } else {
+        regions.insert(dev->region_path);
+    }
+}
+
+TagDelta HostState::refresh(const std::set<std::string>& names) {
+    std::set<Uuid> touched;
+    std::set<std::string> regions;
+    for (const auto& name : names)
+        refresh_one(name, touched, regions);
+    for (const auto& region : regions)
+        if (cache_.regions().contains(region))
+            poll_region(region, touched);
     return rebuild(touched);
 }
 
@@ -159,51 +173,81 @@ bool HostState::has_dc_regions() const {
     return !cache_.regions().empty();
 }
 
+void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) {
+    const auto& known = cache_.regions().at(region);
+    auto entries = os_.list_dir_inodes(region);
+    if (!entries) {
+        // The region itself is gone: its extents with it.
+        if (known)
+            index_extents(&*known, nullptr, touched);
+        cache_.forget_region(region);
+        signatures_.erase(region);
+        return;
+    }
+    Signature now;
+    for (auto& e : *entries)
+        if (e.first.starts_with("extent"))
+            now.push_back(std::move(e));
+    std::sort(now.begin(), now.end());
+    auto sig = signatures_.find(region);
+    if (sig != signatures_.end() && sig->second == now)
+        return; // the common case: one readdir, nothing read
+    bool first_look = sig == signatures_.end();
+    signatures_[region] = std::move(now);
+    auto fresh = read_region_extents(region, os_);
+    std::vector<Extent> old_list = known ? *known : std::vector<Extent>{};
+    if (first_look && known && fresh && *fresh == old_list)
+        return; // read at scan time, unchanged since
+    // Only tags whose extents differ are touched: a region can hold
+    // thousands of devices, and one extent arriving concerns one tag.
+    std::set<Uuid> changed;
+    std::map<std::string, const Extent*> before, after;
+    for (const auto& e : old_list)
+        before[e.name] = &e;
+    if (fresh)
+        for (const auto& e : *fresh)
+            after[e.name] = &e;
+    auto note = [&](const Extent* e) {
+        if (e && e->tag)
+            changed.insert(*e->tag);
+    };
+    for (const auto& [name, e] : before) {
+        auto it = after.find(name);
+        if (it == after.end() || !(*it->second == *e)) {
+            note(e);
+            note(it == after.end() ? nullptr : it->second);
+        }
+    }
+    for (const auto& [name, e] : after)
+        if (!before.contains(name))
+            note(e);
+    std::set<Uuid> reindexed;
+    index_extents(&old_list, fresh ? &*fresh : nullptr, reindexed);
+    cache_.set_extents(region, std::move(fresh));
+    // Devices of this region that carry a changed tag list their extents.
+    for (const auto& tag : changed) {
+        touched.insert(tag);
+        auto it = by_tag_.find(tag);
+        if (it == by_tag_.end())
+            continue;
+        for (const auto& name : std::set<std::string>(it->second)) {
+            auto d = devices_.find(name);
+            if (d != devices_.end() && d->second.dev.region_path == region) {
+                DaxDevice dev = d->second.dev;
+                forget_device(name, touched);
+                load_device(dev, touched);
+            }
+        }
+    }
+}
+
 TagDelta HostState::poll_extents() {
     std::set<Uuid> touched;
     std::vector<std::string> regions;
     for (const auto& [region, extents] : cache_.regions())
         regions.push_back(region);
-    for (const auto& region : regions) {
-        const auto& known = cache_.regions().at(region);
-        auto names = os_.list_dir(region);
-        if (!names) {
-            // The region itself is gone: its devices' uevents do the rest.
-            if (known)
-                index_extents(region, &*known, nullptr, touched);
-            cache_.forget_region(region);
-            continue;
-        }
-        std::set<std::string> now;
-        for (const auto& n : *names)
-            if (n.starts_with("extent"))
-                now.insert(n);
-        std::set<std::string> before;
-        if (known)
-            for (const auto& e : *known)
-                before.insert(e.name);
-        if (known && now == before)
-            continue; // the common case: one readdir, nothing read
-        auto fresh = read_region_extents(region, os_);
-        const std::vector<Extent>* old_list = known ? &*known : nullptr;
-        std::vector<Extent> old_copy = old_list ? *old_list : std::vector<Extent>{};
-        index_extents(region, old_list ? &old_copy : nullptr, fresh ? &*fresh : nullptr, touched);
-        cache_.set_extents(region, std::move(fresh));
-        // Devices of this region that carry a touched tag list their extents.
-        for (const auto& tag : std::set<Uuid>(touched)) {
-            auto it = by_tag_.find(tag);
-            if (it == by_tag_.end())
-                continue;
-            for (const auto& name : std::set<std::string>(it->second)) {
-                auto d = devices_.find(name);
-                if (d != devices_.end() && d->second.dev.region_path == region) {
-                    DaxDevice dev = d->second.dev;
-                    forget_device(name, touched);
-                    load_device(dev, touched);
-                }
-            }
-        }
-    }
+    for (const auto& region : regions)
+        poll_region(region, touched);
     return rebuild(touched);
 }
 

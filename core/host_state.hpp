@@ -26,13 +26,6 @@ namespace tagmem {
 
 class HostOs;
 
-// The records to (re)publish and the tags that are gone.
-struct TagDelta {
-    std::vector<std::shared_ptr<const TagRecord>> upserts;
-    std::vector<Uuid> removals;
-    bool empty() const { return upserts.empty() && removals.empty(); }
-};
-
 class HostState {
   public:
     explicit HostState(HostOs& os);
@@ -41,8 +34,11 @@ class HostState {
     // Fails only when libdaxctl cannot start (the state is then unchanged).
     Result<TagDelta> rescan(const Config& config);
 
-    // One device was added, changed or removed: re-read it alone.
-    TagDelta refresh_device(const std::string& name);
+    // Devices were added, changed or removed (uevents named them): re-read
+    // them alone, and the extent lists of the DC regions they sit in (a
+    // device released with its extents then vanishes in one step).
+    TagDelta refresh(const std::set<std::string>& names);
+    TagDelta refresh_device(const std::string& name) { return refresh({name}); }
 
     // Devices whose sysfs path lies under a path (an nd or cxl uevent).
     std::vector<std::string> devices_under(const std::string& sysfs_path) const;
@@ -58,8 +54,11 @@ class HostState {
   private:
     void forget_device(const std::string& name, std::set<Uuid>& touched);
     void load_device(const DaxDevice& dev, std::set<Uuid>& touched);
-    void index_extents(const std::string& region, const std::vector<Extent>* old_list,
-                       const std::vector<Extent>* new_list, std::set<Uuid>& touched);
+    void index_extents(const std::vector<Extent>* old_list, const std::vector<Extent>* new_list,
+                       std::set<Uuid>& touched);
+    void refresh_one(const std::string& name, std::set<Uuid>& touched,
+                     std::set<std::string>& regions);
+    void poll_region(const std::string& region, std::set<Uuid>& touched);
     TagDelta rebuild(const std::set<Uuid>& touched);
 
     HostOs& os_;
@@ -70,6 +69,9 @@ class HostState {
     std::unordered_map<Uuid, std::set<std::string>> by_tag_;          // tag -> device names
     std::unordered_map<Uuid, std::map<std::string, Extent>> extents_; // tag -> extents by name
     std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
+    // What each DC region's directory held when its extents were read.
+    using Signature = std::vector<std::pair<std::string, std::uint64_t>>;
+    std::map<std::string, Signature> signatures_;
 };
 
 } // namespace tagmem

@@ -48,8 +48,8 @@ Result<DevNumber> parse_dev_number(std::string_view raw) {
         return make_error(EINVAL, fmt::format("not a device number 'major:minor': '{}'", text));
     auto major = parse_u64(text.substr(0, colon));
     auto minor = parse_u64(text.substr(colon + 1));
-    // Reject hex spellings and out-of-range values: the kernel prints %u:%u.
-    if (!major || !minor || text.find('x') != std::string_view::npos ||
+    // Only the kernel's own spelling, %u:%u: no hex, no blanks, no signs.
+    if (!major || !minor || text.find_first_not_of("0123456789:") != std::string_view::npos ||
         *major > std::numeric_limits<unsigned>::max() ||
         *minor > std::numeric_limits<unsigned>::max())
         return make_error(EINVAL, fmt::format("not a device number 'major:minor': '{}'", text));

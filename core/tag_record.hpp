@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,13 @@ struct TagRecord {
 
     bool usable() const { return state == TagState::ready; }
     const ProbedDevice* device() const { return devices.size() == 1 ? &devices[0] : nullptr; }
+};
+
+// The records to (re)publish and the tags that are gone.
+struct TagDelta {
+    std::vector<std::shared_ptr<const TagRecord>> upserts;
+    std::vector<Uuid> removals;
+    bool empty() const { return upserts.empty() && removals.empty(); }
 };
 
 struct UntaggedDevice {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <mutex>
+#include <unordered_set>
 
 namespace tagmem {
 namespace {
@@ -256,26 +257,42 @@ Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
 }
 
 TreeChanges TagTree::update(const ScanResult& scan) {
-    // Build the new entries outside the lock: JSON generation is the costly
-    // part, and readers must not wait for it.
+    TagDelta delta;
+    std::unordered_set<Uuid> present;
+    for (const auto& r : scan.tags) {
+        present.insert(r.tag);
+        delta.upserts.push_back(std::make_shared<const TagRecord>(r));
+    }
+    {
+        std::shared_lock lock(mutex_);
+        for (const auto& [tag, slot] : slot_of_)
+            if (!present.contains(tag))
+                delta.removals.push_back(tag);
+    }
+    return apply(delta);
+}
+
+TreeChanges TagTree::apply(const TagDelta& delta) {
+    // Render outside the lock: JSON is the costly part, and readers must
+    // not wait for it.
     struct Incoming {
         std::shared_ptr<const TagRecord> record;
         std::uint64_t size;
         std::size_t fingerprint;
     };
     std::vector<Incoming> incoming;
-    incoming.reserve(scan.tags.size());
-    for (const auto& r : scan.tags) {
-        auto rec = std::make_shared<const TagRecord>(r);
+    incoming.reserve(delta.upserts.size());
+    for (const auto& rec : delta.upserts) {
         std::string text = metadata_text(*rec);
-        incoming.push_back({std::move(rec), text.size(), std::hash<std::string>{}(text)});
+        incoming.push_back({rec, text.size(), std::hash<std::string>{}(text)});
     }
 
     TreeChanges ch;
     const timespec t = now();
     std::unique_lock lock(mutex_);
-    std::unordered_map<Uuid, std::uint64_t> next_slots;
-    next_slots.reserve(incoming.size());
+    auto event = [&](TagEventKind kind, const TagRecord& r) {
+        ch.events.push_back({kind, r.tag, single_device(r), to_string(r.state), r.access});
+    };
     auto remove_slot = [&](std::uint64_t slot) {
         auto node = by_slot_.extract(slot);
         std::uint64_t dir = ino_of(slot, NodeKind::dir);
@@ -289,26 +306,32 @@ TreeChanges TagTree::update(const ScanResult& scan) {
         TagEntry e{in.record->tag.str(), in.record, in.size, in.fingerprint, t};
         ch.added.emplace_back(kRootIno, e.name);
         by_slot_.emplace(slot, std::move(e));
-        return slot;
+        slot_of_[in.record->tag] = slot;
     };
 
+    for (const auto& tag : delta.removals) {
+        auto it = slot_of_.find(tag);
+        if (it == slot_of_.end())
+            continue;
+        event(TagEventKind::removed, *by_slot_.at(it->second).record);
+        remove_slot(it->second);
+        slot_of_.erase(it);
+    }
     for (auto& in : incoming) {
         const TagRecord& r = *in.record;
         auto old = slot_of_.find(r.tag);
         if (old == slot_of_.end()) {
-            next_slots.emplace(r.tag, add_slot(in));
-            ch.events.push_back({TagEventKind::added, r.tag, single_device(r), to_string(r.state)});
+            add_slot(in);
+            event(TagEventKind::added, r);
             continue;
         }
         TagEntry& e = by_slot_.at(old->second);
-        if (e.fingerprint == in.fingerprint) {
-            next_slots.emplace(r.tag, old->second);
-            continue;
-        }
-        ch.events.push_back({TagEventKind::changed, r.tag, single_device(r), to_string(r.state)});
+        if (e.fingerprint == in.fingerprint)
+            continue; // re-read, unchanged
+        event(TagEventKind::changed, r);
         if (identity(*e.record) != identity(r)) {
             remove_slot(old->second);
-            next_slots.emplace(r.tag, add_slot(in));
+            add_slot(in);
             continue;
         }
         e.record = in.record;
@@ -319,21 +342,18 @@ TreeChanges TagTree::update(const ScanResult& scan) {
         for (auto kind : kFileKinds)
             if (has_kind(e, kind))
                 ch.changed.push_back(ino_of(old->second, kind));
-        next_slots.emplace(r.tag, old->second);
     }
-    for (const auto& [tag, slot] : slot_of_) {
-        if (next_slots.contains(tag))
-            continue;
-        const TagRecord& r = *by_slot_.at(slot).record;
-        ch.events.push_back({TagEventKind::removed, tag, single_device(r), to_string(r.state)});
-        remove_slot(slot);
-    }
-    slot_of_ = std::move(next_slots);
     if (!ch.added.empty() || !ch.removed.empty()) {
         root_changed_ = t;
         ch.changed.push_back(kRootIno);
     }
     return ch;
+}
+
+std::shared_ptr<const TagRecord> TagTree::find(const Uuid& tag) const {
+    std::shared_lock lock(mutex_);
+    auto it = slot_of_.find(tag);
+    return it == slot_of_.end() ? nullptr : by_slot_.at(it->second).record;
 }
 
 std::size_t TagTree::tag_count() const {

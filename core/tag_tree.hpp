@@ -70,6 +70,7 @@ struct TagEvent {
     Uuid tag;
     std::string device; // daxX.Y, or empty when the tag has no single device
     std::string state;
+    Access access; // of the tag's data: who may learn of the event
 };
 
 // What the kernel must forget after an update.
@@ -102,7 +103,13 @@ class TagTree {
     Status readdir(std::uint64_t ino, std::uint64_t offset,
                    const std::function<bool(const DirEntry&)>& fn) const;
 
+    // Publishes new or changed records and drops removed tags; only these
+    // tags are looked at, so a hotplug event costs what it touches.
+    TreeChanges apply(const TagDelta& delta);
+    // Makes the tree hold exactly the scan's tags.
     TreeChanges update(const ScanResult& scan);
+
+    std::shared_ptr<const TagRecord> find(const Uuid& tag) const;
 
     std::size_t tag_count() const;
     // A snapshot of the records, for the watch/wait channel and tests.

@@ -2,12 +2,13 @@
 #include "daemon.hpp"
 
 #include "config.hpp"
-#include "discovery.hpp"
 #include "fd.hpp"
 #include "host_os.hpp"
+#include "host_state.hpp"
 #include "mount.hpp"
 #include "notify.hpp"
 #include "tag_tree.hpp"
+#include "watch_server.hpp"
 
 #include <fmt/format.h>
 
@@ -18,15 +19,16 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
-#include <memory>
-#include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 
 namespace tagmem {
 namespace {
 
-// Written by the SIGHUP handler (async-signal-safe), read by the rescan thread.
+// Written by the SIGHUP handler (async-signal-safe), read by the event thread.
 std::atomic<int> g_rescan_fd{-1};
 
 void on_sighup(int) {
@@ -37,9 +39,14 @@ void on_sighup(int) {
     }
 }
 
+void drain_eventfd(int fd) {
+    std::uint64_t n = 0;
+    [[maybe_unused]] auto r = ::read(fd, &n, sizeof n);
+}
+
 class Daemon {
   public:
-    explicit Daemon(const DaemonOptions& o) : opt_(o) {}
+    explicit Daemon(const DaemonOptions& o) : opt_(o), state_(real_host_os()) {}
 
     int run();
 
@@ -55,16 +62,36 @@ class Daemon {
         return c;
     }
     void rescan(const char* why);
-    void rescan_loop();
+    void on_uevents();
+    void publish(const TagDelta& delta, const char* why);
+    void event_loop();
 
     DaemonOptions opt_;
     Config config_;
+    HostState state_; // owned by the event thread once serving
     TagTree tree_;
     FsContext context_;
     fuse_session* se_ = nullptr;
+    std::optional<UeventMonitor> uevents_;
+    std::optional<WatchServer> watchers_;
     Fd rescan_event_;
     Fd stop_event_;
 };
+
+// Applies a delta to the tree, then tells the kernel, then the watchers: a
+// watcher that hears of a tag finds it in the mount.
+void Daemon::publish(const TagDelta& delta, const char* why) {
+    if (delta.empty())
+        return;
+    auto changes = tree_.apply(delta);
+    if (se_)
+        notify_kernel(se_, changes);
+    for (const auto& e : changes.events)
+        log::info("tag {} {} ({}{}{}) [{}]", e.tag.str(), to_string(e.kind), e.state,
+                  e.device.empty() ? "" : ", ", e.device, why);
+    if (watchers_)
+        watchers_->publish(changes.events);
+}
 
 void Daemon::rescan(const char* why) {
     bool ok = false;
@@ -73,41 +100,77 @@ void Daemon::rescan(const char* why) {
         config_ = std::move(fresh);
     else
         log::error("{}: keeping the previous configuration", config_path());
-    auto scan = scan_host(config_, real_host_os());
-    if (!scan) {
-        log::error("rescan ({}) failed: {}; the namespace is unchanged", why, scan.error().message);
+    auto delta = state_.rescan(config_);
+    if (!delta) {
+        log::error("rescan ({}) failed: {}; the namespace is unchanged", why,
+                   delta.error().message);
         return;
     }
-    for (const auto& r : scan->rejected)
+    for (const auto& r : state_.snapshot().rejected)
         log::warning("{}: rejected: {}", r.device, r.reason);
-    auto changes = tree_.update(*scan);
-    for (const auto& e : changes.events)
-        log::info("tag {} {} ({}{}{})", e.tag.str(), to_string(e.kind), e.state,
-                  e.device.empty() ? "" : ", ", e.device);
-    if (se_)
-        notify_kernel(se_, changes);
-    log::info("rescan ({}): {} tags, {} changes", why, tree_.tag_count(), changes.events.size());
+    publish(*delta, why);
+    log::info("rescan ({}): {} tags", why, state_.tag_count());
 }
 
-void Daemon::rescan_loop() {
+void Daemon::on_uevents() {
+    // Drain everything pending first: a burst becomes one update.
+    std::set<std::string> devices;
+    for (const auto& ev : uevents_->drain()) {
+        log::debug("uevent {} {} {}", ev.action, ev.subsystem, ev.sysname);
+        if (ev.subsystem == "dax") {
+            devices.insert(ev.sysname);
+        } else {
+            // nd / cxl: the dax devices below that object may have changed.
+            for (auto& name : state_.devices_under(ev.syspath))
+                devices.insert(std::move(name));
+        }
+    }
+    if (!devices.empty())
+        publish(state_.refresh(devices), "uevent");
+}
+
+void Daemon::event_loop() {
+    using clock = std::chrono::steady_clock;
+    auto next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
+    std::vector<pollfd> fds;
     for (;;) {
-        pollfd fds[2] = {{rescan_event_.get(), POLLIN, 0}, {stop_event_.get(), POLLIN, 0}};
-        if (::poll(fds, 2, -1) < 0) {
+        fds.clear();
+        fds.push_back({stop_event_.get(), POLLIN, 0});
+        fds.push_back({rescan_event_.get(), POLLIN, 0});
+        fds.push_back({uevents_ ? uevents_->fd() : -1, POLLIN, 0});
+        std::size_t first_watch_fd = fds.size();
+        if (watchers_)
+            watchers_->poll_fds(fds);
+        int timeout = -1;
+        bool polling = opt_.extent_poll_ms > 0 && state_.has_dc_regions();
+        if (polling) {
+            auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(next_poll - clock::now());
+            timeout = static_cast<int>(std::max<long long>(0, left.count()));
+        }
+        if (::poll(fds.data(), fds.size(), timeout) < 0) {
             if (errno == EINTR)
                 continue;
-            log::error("rescan thread: poll: {}", std::strerror(errno));
+            log::error("event loop: poll: {}", std::strerror(errno));
             return;
         }
-        if (fds[1].revents)
-            return;
-        if (fds[0].revents) {
-            std::uint64_t n = 0;
-            [[maybe_unused]] auto r = ::read(rescan_event_.get(), &n, sizeof n);
-            try {
+        try {
+            if (fds[0].revents)
+                return;
+            if (fds[1].revents) {
+                drain_eventfd(rescan_event_.get());
                 rescan("SIGHUP");
-            } catch (const std::exception& e) {
-                log::error("rescan failed: {}", e.what());
             }
+            if (fds[2].revents)
+                on_uevents();
+            if (watchers_)
+                watchers_->handle(std::vector<pollfd>(fds.begin() + first_watch_fd, fds.end()));
+            if (polling && clock::now() >= next_poll) {
+                publish(state_.poll_extents(), "extent poll");
+                next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
+            }
+        } catch (const std::exception& e) {
+            log::error("event loop: {}", e.what());
         }
     }
 }
@@ -124,6 +187,15 @@ int Daemon::run() {
         log::error("{}", options.error().message);
         return 2;
     }
+    // Listen before the first scan, so that no event between the scan and
+    // the start of the loop is lost (it waits in the socket).
+    if (opt_.uevents != UeventSource::none) {
+        auto mon = UeventMonitor::open(opt_.uevents);
+        if (!mon)
+            log::warning("{}; hotplug will need SIGHUP", mon.error().message);
+        else
+            uevents_.emplace(std::move(*mon));
+    }
     rescan("start");
 
     if (auto rec = recover_mount_point(opt_.mount_point); !rec) {
@@ -139,7 +211,17 @@ int Daemon::run() {
         return 1;
     }
     se_ = mount->session();
-    log::info("mounted {} tags on {} ({})", tree_.tag_count(), opt_.mount_point, *options);
+    std::string socket_path =
+        opt_.socket_path.empty() ? opt_.mount_point + ".sock" : opt_.socket_path;
+    auto server = WatchServer::listen(socket_path, &tree_, opt_.mount_point);
+    if (!server) {
+        log::error("{}", server.error().message);
+        return 1;
+    }
+    watchers_.emplace(std::move(*server));
+    log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_.tag_count(),
+              opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
+              socket_path);
 
     if (!opt_.foreground) {
         if (fuse_daemonize(0) != 0) {
@@ -153,7 +235,7 @@ int Daemon::run() {
     stop_event_ = Fd(::eventfd(0, EFD_CLOEXEC));
     g_rescan_fd = rescan_event_.get();
 
-    // Only the FUSE workers and the main thread take signals; the rescan
+    // Only the FUSE workers and the main thread take signals; the event
     // thread must never be interrupted inside libdaxctl.
     sigset_t block, old;
     sigemptyset(&block);
@@ -161,7 +243,7 @@ int Daemon::run() {
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     pthread_sigmask(SIG_BLOCK, &block, &old);
-    std::thread rescanner([this] { rescan_loop(); });
+    std::thread events([this] { event_loop(); });
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 
     struct sigaction hup {};
@@ -183,8 +265,9 @@ int Daemon::run() {
     g_rescan_fd = -1;
     std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(stop_event_.get(), &one, sizeof one);
-    rescanner.join();
+    events.join();
     se_ = nullptr;
+    watchers_.reset();
     log::info("unmounting {}", opt_.mount_point);
     // libfuse reports the signal that ended the loop as its result.
     return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "log.hpp"
+#include "uevents.hpp"
 
 #include <string>
 #include <vector>
@@ -16,7 +17,10 @@ struct DaemonOptions {
     std::vector<std::string> mount_options; // extra -o, checked
     bool foreground = false;
     log::Level log_level = log::Level::info;
-    unsigned threads = 0; // 0: libfuse's default worker pool
+    unsigned threads = 0;    // 0: libfuse's default worker pool
+    std::string socket_path; // empty: <mount point>.sock
+    UeventSource uevents = UeventSource::automatic;
+    unsigned extent_poll_ms = 1000; // DCD extents raise no uevent; 0: never poll
 };
 
 // Returns the process exit code.

@@ -17,14 +17,10 @@ const bool g_journal = std::getenv("JOURNAL_STREAM") != nullptr;
 
 const char* level_name(Level level) {
     switch (level) {
-    case Level::error:
-        return "error";
-    case Level::warning:
-        return "warning";
-    case Level::info:
-        return "info";
-    case Level::debug:
-        return "debug";
+    case Level::error: return "error";
+    case Level::warning: return "warning";
+    case Level::info: return "info";
+    case Level::debug: return "debug";
     }
     return "?";
 }

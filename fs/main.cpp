@@ -29,6 +29,17 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"error", "warning", "info", "debug"}));
     app.add_option("-t,--threads", opt.threads, "maximum FUSE worker threads (0: libfuse default)")
         ->capture_default_str();
+    app.add_option("-s,--socket", opt.socket_path,
+                   "the watch/wait socket (default: <mountpoint>.sock)");
+    std::string uevents = "auto";
+    app.add_option("--uevents", uevents,
+                   "device events from: auto (udev if udevd runs, else kernel), udev, kernel, "
+                   "none")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "udev", "kernel", "none"}));
+    app.add_option("--extent-poll-ms", opt.extent_poll_ms,
+                   "how often DCD extent lists are re-read (they raise no event); 0: never")
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -40,6 +51,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     opt.log_level = *log::parse_level(level);
+    opt.uevents = uevents == "udev"     ? UeventSource::udev
+                  : uevents == "kernel" ? UeventSource::kernel
+                  : uevents == "none"   ? UeventSource::none
+                                        : UeventSource::automatic;
     try {
         return run_daemon(opt);
     } catch (const std::exception& e) {

@@ -9,6 +9,7 @@ leaks to the machine's real mounts.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -72,17 +73,23 @@ class SyntheticHost:
         subprocess.run(["umount", "-l", "/sys"], check=False)
 
     def rewrite(self, host: hostgen.Host) -> None:
-        """Replace the tree's content with another host (for rescans)."""
+        """Replace the tree's content with another host's (for rescans and
+        hotplug). Each top-level directory of /sys is swapped atomically
+        (renameat2 RENAME_EXCHANGE), so a daemon reading meanwhile sees the
+        old host or the new one, never a half-deleted tree."""
         new = self.root.parent / (self.root.name + ".next")
         if new.exists():
             shutil.rmtree(new)
         host.write(new)
-        # Swap the content under the bind mount: the mount follows the
-        # directory, so replace the files inside it rather than the directory.
-        for child in list(self.sys.iterdir()):
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         for child in (new / "sys").iterdir():
-            os.rename(child, self.sys / child.name)
+            target = self.sys / child.name
+            if target.exists() or target.is_symlink():
+                _exchange(child, target)
+            else:
+                os.rename(child, target)
+        for child in self.sys.iterdir():
+            if not (new / "sys" / child.name).exists():
+                shutil.rmtree(child)
         os.replace(new / "dev.list", self.root / "dev.list")
         shutil.rmtree(new)
         # /dev: the nodes of the new host replace those of the old one.
@@ -93,6 +100,16 @@ class SyntheticHost:
                 path.unlink()
         hostgen.populate_dev(lines)
         self.host = host
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if _libc.renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
 
 
 @pytest.fixture
@@ -233,3 +250,21 @@ def run_as(uid: int, gid: int, code: str) -> subprocess.CompletedProcess:
     return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                            sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
+
+
+@pytest.fixture
+def udev():
+    """Sends udev-format device events (see uevent.py).
+
+    libudev only listens to udevd's multicast group when udevd seems to run
+    (/run/udev/control exists), so this namespace gets a /run of its own
+    that says so.
+    """
+    from uevent import UdevSender
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "fake-run", "/run"], check=True)
+    os.makedirs("/run/udev")
+    Path("/run/udev/control").touch()
+    s = UdevSender()
+    yield s
+    s.close()
+    subprocess.run(["umount", "-l", "/run"], check=False)

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, TAGMEM, TAGMEMFS, run_tagmem
 
 
-@pytest.mark.parametrize("args", [[], ["list"], ["show"], ["resolve"]])
+@pytest.mark.parametrize("args", [[], ["list"], ["show"], ["resolve"], ["wait"], ["watch"]])
 def test_every_command_has_help(args):
     r = run_tagmem(*args, "--help")
     assert r.returncode == 0, r.stderr
@@ -102,6 +102,8 @@ def _man_options(page) -> set[str]:
     ([str(TAGMEM)], "tagmem.1"),
     ([str(TAGMEM), "list"], "tagmem.1"),
     ([str(TAGMEM), "show"], "tagmem.1"),
+    ([str(TAGMEM), "wait"], "tagmem.1"),
+    ([str(TAGMEM), "watch"], "tagmem.1"),
     ([str(TAGMEMFS)], "tagmemfs.8"),
 ])
 def test_man_page_documents_every_option(argv, page):
@@ -112,7 +114,8 @@ def test_man_page_documents_every_option(argv, page):
 def test_man_page_options_exist():
     for argv, page in (([str(TAGMEM)], "tagmem.1"), ([str(TAGMEMFS)], "tagmemfs.8")):
         helped = set()
-        for sub in ([], ["list"], ["show"], ["resolve"]) if page == "tagmem.1" else ([],):
+        subs = ([], ["list"], ["show"], ["resolve"], ["wait"], ["watch"])
+        for sub in subs if page == "tagmem.1" else ([],):
             helped |= _help_options(argv + sub)
         stale = _man_options(page) - helped - {"--help"}
         assert not stale, f"{page} documents {sorted(stale)} that no --help knows"

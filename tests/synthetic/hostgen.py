@@ -210,14 +210,23 @@ class DcdRegion(_DaxRegion):
         return f"{self.sysfs_dir}/dax_region{self.region_id}"
 
     def extent(self, offset: int | None = None, length: int = GiB,
-               uuid: str | None = None) -> Extent:
-        """Offer an extent; `offset` defaults to just after the last one."""
+               uuid: str | None = None, index: int | None = None) -> Extent:
+        """Offer an extent; `offset` defaults to just after the last one.
+
+        `index` names it (extentR.<index>), by default the next number: give
+        it to keep names stable across two versions of a host, as the kernel
+        keeps an extent's name while it lives.
+        """
         if offset is None:
             offset = self.extents[-1].offset + self.extents[-1].length if self.extents else 0
         if offset + length > self.size:
             raise ValueError(f"extent [{offset:#x}, +{length:#x}) exceeds region size "
                              f"{self.size:#x}")
-        ext = Extent(self, len(self.extents), offset, length, uuid)
+        if index is None:
+            index = max((e.index for e in self.extents), default=-1) + 1
+        if any(e.index == index for e in self.extents):
+            raise ValueError(f"extent{self.region_id}.{index} exists already")
+        ext = Extent(self, index, offset, length, uuid)
         self.extents.append(ext)
         self._offered.setdefault(uuid, []).append(ext)
         return ext

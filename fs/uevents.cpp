@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "uevents.hpp"
+
+#include <fmt/format.h>
+#include <libudev.h>
+
+#include <unistd.h>
+
+#include <utility>
+
+namespace tagmem {
+
+Result<UeventMonitor> UeventMonitor::open(UeventSource source) {
+    if (source == UeventSource::automatic)
+        source =
+            ::access("/run/udev/control", F_OK) == 0 ? UeventSource::udev : UeventSource::kernel;
+    const char* name = source == UeventSource::udev ? "udev" : "kernel";
+    udev* u = udev_new();
+    if (!u)
+        return make_error(ENOMEM, "libudev: udev_new failed");
+    udev_monitor* m = udev_monitor_new_from_netlink(u, name);
+    if (!m) {
+        udev_unref(u);
+        return make_error(EIO, fmt::format("libudev: cannot listen to {} events", name));
+    }
+    UeventMonitor mon(u, m, name);
+    for (const char* subsystem : {"dax", "nd", "cxl"})
+        udev_monitor_filter_add_match_subsystem_devtype(m, subsystem, nullptr);
+    // A burst of thousands of events must not overflow the socket.
+    udev_monitor_set_receive_buffer_size(m, 64 << 20);
+    if (int rc = udev_monitor_enable_receiving(m); rc < 0)
+        return make_error(-rc, fmt::format("libudev: cannot receive {} events", name));
+    return mon;
+}
+
+UeventMonitor::UeventMonitor(UeventMonitor&& o) noexcept
+    : udev_(std::exchange(o.udev_, nullptr)), mon_(std::exchange(o.mon_, nullptr)),
+      source_(o.source_) {}
+
+UeventMonitor::~UeventMonitor() {
+    if (mon_)
+        udev_monitor_unref(mon_);
+    if (udev_)
+        udev_unref(udev_);
+}
+
+int UeventMonitor::fd() const {
+    return udev_monitor_get_fd(mon_);
+}
+
+std::vector<Uevent> UeventMonitor::drain() {
+    std::vector<Uevent> out;
+    // The monitor socket is non-blocking: receive until it is empty.
+    while (udev_device* d = udev_monitor_receive_device(mon_)) {
+        auto str = [](const char* s) { return std::string(s ? s : ""); };
+        out.push_back({str(udev_device_get_action(d)), str(udev_device_get_subsystem(d)),
+                       str(udev_device_get_sysname(d)), str(udev_device_get_syspath(d))});
+        udev_device_unref(d);
+    }
+    return out;
+}
+
+} // namespace tagmem

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: Apache-2.0
+// An in-memory tagmem::HostOs for unit tests: regular files, directories,
+// symlinks (relative or absolute, resolved like the kernel resolves them),
+// device nodes, the dax major and a user/group table. Failures can be
+// injected per path.
+//
+// The add_*_device() helpers build one consistent dax device the way
+// docs/sysfs-layout.md describes it (device directory and its attributes,
+// /sys/bus/dax/devices link, /sys/dev/char/M:m link, subsystem and driver
+// links, /dev node of the dax major) and return the DaxDevice that libdaxctl
+// would report for it. Tests then break exactly one thing.
+#pragma once
+
+#include "device.hpp"
+#include "host_os.hpp"
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace tagmem::fake {
+
+inline constexpr unsigned kDaxMajor = 252;
+
+// The facts of one device; the defaults describe a healthy devdax device.
+// Setters chain: DaxSpec{}.at(2, 1).nodes(3, 0).minor_number(7).
+struct DaxSpec {
+    int region = 0;
+    int id = 0;
+    std::optional<unsigned> minor; // default: the next free minor
+    std::uint64_t size = 1ull << 30;
+    std::uint64_t align = 2ull << 20;
+    std::uint64_t resource = 0x1040000000;
+    int target_node = 1;
+    int numa_node = 0;
+    DevMode mode = DevMode::devdax;
+    bool with_mapping = true; // write mapping0/{start,end,page_offset}
+
+    DaxSpec& at(int region_id, int dev_id) {
+        region = region_id;
+        id = dev_id;
+        return *this;
+    }
+    DaxSpec& minor_number(unsigned m) {
+        minor = m;
+        return *this;
+    }
+    DaxSpec& nodes(int target, int numa) {
+        target_node = target;
+        numa_node = numa;
+        return *this;
+    }
+    DaxSpec& in_mode(DevMode m) {
+        mode = m;
+        return *this;
+    }
+    DaxSpec& range(std::uint64_t start, std::uint64_t bytes) {
+        resource = start;
+        size = bytes;
+        return *this;
+    }
+};
+
+class FakeHostOs : public HostOs {
+  public:
+    FakeHostOs();
+
+    // --- building the host ---------------------------------------------
+    // Paths are absolute; missing parent directories are created.
+    void add_file(const std::string& path, std::string content);
+    void add_dir(const std::string& path);
+    // target as the link holds it: relative to the link's directory, or absolute.
+    void add_symlink(const std::string& path, std::string target);
+    // A symlink whose target is written relative to the link, like sysfs links.
+    void add_relative_symlink(const std::string& path, const std::string& absolute_target);
+    void add_node(const std::string& path, NodeType type, DevNumber rdev = {});
+    void add_char_device(const std::string& path, unsigned major, unsigned minor) {
+        add_node(path, NodeType::char_device, {major, minor});
+    }
+    // Removes whatever is at path (and, for a directory, everything below).
+    void remove(const std::string& path);
+    // Every operation on path (as given or once resolved) fails with err.
+    void fail(const std::string& path, int err) { failures_[path] = err; }
+
+    void set_dax_major(std::optional<unsigned> major) { dax_major_ = major; }
+    void add_user(const std::string& name, uid_t uid) { users_[name] = uid; }
+    void add_group(const std::string& name, gid_t gid) { groups_[name] = gid; }
+
+    // --- whole devices (docs/sysfs-layout.md) ----------------------------
+    // hmem / soft-reserved memory: /sys/devices/platform/hmem.R/daxR.N.
+    DaxDevice add_hmem_device(const DaxSpec& spec = {});
+    // CXL DC region R: .../regionR/dax_regionR/daxR.N with `uuid` holding
+    // uuid_attr (a newline is appended, as the kernel does).
+    DaxDevice add_dcd_device(const DaxSpec& spec, const std::string& uuid_attr);
+    // extentR.E in the device's region; no uuid file when uuid is nullopt.
+    void add_dcd_extent(const DaxDevice& dev, int extent, std::uint64_t offset,
+                        std::uint64_t length, const std::optional<std::string>& uuid);
+    // NVDIMM: .../ndbusB/regionR/namespaceR.J, nd_dax daxR.J holding daxR.N.
+    // Attribute texts are written with a trailing newline.
+    DaxDevice add_nvdimm_device(const DaxSpec& spec, const std::string& namespace_uuid,
+                                const std::string& infoblock_uuid, int namespace_id = 0);
+    // HMAT access0 initiators attributes of a node; absent values are not written.
+    void set_node_performance(int node, const Performance& perf);
+
+    // Where a device's pieces live, for tests that break one of them.
+    static std::string dev_char_link(const DaxDevice& dev);
+
+    // --- HostOs ----------------------------------------------------------
+    Result<std::string> read_file(const std::string& path) override;
+    Result<std::string> real_path(const std::string& path) override;
+    Result<std::vector<std::string>> list_dir(const std::string& path) override;
+    Result<NodeInfo> lstat_node(const std::string& path) override;
+    bool exists(const std::string& path) override;
+    std::optional<unsigned> dax_char_major() override { return dax_major_; }
+    Result<uid_t> user_id(const std::string& name_or_number) override;
+    Result<gid_t> group_id(const std::string& name_or_number) override;
+
+    // Every path read_file() was asked for, in order.
+    const std::vector<std::string>& reads() const { return reads_; }
+    // How often list_dir() was asked for path (as given).
+    int list_count(const std::string& path) const {
+        auto it = list_counts_.find(path);
+        return it == list_counts_.end() ? 0 : it->second;
+    }
+
+  private:
+    // Resolves symlinks in every component, the last one only when
+    // follow_last. Fails with ENOENT/ENOTDIR/ELOOP like the kernel.
+    Result<std::string> resolve(const std::string& path, bool follow_last) const;
+    std::optional<int> injected(const std::string& given, const std::string& resolved) const;
+    bool is_dir(const std::string& path) const { return dirs_.contains(path); }
+    DaxDevice add_device_at(const std::string& region_dir, const DaxSpec& spec);
+
+    std::map<std::string, std::string> files_;
+    std::set<std::string> dirs_;
+    std::map<std::string, std::string> links_;
+    std::map<std::string, NodeInfo> nodes_;
+    std::map<std::string, int> failures_;
+    std::map<std::string, uid_t> users_;
+    std::map<std::string, gid_t> groups_;
+    std::optional<unsigned> dax_major_ = kDaxMajor;
+    unsigned next_minor_ = 0;
+    std::vector<std::string> reads_;
+    std::map<std::string, int> list_counts_;
+};
+
+// "/a/b/../c/./d" -> "/a/c/d" (no symlink resolution).
+std::string normalize_path(const std::string& path);
+// The relative link text that points from a link at link_path to target.
+std::string relative_link(const std::string& link_path, const std::string& target);
+
+} // namespace tagmem::fake

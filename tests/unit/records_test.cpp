@@ -1,0 +1,648 @@
+// SPDX-License-Identifier: Apache-2.0
+// build_records (policy) and the JSON form of its result.
+#include "records.hpp"
+
+#include "fake_host_os.hpp"
+#include "json_output.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+
+namespace tagmem {
+namespace {
+
+using nlohmann::json;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::IsSupersetOf;
+using ::testing::SizeIs;
+
+constexpr const char* kA = "6f1c2d3e-0000-4000-8000-000000000001";
+constexpr const char* kB = "6f1c2d3e-0000-4000-8000-000000000002";
+constexpr const char* kC = "6f1c2d3e-0000-4000-8000-000000000003";
+constexpr const char* kD = "00000000-0000-4000-8000-000000000004"; // sorts first
+
+Uuid U(const char* text) {
+    auto u = Uuid::parse(text);
+    EXPECT_TRUE(u.ok()) << text;
+    return u.value_or(Uuid());
+}
+
+constexpr std::uint64_t kBase = 0x1040000000;
+constexpr std::uint64_t kGiB = 1ull << 30;
+
+// A probed device as probe_device would leave it.
+ProbedDevice device(int region, int id, std::optional<Uuid> tag = std::nullopt,
+                    TagSource source = TagSource::config, DevMode mode = DevMode::devdax) {
+    ProbedDevice p;
+    p.dev.name = "dax" + std::to_string(region) + "." + std::to_string(id);
+    p.dev.region_id = region;
+    p.dev.id = id;
+    p.dev.devno = DevNumber{252, static_cast<unsigned>(region * 16 + id)};
+    p.dev.size = kGiB;
+    p.dev.align = 2ull << 20;
+    p.dev.resource = kBase + static_cast<std::uint64_t>(region) * kGiB;
+    p.dev.target_node = region + 1;
+    p.dev.mode = mode;
+    p.dev.ranges = {PhysRange{p.dev.resource, p.dev.resource + kGiB - 1}};
+    p.dev.region_path = "/sys/devices/platform/hmem." + std::to_string(region);
+    p.dev.sysfs_path = p.dev.region_path + "/" + p.dev.name;
+    p.numa_node = 0;
+    p.tag = tag;
+    if (tag)
+        p.source = source;
+    return p;
+}
+
+ProbedDevice dcd(int region, int id, const char* tag, DevMode mode = DevMode::devdax) {
+    return device(region, id, U(tag), TagSource::dcd, mode);
+}
+
+Config config_from(const std::string& text) {
+    Config c = parse_config(text, "test.conf");
+    EXPECT_THAT(c.errors, IsEmpty()) << "test config has errors";
+    return c;
+}
+
+std::string section(const char* tag, const std::string& body) {
+    return std::string("[tag ") + tag + "]\n" + body;
+}
+
+class Records : public ::testing::Test {
+  protected:
+    fake::FakeHostOs os;
+    Config empty;
+
+    ScanResult build(std::vector<ProbedDevice> devs, const Config& config,
+                     std::vector<DeviceIssue> rejected = {}) {
+        return build_records(std::move(devs), std::move(rejected), config, os);
+    }
+};
+
+// --- states ------------------------------------------------------------
+
+TEST_F(Records, SingleDcdDeviceIsAReadyTag) {
+    ScanResult r = build({dcd(0, 0, kA)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    const TagRecord& t = r.tags[0];
+    EXPECT_EQ(t.tag, U(kA));
+    EXPECT_EQ(t.state, TagState::ready);
+    EXPECT_TRUE(t.usable());
+    EXPECT_EQ(t.reason, "");
+    EXPECT_EQ(t.source, TagSource::dcd);
+    EXPECT_EQ(t.name, "");
+    ASSERT_NE(t.device(), nullptr);
+    EXPECT_EQ(t.device()->dev.name, "dax0.0");
+    EXPECT_FALSE(t.shareable);
+    EXPECT_EQ(t.shareable_from, "default");
+    EXPECT_THAT(r.untagged, IsEmpty());
+    EXPECT_THAT(r.rejected, IsEmpty());
+    EXPECT_THAT(r.config_errors, IsEmpty());
+}
+
+TEST_F(Records, TwoDevicesWithOneTagAreOneConflictRecord) {
+    // Given in reverse order: the record lists them by region and id.
+    ScanResult r = build({dcd(1, 0, kA), dcd(0, 3, kA)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    const TagRecord& t = r.tags[0];
+    EXPECT_EQ(t.state, TagState::conflict);
+    EXPECT_FALSE(t.usable());
+    EXPECT_EQ(t.device(), nullptr);
+    ASSERT_THAT(t.devices, SizeIs(2));
+    EXPECT_EQ(t.devices[0].dev.name, "dax0.3");
+    EXPECT_EQ(t.devices[1].dev.name, "dax1.0");
+    EXPECT_THAT(t.reason, AllOf(HasSubstr("2 devices"), HasSubstr("dax0.3"), HasSubstr("dax1.0")));
+    EXPECT_THAT(r.untagged, IsEmpty());
+}
+
+TEST_F(Records, ThreeWayConflictNamesEveryDevice) {
+    ScanResult r = build({dcd(2, 0, kA), dcd(0, 0, kA), dcd(0, 1, kA), dcd(3, 0, kB)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(2));
+    const TagRecord* a = r.find(U(kA));
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a->state, TagState::conflict);
+    EXPECT_EQ(a->reason, "3 devices claim this tag: dax0.0, dax0.1, dax2.0");
+    EXPECT_EQ(r.find(U(kB))->state, TagState::ready);
+}
+
+TEST_F(Records, ConflictOutranksEveryOtherState) {
+    ScanResult r =
+        build({dcd(0, 0, kA, DevMode::system_ram), dcd(1, 0, kA, DevMode::disabled)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].state, TagState::conflict);
+}
+
+TEST_F(Records, SystemRamState) {
+    ScanResult r = build({dcd(0, 0, kA, DevMode::system_ram)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].state, TagState::system_ram);
+    EXPECT_FALSE(r.tags[0].usable());
+    EXPECT_THAT(r.tags[0].reason, AllOf(HasSubstr("dax0.0"), HasSubstr("system RAM")));
+    EXPECT_NE(r.tags[0].device(), nullptr);
+}
+
+TEST_F(Records, DisabledState) {
+    ScanResult r = build({dcd(0, 0, kA, DevMode::disabled)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].state, TagState::disabled);
+    EXPECT_FALSE(r.tags[0].usable());
+    EXPECT_THAT(r.tags[0].reason, AllOf(HasSubstr("dax0.0"), HasSubstr("no driver bound")));
+}
+
+TEST_F(Records, NvdimmSourceIsKept) {
+    ScanResult r = build({device(0, 0, U(kA), TagSource::nvdimm)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].source, TagSource::nvdimm);
+}
+
+TEST_F(Records, UntaggedDevicesAreListedWithTheirFacts) {
+    ProbedDevice d = device(2, 1, std::nullopt, TagSource::config, DevMode::system_ram);
+    ScanResult r = build({d}, empty);
+    EXPECT_THAT(r.tags, IsEmpty());
+    ASSERT_THAT(r.untagged, SizeIs(1));
+    EXPECT_EQ(r.untagged[0].device, "dax2.1");
+    EXPECT_EQ(r.untagged[0].size, kGiB);
+    EXPECT_EQ(r.untagged[0].mode, DevMode::system_ram);
+    EXPECT_EQ(r.untagged[0].target_node, 3);
+    EXPECT_EQ(r.untagged[0].ranges, d.dev.ranges);
+}
+
+// --- configuration match rules --------------------------------------------
+
+TEST_F(Records, MatchRangeTagsAnUntaggedDevice) {
+    Config c = config_from(section(kA, "match-range = 0x1040000000-0x107fffffff\n"));
+    // Whatever an untagged device's source field says, a match makes it "config".
+    ProbedDevice untagged_dcd = device(0, 0);
+    untagged_dcd.source = TagSource::dcd;
+    ScanResult r = build({untagged_dcd, device(1, 0)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].tag, U(kA));
+    EXPECT_EQ(r.tags[0].source, TagSource::config);
+    EXPECT_EQ(r.tags[0].state, TagState::ready);
+    ASSERT_NE(r.tags[0].device(), nullptr);
+    EXPECT_EQ(r.tags[0].device()->dev.name, "dax0.0");
+    EXPECT_EQ(r.tags[0].device()->tag, U(kA));
+    EXPECT_EQ(r.tags[0].device()->source, TagSource::config);
+    ASSERT_THAT(r.untagged, SizeIs(1));
+    EXPECT_EQ(r.untagged[0].device, "dax1.0");
+}
+
+TEST_F(Records, MatchRangeMustBeExact) {
+    for (const char* range : {"0x1040000000-0x107ffffffe", "0x1040000001-0x107fffffff",
+                              "0x1000000000-0x10ffffffff", "0x1040000000-0x1040000fff"}) {
+        Config c = config_from(section(kA, std::string("match-range = ") + range + "\n"));
+        ScanResult r = build({device(0, 0)}, c);
+        EXPECT_THAT(r.tags, IsEmpty()) << range;
+        EXPECT_THAT(r.untagged, SizeIs(1)) << range;
+    }
+}
+
+TEST_F(Records, MatchRangeNeedsADeviceWithOneRange) {
+    Config c = config_from(section(kA, "match-range = 0x1040000000-0x107fffffff\n"));
+    ProbedDevice split = device(0, 0);
+    split.dev.ranges.push_back({0x2000000000, 0x203fffffff});
+    ProbedDevice none = device(0, 1);
+    none.dev.ranges.clear();
+    ScanResult r = build({split, none}, c);
+    EXPECT_THAT(r.tags, IsEmpty());
+    EXPECT_THAT(r.untagged, SizeIs(2));
+}
+
+TEST_F(Records, MatchNodeTagsAnUntaggedDevice) {
+    Config c = config_from(section(kA, "match-node = 2\nname = cxl-node-2\n"));
+    ScanResult r = build({device(0, 0), device(1, 0), device(2, 0)}, c); // nodes 1, 2, 3
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].device()->dev.name, "dax1.0");
+    EXPECT_EQ(r.tags[0].source, TagSource::config);
+    EXPECT_EQ(r.tags[0].name, "cxl-node-2");
+    EXPECT_THAT(r.untagged, SizeIs(2));
+}
+
+TEST_F(Records, RangeAndNodeMustBothMatch) {
+    Config c = config_from(section(kA, "match-range = 0x1040000000-0x107fffffff\n"
+                                       "match-node = 5\n"));
+    ScanResult r = build({device(0, 0)}, c); // right range, node 1
+    EXPECT_THAT(r.tags, IsEmpty());
+    ProbedDevice on_node = device(0, 0);
+    on_node.dev.target_node = 5;
+    r = build({on_node}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].tag, U(kA));
+}
+
+TEST_F(Records, SectionWithoutMatchRulesTagsNothing) {
+    Config c = config_from(section(kA, "name = only-a-name\nowner = root\n"));
+    ScanResult r = build({device(0, 0), device(1, 0)}, c);
+    EXPECT_THAT(r.tags, IsEmpty());
+    EXPECT_THAT(r.untagged, SizeIs(2));
+}
+
+TEST_F(Records, DevicesWithTheirOwnTagAreNotMatched) {
+    // dax0.0 carries kB; kA's range would match it but must not re-tag it.
+    Config c = config_from(section(kA, "match-range = 0x1040000000-0x107fffffff\n"));
+    ScanResult r = build({dcd(0, 0, kB)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].tag, U(kB));
+    EXPECT_EQ(r.tags[0].source, TagSource::dcd);
+    EXPECT_EQ(r.find(U(kA)), nullptr);
+    EXPECT_THAT(r.rejected, IsEmpty());
+}
+
+TEST_F(Records, DeviceMatchedByTwoSectionsIsRejected) {
+    Config c = config_from(section(kB, "match-node = 1\n") +
+                           section(kA, "match-range = 0x1040000000-0x107fffffff\n"));
+    ScanResult r = build({device(0, 0), device(1, 0)}, c);
+    EXPECT_EQ(r.find(U(kA)), nullptr);
+    EXPECT_EQ(r.find(U(kB)), nullptr);
+    EXPECT_THAT(r.tags, IsEmpty());
+    ASSERT_THAT(r.rejected, SizeIs(1));
+    EXPECT_EQ(r.rejected[0].device, "dax0.0");
+    EXPECT_THAT(r.rejected[0].reason,
+                AllOf(HasSubstr("more than one configured tag"), HasSubstr(kA), HasSubstr(kB)));
+    // Not listed as untagged either: it is in exactly one place.
+    ASSERT_THAT(r.untagged, SizeIs(1));
+    EXPECT_EQ(r.untagged[0].device, "dax1.0");
+}
+
+TEST_F(Records, OneSectionMatchingTwoDevicesIsAConflict) {
+    Config c = config_from(section(kA, "match-node = 7\n"));
+    ProbedDevice x = device(0, 0);
+    ProbedDevice y = device(1, 0);
+    x.dev.target_node = y.dev.target_node = 7;
+    ScanResult r = build({x, y}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].state, TagState::conflict);
+    EXPECT_THAT(r.tags[0].devices, SizeIs(2));
+}
+
+TEST_F(Records, ConfigMatchAndDcdTagOnTheSameUuidConflict) {
+    Config c = config_from(section(kA, "match-node = 2\n"));
+    ScanResult r = build({dcd(3, 0, kA), device(1, 0)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].state, TagState::conflict);
+    ASSERT_THAT(r.tags[0].devices, SizeIs(2));
+    EXPECT_EQ(r.tags[0].devices[0].source, TagSource::config);
+    EXPECT_EQ(r.tags[0].devices[1].source, TagSource::dcd);
+    // The record's source is its first device's.
+    EXPECT_EQ(r.tags[0].source, TagSource::config);
+}
+
+TEST_F(Records, EarlierRejectionsAreKeptAndSorted) {
+    Config c = config_from(section(kA, "match-node = 1\n") + section(kB, "match-node = 1\n"));
+    std::vector<DeviceIssue> rejected{{"dax9.0", "zzz"}, {"dax0.5", "sysfs says 252:1"}};
+    ScanResult r = build({device(0, 0)}, c, rejected);
+    ASSERT_THAT(r.rejected, SizeIs(3));
+    EXPECT_EQ(r.rejected[0].device, "dax0.0");
+    EXPECT_EQ(r.rejected[1], (DeviceIssue{"dax0.5", "sysfs says 252:1"}));
+    EXPECT_EQ(r.rejected[2], (DeviceIssue{"dax9.0", "zzz"}));
+}
+
+// --- configuration attributes -----------------------------------------------
+
+TEST_F(Records, DefaultAccessIsRootRoot0600) {
+    ScanResult r = build({dcd(0, 0, kA)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    const Access& a = r.tags[0].access;
+    EXPECT_EQ(a.uid, 0u);
+    EXPECT_EQ(a.gid, 0u);
+    EXPECT_EQ(a.mode, mode_t{0600});
+    EXPECT_EQ(a.owner, "root");
+    EXPECT_EQ(a.group, "root");
+    EXPECT_EQ(a, Access{});
+}
+
+TEST_F(Records, SectionWithoutAccessKeysKeepsTheDefault) {
+    Config c = config_from(section(kA, "name = named\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].name, "named");
+    EXPECT_EQ(r.tags[0].access, Access{});
+    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_EQ(r.tags[0].shareable_from, "default");
+}
+
+TEST_F(Records, ConfigAttributesApply) {
+    os.add_user("famfs", 1001);
+    os.add_group("famfs-users", 2002);
+    Config c = config_from(section(kA, "name = pool\nshareable = yes\nowner = famfs\n"
+                                       "group = famfs-users\nmode = 0640\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    const TagRecord& t = r.tags[0];
+    EXPECT_EQ(t.name, "pool");
+    EXPECT_TRUE(t.shareable);
+    EXPECT_EQ(t.shareable_from, "config");
+    EXPECT_EQ(t.access.uid, 1001u);
+    EXPECT_EQ(t.access.gid, 2002u);
+    EXPECT_EQ(t.access.mode, mode_t{0640});
+    EXPECT_EQ(t.access.owner, "famfs");
+    EXPECT_EQ(t.access.group, "famfs-users");
+    EXPECT_EQ(t.state, TagState::ready);
+}
+
+TEST_F(Records, ShareableNoIsStillFromConfig) {
+    Config c = config_from(section(kA, "shareable = no\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_EQ(r.tags[0].shareable_from, "config");
+}
+
+TEST_F(Records, NumericOwnerAndGroup) {
+    Config c = config_from(section(kA, "owner = 4242\ngroup = 4343\nmode = 0\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].access.uid, 4242u);
+    EXPECT_EQ(r.tags[0].access.gid, 4343u);
+    EXPECT_EQ(r.tags[0].access.owner, "4242");
+    EXPECT_EQ(r.tags[0].access.mode, mode_t{0});
+}
+
+TEST_F(Records, OwnerThatVanishedFallsBackToRootNeverToEveryone) {
+    Config c = config_from(section(kA, "owner = gone\ngroup = gone-too\nmode = 0660\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].access.uid, 0u);
+    EXPECT_EQ(r.tags[0].access.owner, "root");
+    EXPECT_EQ(r.tags[0].access.gid, 0u);
+    EXPECT_EQ(r.tags[0].access.group, "root");
+    EXPECT_EQ(r.tags[0].access.mode, mode_t{0660});
+}
+
+TEST_F(Records, AttributesOfAConfigMatchedTag) {
+    os.add_user("svc", 77);
+    Config c = config_from(section(kA, "match-node = 1\nname = n1\nowner = svc\n"));
+    ScanResult r = build({device(0, 0)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].name, "n1");
+    EXPECT_EQ(r.tags[0].access.uid, 77u);
+}
+
+TEST_F(Records, ConfigForAnotherTagDoesNotApply) {
+    os.add_user("famfs", 1001);
+    Config c = config_from(section(kB, "name = b\nowner = famfs\nshareable = yes\n"));
+    ScanResult r = build({dcd(0, 0, kA)}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_EQ(r.tags[0].name, "");
+    EXPECT_EQ(r.tags[0].access, Access{});
+    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_EQ(r.find(U(kB)), nullptr) << "a configured tag without memory is no record";
+}
+
+// --- ordering, lookup, errors ------------------------------------------
+
+TEST_F(Records, TagsAreSortedAndFindable) {
+    ScanResult r = build({dcd(0, 0, kC), dcd(1, 0, kA), dcd(2, 0, kD), dcd(3, 0, kB)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(4));
+    EXPECT_EQ(r.tags[0].tag, U(kD));
+    EXPECT_EQ(r.tags[1].tag, U(kA));
+    EXPECT_EQ(r.tags[2].tag, U(kB));
+    EXPECT_EQ(r.tags[3].tag, U(kC));
+    for (const char* t : {kA, kB, kC, kD}) {
+        const TagRecord* found = r.find(U(t));
+        ASSERT_NE(found, nullptr) << t;
+        EXPECT_EQ(found->tag, U(t));
+    }
+    EXPECT_EQ(r.find(r.tags[1].tag)->devices[0].dev.name, "dax1.0");
+    EXPECT_EQ(r.find(U("6f1c2d3e-0000-4000-8000-000000000009")), nullptr);
+    EXPECT_EQ(r.find(U("00000000-0000-0000-0000-000000000000")), nullptr);
+    EXPECT_EQ(r.find(U("ffffffff-ffff-ffff-ffff-ffffffffffff")), nullptr);
+}
+
+TEST_F(Records, FindInAnEmptyScan) {
+    ScanResult r = build({}, empty);
+    EXPECT_THAT(r.tags, IsEmpty());
+    EXPECT_EQ(r.find(U(kA)), nullptr);
+}
+
+TEST_F(Records, ConfigErrorsAreCarriedIntoTheResult) {
+    Config c =
+        parse_config(section(kA, "mode = 0999\n") + section(kB, "name = fine\n"), "bad.conf");
+    ASSERT_THAT(c.errors, SizeIs(1));
+    ScanResult r = build({dcd(0, 0, kA), dcd(1, 0, kB)}, c);
+    EXPECT_EQ(r.config_errors, c.errors);
+    ASSERT_THAT(r.config_errors, SizeIs(1));
+    EXPECT_THAT(r.config_errors[0], HasSubstr("bad.conf:2:"));
+    // The dropped section's tag still exists (it has memory), with defaults.
+    ASSERT_THAT(r.tags, SizeIs(2));
+    EXPECT_EQ(r.find(U(kA))->access.mode, mode_t{0600});
+    EXPECT_EQ(r.find(U(kB))->name, "fine");
+}
+
+TEST(EnumNames, AreTheStableSpellings) {
+    EXPECT_STREQ(to_string(DevMode::devdax), "devdax");
+    EXPECT_STREQ(to_string(DevMode::system_ram), "system-ram");
+    EXPECT_STREQ(to_string(DevMode::disabled), "disabled");
+    EXPECT_STREQ(to_string(TagSource::dcd), "dcd");
+    EXPECT_STREQ(to_string(TagSource::nvdimm), "nvdimm");
+    EXPECT_STREQ(to_string(TagSource::config), "config");
+    EXPECT_STREQ(to_string(TagState::ready), "ready");
+    EXPECT_STREQ(to_string(TagState::system_ram), "system-ram");
+    EXPECT_STREQ(to_string(TagState::disabled), "disabled");
+    EXPECT_STREQ(to_string(TagState::conflict), "conflict");
+}
+
+// --- JSON ----------------------------------------------------------------
+
+std::set<std::string> keys(const json& j) {
+    std::set<std::string> out;
+    for (auto it = j.begin(); it != j.end(); ++it)
+        out.insert(it.key());
+    return out;
+}
+
+using Keys = std::set<std::string>;
+
+// "Keys are only added, never renamed" (tagmem(1)): every documented key must
+// be there; new ones may appear.
+
+const Keys kTagKeys{"tag",    "name",   "source", "state", "shareable", "shareable_from",
+                    "access", "device", "path",   "size",  "align",     "devices"};
+const Keys kDeviceKeys{"device", "path", "major",  "minor",     "source",      "size",
+                       "align",  "mode", "region", "numa_node", "target_node", "ranges"};
+
+TEST_F(Records, JsonOfAReadyTag) {
+    os.add_user("famfs", 1001);
+    Config c = config_from(section(kA, "name = pool\nowner = famfs\nmode = 0640\n"));
+    ProbedDevice d = dcd(0, 0, kA);
+    d.extents = {Extent{"extent0.1", 0x1000, 0x2000, U(kA)}};
+    ScanResult r = build({d}, c);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    json j = tag_to_json(r.tags[0]);
+
+    EXPECT_THAT(keys(j), IsSupersetOf(kTagKeys)) << j.dump(2);
+    EXPECT_FALSE(j.contains("reason"));
+    EXPECT_EQ(j["tag"], kA);
+    EXPECT_EQ(j["name"], "pool");
+    EXPECT_EQ(j["source"], "dcd");
+    EXPECT_EQ(j["state"], "ready");
+    EXPECT_EQ(j["shareable"], false);
+    EXPECT_EQ(j["shareable_from"], "default");
+    EXPECT_EQ(j["device"], "dax0.0");
+    EXPECT_EQ(j["path"], "/dev/dax0.0");
+    EXPECT_EQ(j["size"], kGiB);
+    EXPECT_EQ(j["align"], 2u << 20);
+    EXPECT_THAT(keys(j["access"]), IsSupersetOf(Keys{"owner", "group", "uid", "gid", "mode"}));
+    EXPECT_EQ(j["access"]["owner"], "famfs");
+    EXPECT_EQ(j["access"]["group"], "root");
+    EXPECT_EQ(j["access"]["uid"], 1001);
+    EXPECT_EQ(j["access"]["gid"], 0);
+    EXPECT_EQ(j["access"]["mode"], "0640");
+
+    ASSERT_TRUE(j["devices"].is_array());
+    ASSERT_EQ(j["devices"].size(), 1u);
+    const json& dj = j["devices"][0];
+    Keys want = kDeviceKeys;
+    want.insert("extents");
+    EXPECT_THAT(keys(dj), IsSupersetOf(want)) << dj.dump(2);
+    for (const char* absent : {"namespace", "infoblock_uuid", "performance", "warnings"})
+        EXPECT_FALSE(dj.contains(absent)) << absent;
+    EXPECT_EQ(dj["device"], "dax0.0");
+    EXPECT_EQ(dj["path"], "/dev/dax0.0");
+    EXPECT_EQ(dj["major"], 252);
+    EXPECT_EQ(dj["minor"], 0);
+    EXPECT_EQ(dj["source"], "dcd");
+    EXPECT_EQ(dj["mode"], "devdax");
+    EXPECT_EQ(dj["region"], 0);
+    EXPECT_EQ(dj["numa_node"], 0);
+    EXPECT_EQ(dj["target_node"], 1);
+    ASSERT_EQ(dj["ranges"].size(), 1u);
+    EXPECT_THAT(keys(dj["ranges"][0]), IsSupersetOf(Keys{"start", "end", "size"}));
+    EXPECT_EQ(dj["ranges"][0]["start"], kBase);
+    EXPECT_EQ(dj["ranges"][0]["end"], kBase + kGiB - 1);
+    EXPECT_EQ(dj["ranges"][0]["size"], kGiB);
+    ASSERT_EQ(dj["extents"].size(), 1u);
+    EXPECT_EQ(dj["extents"][0],
+              (json{{"extent", "extent0.1"}, {"offset", 0x1000}, {"length", 0x2000}}));
+}
+
+TEST_F(Records, JsonModeIsFourOctalDigits) {
+    for (const auto& [mode, text] : std::vector<std::pair<mode_t, std::string>>{
+             {0600, "0600"}, {0, "0000"}, {0777, "0777"}, {044, "0044"}}) {
+        TagRecord t;
+        t.tag = U(kA);
+        t.access.mode = mode;
+        t.devices = {dcd(0, 0, kA)};
+        EXPECT_EQ(tag_to_json(t)["access"]["mode"], text);
+    }
+}
+
+TEST_F(Records, JsonOfAConflictHasNoTopLevelDevice) {
+    ScanResult r = build({dcd(0, 0, kA), dcd(1, 0, kA)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    json j = tag_to_json(r.tags[0]);
+    Keys want = kTagKeys;
+    for (const char* k : {"device", "path", "size", "align"}) {
+        want.erase(k);
+        EXPECT_FALSE(j.contains(k)) << k << " in a conflict:\n" << j.dump(2);
+    }
+    want.insert("reason");
+    EXPECT_THAT(keys(j), IsSupersetOf(want)) << j.dump(2);
+    EXPECT_EQ(j["state"], "conflict");
+    EXPECT_THAT(j["reason"].get<std::string>(), AllOf(HasSubstr("dax0.0"), HasSubstr("dax1.0")));
+    ASSERT_TRUE(j["devices"].is_array());
+    ASSERT_EQ(j["devices"].size(), 2u);
+    EXPECT_EQ(j["devices"][0]["device"], "dax0.0");
+    EXPECT_EQ(j["devices"][1]["device"], "dax1.0");
+}
+
+TEST_F(Records, JsonReasonOnlyWhenNotReady) {
+    ScanResult r = build({dcd(0, 0, kA, DevMode::system_ram), dcd(1, 0, kB)}, empty);
+    json ram = tag_to_json(*r.find(U(kA)));
+    json ok = tag_to_json(*r.find(U(kB)));
+    EXPECT_EQ(ram["state"], "system-ram");
+    EXPECT_TRUE(ram.contains("reason"));
+    EXPECT_EQ(ram["devices"][0]["mode"], "system-ram");
+    EXPECT_FALSE(ok.contains("reason"));
+}
+
+TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
+    ProbedDevice nv = device(0, 0, U(kA), TagSource::nvdimm);
+    nv.extents = {Extent{"extent0.0", 0, 0x1000, U(kA)}}; // must not be shown
+    nv.namespace_name = "namespace0.0";
+    nv.infoblock_uuid = U(kC);
+    ProbedDevice cfg = device(1, 0, U(kB), TagSource::config);
+    ProbedDevice empty_dcd = dcd(2, 0, kC);
+    ScanResult r = build({nv, cfg, empty_dcd}, empty);
+    ASSERT_THAT(r.tags, SizeIs(3));
+
+    json jn = tag_to_json(*r.find(U(kA)))["devices"][0];
+    Keys want = kDeviceKeys;
+    want.insert({"namespace", "infoblock_uuid"});
+    EXPECT_THAT(keys(jn), IsSupersetOf(want)) << jn.dump(2);
+    EXPECT_FALSE(jn.contains("extents")) << "extents shown for an nvdimm device";
+    EXPECT_EQ(jn["source"], "nvdimm");
+    EXPECT_EQ(jn["namespace"], "namespace0.0");
+    EXPECT_EQ(jn["infoblock_uuid"], kC);
+
+    json jc = tag_to_json(*r.find(U(kB)))["devices"][0];
+    EXPECT_THAT(keys(jc), IsSupersetOf(kDeviceKeys)) << jc.dump(2);
+    for (const char* absent : {"extents", "namespace", "infoblock_uuid"})
+        EXPECT_FALSE(jc.contains(absent)) << absent;
+    EXPECT_EQ(jc["source"], "config");
+
+    json jd = tag_to_json(*r.find(U(kC)))["devices"][0];
+    ASSERT_TRUE(jd.contains("extents"));
+    EXPECT_TRUE(jd["extents"].is_array());
+    EXPECT_TRUE(jd["extents"].empty());
+}
+
+TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
+    ProbedDevice d = dcd(0, 0, kA);
+    d.performance.read_latency_ns = 250;
+    d.performance.write_bandwidth_mbps = 9000;
+    d.warnings = {"extents unreadable: x"};
+    ScanResult r = build({d, dcd(1, 0, kB)}, empty);
+    json with = tag_to_json(*r.find(U(kA)))["devices"][0];
+    ASSERT_TRUE(with.contains("performance"));
+    EXPECT_EQ(with["performance"],
+              (json{{"read_latency_ns", 250}, {"write_bandwidth_mbps", 9000}}));
+    EXPECT_EQ(with["warnings"], (json{"extents unreadable: x"}));
+    json without = tag_to_json(*r.find(U(kB)))["devices"][0];
+    EXPECT_FALSE(without.contains("performance"));
+    EXPECT_FALSE(without.contains("warnings"));
+    EXPECT_FALSE(without.contains("namespace"));
+    EXPECT_FALSE(without.contains("infoblock_uuid"));
+}
+
+TEST_F(Records, JsonOfAWholeScan) {
+    Config c = parse_config(section(kA, "mode = 0999\n"), "x.conf");
+    ProbedDevice untagged = device(5, 0);
+    ScanResult r = build({dcd(0, 0, kB), dcd(1, 0, kA), untagged}, c,
+                         {{"dax9.9", "no device node /dev/dax9.9"}});
+    json j = scan_to_json(r);
+    EXPECT_THAT(keys(j), IsSupersetOf(Keys{"tags", "untagged", "rejected", "config_errors"}));
+    ASSERT_EQ(j["tags"].size(), 2u);
+    EXPECT_EQ(j["tags"][0]["tag"], kA); // sorted
+    EXPECT_EQ(j["tags"][1]["tag"], kB);
+    EXPECT_EQ(j["tags"][0], tag_to_json(r.tags[0]));
+    ASSERT_EQ(j["untagged"].size(), 1u);
+    EXPECT_THAT(keys(j["untagged"][0]),
+                IsSupersetOf(Keys{"device", "size", "mode", "target_node", "ranges"}));
+    EXPECT_EQ(j["untagged"][0]["device"], "dax5.0");
+    EXPECT_EQ(j["untagged"][0]["mode"], "devdax");
+    EXPECT_EQ(j["untagged"][0]["target_node"], 6);
+    EXPECT_EQ(j["untagged"][0]["ranges"][0]["size"], kGiB);
+    ASSERT_EQ(j["rejected"].size(), 1u);
+    EXPECT_EQ(j["rejected"][0],
+              (json{{"device", "dax9.9"}, {"reason", "no device node /dev/dax9.9"}}));
+    ASSERT_EQ(j["config_errors"].size(), 1u);
+    EXPECT_THAT(j["config_errors"][0].get<std::string>(), HasSubstr("x.conf:2:"));
+}
+
+TEST_F(Records, JsonOfAnEmptyScanHasEmptyArrays) {
+    json j = scan_to_json(build({}, empty));
+    for (const char* k : {"tags", "untagged", "rejected", "config_errors"}) {
+        ASSERT_TRUE(j.contains(k)) << k;
+        EXPECT_TRUE(j[k].is_array()) << k;
+        EXPECT_TRUE(j[k].empty()) << k;
+    }
+}
+
+} // namespace
+} // namespace tagmem
