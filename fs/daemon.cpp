@@ -11,6 +11,7 @@
 #include "watch_server.hpp"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <poll.h>
 #include <pthread.h>
@@ -213,7 +214,22 @@ int Daemon::run() {
     se_ = mount->session();
     std::string socket_path =
         opt_.socket_path.empty() ? opt_.mount_point + ".sock" : opt_.socket_path;
-    auto server = WatchServer::listen(socket_path, &tree_, opt_.mount_point);
+    auto stats = [this] {
+        const auto& c = context_.counters;
+        return nlohmann::json{{"tags", tree_.tag_count()},
+                              {"requests",
+                               {{"lookup", c.lookup.load()},
+                                {"getattr", c.getattr.load()},
+                                {"readlink", c.readlink.load()},
+                                {"opendir", c.opendir.load()},
+                                {"readdir", c.readdir.load()},
+                                {"open", c.open.load()},
+                                {"read", c.read.load()},
+                                {"statfs", c.statfs.load()},
+                                {"refused", c.refused.load()}}}}
+            .dump();
+    };
+    auto server = WatchServer::listen(socket_path, &tree_, opt_.mount_point, stats);
     if (!server) {
         log::error("{}", server.error().message);
         return 1;

@@ -38,7 +38,8 @@ std::vector<gid_t> peer_groups(int fd, gid_t primary) {
 } // namespace
 
 Result<WatchServer> WatchServer::listen(const std::string& path, const TagTree* tree,
-                                        std::string mount_point) {
+                                        std::string mount_point,
+                                        std::function<std::string()> stats) {
     sockaddr_un addr{};
     if (path.size() >= sizeof(addr.sun_path))
         return make_error(ENAMETOOLONG, fmt::format("socket path too long: {}", path));
@@ -61,7 +62,7 @@ Result<WatchServer> WatchServer::listen(const std::string& path, const TagTree* 
     ::chmod(path.c_str(), 0666);
     if (::listen(fd.get(), 128) != 0)
         return make_error(errno, fmt::format("listen {}: {}", path, std::strerror(errno)));
-    return WatchServer(std::move(fd), path, tree, std::move(mount_point));
+    return WatchServer(std::move(fd), path, tree, std::move(mount_point), std::move(stats));
 }
 
 WatchServer::~WatchServer() {
@@ -150,6 +151,14 @@ void WatchServer::on_request(Client& c, const std::string& line) {
     const std::string op = req["op"];
     if (op == "watch") {
         c.watching = true;
+        return;
+    }
+    if (op == "stats") {
+        if (c.uid != 0)
+            return fail("stats are for root");
+        send(c, stats_ ? stats_() : std::string("{}"));
+        c.close_after_flush = true;
+        flush(c);
         return;
     }
     if (op != "wait")

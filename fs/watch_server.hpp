@@ -5,6 +5,7 @@
 //
 //   -> {"op":"watch"}              <- {"event":"added","tag":...,"device":...,"state":...}
 //   -> {"op":"wait","tag":"<uuid>"}  <- {"event":"ready",...}, then the server closes
+//   -> {"op":"stats"} (root only)    <- {"requests":{...},"tags":N}, then the server closes
 //
 // A client learns only of tags whose data it may open (by SO_PEERCRED and
 // its groups against the tag's owner, group and mode); root learns of all.
@@ -20,6 +21,7 @@
 #include <poll.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -29,8 +31,9 @@ namespace tagmem {
 
 class WatchServer {
   public:
+    // stats() answers {"op":"stats"} from root: the daemon's counters.
     static Result<WatchServer> listen(const std::string& path, const TagTree* tree,
-                                      std::string mount_point);
+                                      std::string mount_point, std::function<std::string()> stats);
     WatchServer(WatchServer&&) noexcept = default;
     ~WatchServer();
 
@@ -55,9 +58,10 @@ class WatchServer {
         bool close_after_flush = false;
     };
 
-    WatchServer(Fd listener, std::string path, const TagTree* tree, std::string mount_point)
+    WatchServer(Fd listener, std::string path, const TagTree* tree, std::string mount_point,
+                std::function<std::string()> stats)
         : listener_(std::move(listener)), path_(std::move(path)), tree_(tree),
-          mount_point_(std::move(mount_point)) {}
+          mount_point_(std::move(mount_point)), stats_(std::move(stats)) {}
     void accept_clients();
     void read_request(Client& c);
     void on_request(Client& c, const std::string& line);
@@ -70,6 +74,7 @@ class WatchServer {
     std::string path_;
     const TagTree* tree_ = nullptr;
     std::string mount_point_;
+    std::function<std::string()> stats_;
     std::map<int, Client> clients_;
     std::uint64_t seq_ = 0;
 };

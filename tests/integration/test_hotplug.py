@@ -367,3 +367,34 @@ def test_a_burst_of_changes_with_readers_traversing(make_host, tagmemfs, udev):
         assert os.path.exists(mnt / tag / "data")
     assert d.proc.poll() is None
     w.stop()
+
+
+def test_stats_count_requests_and_are_for_root(make_host, tagmemfs):
+    import socket as so
+    make_host(dcd_host()[0])
+    d = start(tagmemfs)
+
+    def stats():
+        c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        c.connect(str(d.socket))
+        c.sendall(b'{"op":"stats"}\n')
+        c.settimeout(5)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        return json.loads(data)
+
+    before = stats()
+    assert before["tags"] == 3
+    assert not (d.mount_point / "12345678-0000-4000-8000-000000000000").exists()
+    assert not (d.mount_point / "12345678-0000-4000-8000-000000000000").exists()  # cached miss
+    after = stats()
+    assert after["requests"]["lookup"] == before["requests"]["lookup"] + 1
+    r = run_as(NOBODY, NOBODY, f"""
+import socket
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect({str(d.socket)!r})
+c.sendall(b'{{"op":"stats"}}\\n')
+print(c.recv(4096).decode())
+""")
+    assert "stats are for root" in r.stdout
