@@ -26,13 +26,6 @@ using DaxctlCtx = std::unique_ptr<daxctl_ctx, CtxDeleter>;
 // tagmem reports those itself, in its own words.
 void quiet_log(daxctl_ctx*, int, const char*, int, const char*, const char*, va_list) {}
 
-DevMode mode_of(daxctl_dev* dev) {
-    if (!daxctl_dev_is_enabled(dev))
-        return DevMode::disabled;
-    // Non-NULL only when the device is bound to kmem (see libdaxctl).
-    return daxctl_dev_get_memory(dev) ? DevMode::system_ram : DevMode::devdax;
-}
-
 std::vector<PhysRange> ranges_of(daxctl_dev* dev) {
     std::vector<PhysRange> ranges;
     for (auto* m = daxctl_mapping_get_first(dev); m; m = daxctl_mapping_get_next(m)) {
@@ -72,6 +65,17 @@ std::optional<std::uint64_t> read_u64(HostOs& os, const std::string& path) {
 
 } // namespace
 
+DevMode read_dev_mode(const std::string& sysfs_path, HostOs& os) {
+    // What libdaxctl's daxctl_dev_is_enabled() and daxctl_dev_get_memory()
+    // decide, from the driver link alone: those resolve several deep paths
+    // per device, which dominates a scan of thousands.
+    auto driver = os.lstat_node(sysfs_path + "/driver");
+    if (!driver || driver->type != NodeType::symlink)
+        return DevMode::disabled;
+    auto target = os.link_target(sysfs_path + "/driver");
+    return target && base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
+}
+
 Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
     DaxDevice d;
     d.name = name;
@@ -97,13 +101,7 @@ Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
     auto node_num = node_text ? parse_i64(*node_text) : Result<std::int64_t>(Error{});
     d.target_node = node_num ? static_cast<int>(*node_num) : -1;
 
-    auto driver = os.lstat_node(d.sysfs_path + "/driver");
-    if (!driver || driver->type != NodeType::symlink) {
-        d.mode = DevMode::disabled;
-    } else {
-        auto target = os.real_path(d.sysfs_path + "/driver");
-        d.mode = target && base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
-    }
+    d.mode = read_dev_mode(d.sysfs_path, os);
 
     if (auto entries = os.list_dir(d.sysfs_path)) {
         std::vector<PhysRange> maps;
@@ -148,10 +146,10 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os) {
             d.align = daxctl_dev_get_align(dev);
             d.resource = daxctl_dev_get_resource(dev);
             d.target_node = daxctl_dev_get_target_node(dev);
-            d.mode = mode_of(dev);
             d.ranges = ranges_of(dev);
             d.region_path = daxctl_region_get_path(region);
             d.sysfs_path = d.region_path + "/" + d.name;
+            d.mode = read_dev_mode(d.sysfs_path, os);
             seen.insert(d.name);
             scan.devices.push_back(std::move(d));
         }

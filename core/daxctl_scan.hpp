@@ -28,4 +28,7 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os);
 // device is gone. The synthetic-host tests check that both readers agree.
 Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os);
 
+// devdax, system-ram (bound to kmem) or disabled (no driver).
+DevMode read_dev_mode(const std::string& sysfs_path, HostOs& os);
+
 } // namespace tagmem

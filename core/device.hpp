@@ -60,6 +60,7 @@ struct DaxDevice {
     std::string region_path;       // its parent: libdaxctl's region path
 
     std::string dev_path() const { return "/dev/" + name; }
+    bool operator==(const DaxDevice&) const = default;
 };
 
 // A device after its tag and facts were read (core/probe.cpp).
@@ -73,6 +74,7 @@ struct ProbedDevice {
     std::string namespace_name;         // NVDIMM: namespaceR.N
     Performance performance;
     std::vector<std::string> warnings; // non-fatal oddities
+    bool operator==(const ProbedDevice&) const = default;
 };
 
 // A device that tagmem will not present, and why.

@@ -63,6 +63,39 @@ class RealHostOs final : public HostOs {
         return std::string(p.get());
     }
 
+    Result<std::string> link_target(const std::string& path) override {
+        char buf[4096];
+        ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
+        if (n < 0)
+            return errno_error(errno, "cannot read link", path);
+        std::string_view target(buf, static_cast<std::size_t>(n));
+        std::string joined = target.starts_with('/')
+                                 ? std::string(target)
+                                 : path.substr(0, path.rfind('/') + 1) + std::string(target);
+        // Fold "." and ".." lexically.
+        std::vector<std::string_view> parts;
+        std::string_view rest = joined;
+        while (!rest.empty()) {
+            auto slash = rest.find('/');
+            auto part = rest.substr(0, slash);
+            rest.remove_prefix(slash == std::string_view::npos ? rest.size() : slash + 1);
+            if (part.empty() || part == ".")
+                continue;
+            if (part == "..") {
+                if (!parts.empty())
+                    parts.pop_back();
+                continue;
+            }
+            parts.push_back(part);
+        }
+        std::string out;
+        for (auto part : parts) {
+            out += '/';
+            out += part;
+        }
+        return out.empty() ? std::string("/") : out;
+    }
+
     Result<std::vector<std::pair<std::string, std::uint64_t>>>
     list_dir_inodes(const std::string& path) override {
         struct DirCloser {

@@ -33,6 +33,12 @@ class HostOs {
     // Reads a small file (sysfs attribute) whole. ENOENT when it is absent.
     virtual Result<std::string> read_file(const std::string& path) = 0;
     virtual Result<std::string> real_path(const std::string& path) = 0;
+    // Where a symlink points, as an absolute path: the link's target joined
+    // to the link's directory, "." and ".." folded. Only as exact as that
+    // directory: pass links in canonical directories (sysfs device
+    // directories are). One readlink instead of realpath's one per path
+    // component, which dominates a scan of thousands of devices.
+    virtual Result<std::string> link_target(const std::string& path) { return real_path(path); }
     // Entry names of a directory, without "." and "..", in no set order.
     virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
     // Names with their inode numbers (readdir's d_ino, free to get): a

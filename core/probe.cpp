@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <regex>
 
 namespace tagmem {
 namespace {
@@ -41,8 +40,7 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
     if (!ns)
         return Ok{};
     std::string name(trim_attr(*ns));
-    static const std::regex valid_name("namespace[0-9]+\\.[0-9]+");
-    if (!std::regex_match(name, valid_name))
+    if (!is_numbered_name(name, "namespace"))
         return make_error(EINVAL,
                           fmt::format("{}/namespace: not a namespace name: '{}'", nd_dax, name));
     p.namespace_name = name;
@@ -84,8 +82,14 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsign
                                               "major ({})",
                                               dev.dev_path(), node->rdev.major,
                                               dax_major ? fmt::to_string(*dax_major) : "none"));
-    auto subsystem = os.real_path(
-        fmt::format("/sys/dev/char/{}:{}/subsystem", sys_devno->major, sys_devno->minor));
+    // The kernel's index of character devices must name this very device,
+    // and the device must sit on the dax bus.
+    auto indexed =
+        os.link_target(fmt::format("/sys/dev/char/{}:{}", sys_devno->major, sys_devno->minor));
+    if (!indexed || *indexed != dev.sysfs_path)
+        return make_error(ENODEV, fmt::format("/sys/dev/char/{}:{} does not lead to {}",
+                                              sys_devno->major, sys_devno->minor, dev.name));
+    auto subsystem = os.link_target(dev.sysfs_path + "/subsystem");
     if (!subsystem || *subsystem != "/sys/bus/dax")
         return make_error(ENODEV, fmt::format("{}:{} does not belong to the dax bus",
                                               sys_devno->major, sys_devno->minor));
@@ -97,9 +101,8 @@ Result<std::vector<Extent>> read_region_extents(const std::string& region_path, 
     auto names = os.list_dir(region_path);
     if (!names)
         return names.error();
-    static const std::regex extent_name("extent[0-9]+\\.[0-9]+");
     for (const auto& name : *names) {
-        if (!std::regex_match(name, extent_name))
+        if (!is_numbered_name(name, "extent"))
             continue;
         std::string dir = region_path + "/" + name;
         Extent e;
@@ -142,10 +145,41 @@ ScanCache::ScanCache(HostOs& os) : os_(os), dax_major_(os.dax_char_major()) {}
 
 void ScanCache::set_extents(const std::string& region_path, Result<std::vector<Extent>> extents) {
     extents_.insert_or_assign(region_path, std::move(extents));
+    by_tag_.erase(region_path);
+}
+
+void ScanCache::forget_region(const std::string& region_path) {
+    extents_.erase(region_path);
+    by_tag_.erase(region_path);
+}
+
+std::vector<Extent> ScanCache::extents_of(const std::string& region_path, const Uuid& tag) {
+    // Indexed once per region: a region of n devices would otherwise cost
+    // n * n comparisons per scan.
+    auto it = by_tag_.find(region_path);
+    if (it == by_tag_.end()) {
+        std::unordered_map<Uuid, std::vector<Extent>> index;
+        if (const auto& all = extents(region_path))
+            for (const auto& e : *all)
+                if (e.tag)
+                    index[*e.tag].push_back(e);
+        it = by_tag_.emplace(region_path, std::move(index)).first;
+    }
+    auto found = it->second.find(tag);
+    return found == it->second.end() ? std::vector<Extent>{} : found->second;
+}
+
+const Performance& ScanCache::performance(int node) {
+    auto it = performance_.find(node);
+    if (it == performance_.end())
+        it = performance_.emplace(node, read_node_performance(node, os_)).first;
+    return it->second;
 }
 
 void ScanCache::clear() {
+    performance_.clear();
     extents_.clear();
+    by_tag_.clear();
     dax_major_ = os_.dax_char_major();
 }
 
@@ -174,7 +208,8 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
         p.numa_node = static_cast<int>(*n);
 
     // 1. CXL DCD: the device's own uuid attribute.
-    if (os.exists(dev.sysfs_path + "/uuid")) {
+    auto uuid_text = os.read_file(dev.sysfs_path + "/uuid");
+    if (uuid_text || uuid_text.error().code != ENOENT) {
         auto tag = read_attr(os, dev.sysfs_path + "/uuid", parse_tag_attr);
         if (!tag)
             return make_error(tag.error().code,
@@ -184,13 +219,10 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
             p.source = TagSource::dcd;
         }
         const auto& extents = cache.extents(dev.region_path);
-        if (!extents) {
+        if (!extents)
             p.warnings.push_back(fmt::format("extents unreadable: {}", extents.error().message));
-        } else if (p.tag) {
-            for (const auto& e : *extents)
-                if (e.tag == p.tag)
-                    p.extents.push_back(e);
-        }
+        else if (p.tag)
+            p.extents = cache.extents_of(dev.region_path, *p.tag);
     } else {
         // 2. NVDIMM: the namespace behind the nd_dax device.
         if (auto ok = read_nvdimm_tag(p, os); !ok)
@@ -198,7 +230,7 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
                               fmt::format("malformed tag: {}", ok.error().message));
     }
 
-    p.performance = read_node_performance(dev.target_node, os);
+    p.performance = cache.performance(dev.target_node);
     return p;
 }
 

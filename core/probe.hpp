@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace tagmem {
@@ -24,11 +25,15 @@ class ScanCache {
     explicit ScanCache(HostOs& os);
     const Result<std::vector<Extent>>& extents(const std::string& region_path);
     std::optional<unsigned> dax_major() const { return dax_major_; }
+    // HMAT data of a NUMA node: every device on the node shares it.
+    const Performance& performance(int node);
 
     // For a long-lived cache (hotplug): what is known, and updates to it.
     const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
     void set_extents(const std::string& region_path, Result<std::vector<Extent>> extents);
-    void forget_region(const std::string& region_path) { extents_.erase(region_path); }
+    void forget_region(const std::string& region_path);
+    // The extents of a region that carry a tag, in region order.
+    std::vector<Extent> extents_of(const std::string& region_path, const Uuid& tag);
     // Starts over, as a new cache would (a full rescan).
     void clear();
 
@@ -36,6 +41,8 @@ class ScanCache {
     HostOs& os_;
     std::optional<unsigned> dax_major_;
     std::map<std::string, Result<std::vector<Extent>>> extents_;
+    std::map<std::string, std::unordered_map<Uuid, std::vector<Extent>>> by_tag_;
+    std::map<int, Performance> performance_;
 };
 
 // Fails (with the reason) when the device must be rejected: its device number

@@ -68,6 +68,18 @@ Result<std::optional<Uuid>> parse_tag_attr(std::string_view raw) {
     return std::optional<Uuid>{*uuid};
 }
 
+bool is_numbered_name(std::string_view name, std::string_view prefix) {
+    if (!name.starts_with(prefix))
+        return false;
+    name.remove_prefix(prefix.size());
+    auto dot = name.find('.');
+    auto digits = [](std::string_view d) {
+        return !d.empty() && d.find_first_not_of("0123456789") == std::string_view::npos;
+    };
+    return dot != std::string_view::npos && digits(name.substr(0, dot)) &&
+           digits(name.substr(dot + 1));
+}
+
 Result<Uuid> parse_uuid_attr(std::string_view raw) {
     return Uuid::parse(trim_attr(raw));
 }

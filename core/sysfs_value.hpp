@@ -34,6 +34,10 @@ Result<DevNumber> parse_dev_number(std::string_view text);
 // `0` printed by older series), returned as std::nullopt.
 Result<std::optional<Uuid>> parse_tag_attr(std::string_view text);
 
+// "<prefix><digits>.<digits>", as in namespace0.1 or extent2.15: the names
+// the kernel gives; anything else found in sysfs is not one of them.
+bool is_numbered_name(std::string_view name, std::string_view prefix);
+
 // A plain UUID attribute (NVDIMM namespace and info-block uuid).
 Result<Uuid> parse_uuid_attr(std::string_view text);
 

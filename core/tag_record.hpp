@@ -43,6 +43,7 @@ struct TagRecord {
     Access access;
 
     bool usable() const { return state == TagState::ready; }
+    bool operator==(const TagRecord&) const = default;
     const ProbedDevice* device() const { return devices.size() == 1 ? &devices[0] : nullptr; }
 };
 

@@ -133,10 +133,16 @@ NodeAttr TagTree::attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) 
         a.mode = S_IFREG | 0444;
         a.size = 2;
         break;
-    case NodeKind::metadata:
+    case NodeKind::metadata: {
         a.mode = S_IFREG | 0444;
-        a.size = e.metadata_size;
+        auto size = e.metadata_size.load(std::memory_order_relaxed);
+        if (size == 0) {
+            size = metadata_text(r).size();
+            e.metadata_size.store(size, std::memory_order_relaxed);
+        }
+        a.size = size;
         break;
+    }
     case NodeKind::data:
         // The only node that grants memory: owner and mode come from the
         // configuration, defaulting to root 0600 like /dev/dax.
@@ -273,20 +279,6 @@ TreeChanges TagTree::update(const ScanResult& scan) {
 }
 
 TreeChanges TagTree::apply(const TagDelta& delta) {
-    // Render outside the lock: JSON is the costly part, and readers must
-    // not wait for it.
-    struct Incoming {
-        std::shared_ptr<const TagRecord> record;
-        std::uint64_t size;
-        std::size_t fingerprint;
-    };
-    std::vector<Incoming> incoming;
-    incoming.reserve(delta.upserts.size());
-    for (const auto& rec : delta.upserts) {
-        std::string text = metadata_text(*rec);
-        incoming.push_back({rec, text.size(), std::hash<std::string>{}(text)});
-    }
-
     TreeChanges ch;
     const timespec t = now();
     std::unique_lock lock(mutex_);
@@ -301,12 +293,11 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
                 ch.removed.push_back({dir, ino_of(slot, kind), std::string(kind_name(kind))});
         ch.removed.push_back({kRootIno, dir, node.mapped().name});
     };
-    auto add_slot = [&](Incoming& in) {
+    auto add_slot = [&](const std::shared_ptr<const TagRecord>& record) {
         std::uint64_t slot = next_slot_++;
-        TagEntry e{in.record->tag.str(), in.record, in.size, in.fingerprint, t};
-        ch.added.emplace_back(kRootIno, e.name);
-        by_slot_.emplace(slot, std::move(e));
-        slot_of_[in.record->tag] = slot;
+        auto [it, inserted] = by_slot_.try_emplace(slot, record->tag.str(), record, t);
+        ch.added.emplace_back(kRootIno, it->second.name);
+        slot_of_[record->tag] = slot;
     };
 
     for (const auto& tag : delta.removals) {
@@ -317,26 +308,25 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         remove_slot(it->second);
         slot_of_.erase(it);
     }
-    for (auto& in : incoming) {
-        const TagRecord& r = *in.record;
+    for (const auto& record : delta.upserts) {
+        const TagRecord& r = *record;
         auto old = slot_of_.find(r.tag);
         if (old == slot_of_.end()) {
-            add_slot(in);
+            add_slot(record);
             event(TagEventKind::added, r);
             continue;
         }
         TagEntry& e = by_slot_.at(old->second);
-        if (e.fingerprint == in.fingerprint)
+        if (*e.record == r)
             continue; // re-read, unchanged
         event(TagEventKind::changed, r);
         if (identity(*e.record) != identity(r)) {
             remove_slot(old->second);
-            add_slot(in);
+            add_slot(record);
             continue;
         }
-        e.record = in.record;
-        e.metadata_size = in.size;
-        e.fingerprint = in.fingerprint;
+        e.record = record;
+        e.metadata_size = 0;
         e.changed = t;
         ch.changed.push_back(ino_of(old->second, NodeKind::dir));
         for (auto kind : kFileKinds)

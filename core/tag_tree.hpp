@@ -22,6 +22,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -117,10 +118,13 @@ class TagTree {
 
   private:
     struct TagEntry {
+        TagEntry(std::string n, std::shared_ptr<const TagRecord> r, timespec t)
+            : name(std::move(n)), record(std::move(r)), changed(t) {}
         std::string name; // canonical UUID
         std::shared_ptr<const TagRecord> record;
-        std::uint64_t metadata_size = 0;
-        std::size_t fingerprint = 0; // hash of the metadata JSON: detects any change
+        // The length of the metadata JSON, rendered on first need (0: not
+        // yet): rendering every tag's JSON would dominate startup.
+        mutable std::atomic<std::uint64_t> metadata_size{0};
         timespec changed{};
     };
 

@@ -648,7 +648,17 @@ TEST_F(Probe, DevCharLinkMissing) {
     os.remove(FakeHostOs::dev_char_link(d));
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
-    EXPECT_THAT(e.message, HasSubstr("does not belong to the dax bus"));
+    EXPECT_THAT(e.message, HasSubstr("does not lead to " + d.name));
+}
+
+TEST_F(Probe, DevCharLinkToAnotherDeviceRejects) {
+    DaxDevice d = os.add_hmem_device();
+    DaxDevice other = os.add_hmem_device(DaxSpec{}.at(1, 0));
+    os.remove(FakeHostOs::dev_char_link(d));
+    os.add_symlink(FakeHostOs::dev_char_link(d), other.sysfs_path);
+    Error e = probe_fails(d);
+    EXPECT_EQ(e.code, ENODEV);
+    EXPECT_THAT(e.message, HasSubstr("does not lead to " + d.name));
 }
 
 TEST_F(Probe, MalformedDcdUuidRejects) {
