@@ -134,7 +134,9 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
     forget_device(name, touched);
     auto dev = read_dax_device(name, os_);
     if (!dev) {
-        if (dev.error().code != ENOENT)
+        // Gone (ENOENT) or not a dax device at all (EINVAL: the dax bus also
+        // announces regions and drivers): nothing to report.
+        if (dev.error().code != ENOENT && dev.error().code != EINVAL)
             rejected_[name] = {name, dev.error().message};
         return;
     }
