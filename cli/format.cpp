@@ -66,7 +66,8 @@ std::string format_tag(const TagRecord& t) {
     for (const auto& e : t.offered_extents)
         line("extent",
              fmt::format("{} offset {:#x} length {:#x} (offered)", e.name, e.offset, e.length));
-    for (const auto& p : t.devices) {
+    for (const auto& shared : t.devices) {
+        const ProbedDevice& p = *shared;
         const auto& d = p.dev;
         line("device", fmt::format("{} ({}:{}, {})", d.dev_path(), d.devno.major, d.devno.minor,
                                    to_string(d.mode)));

@@ -18,12 +18,12 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
     auto it = devices_.find(name);
     if (it == devices_.end())
         return;
-    if (it->second.tag) {
-        touched.insert(*it->second.tag);
-        auto& names = by_tag_[*it->second.tag];
+    if (const auto& tag = it->second->tag) {
+        touched.insert(*tag);
+        auto& names = by_tag_[*tag];
         names.erase(name);
         if (names.empty())
-            by_tag_.erase(*it->second.tag);
+            by_tag_.erase(*tag);
     }
     devices_.erase(it);
 }
@@ -54,7 +54,7 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
         touched.insert(*p.tag);
         by_tag_[*p.tag].insert(dev.name);
     }
-    devices_.insert_or_assign(dev.name, std::move(p));
+    devices_.insert_or_assign(dev.name, std::make_shared<const ProbedDevice>(std::move(p)));
 }
 
 void HostState::index_extents(const std::vector<Extent>* old_list,
@@ -79,7 +79,7 @@ void HostState::index_extents(const std::vector<Extent>* old_list,
 TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
     TagDelta delta;
     for (const auto& tag : touched) {
-        std::vector<ProbedDevice> devs;
+        std::vector<std::shared_ptr<const ProbedDevice>> devs;
         if (auto it = by_tag_.find(tag); it != by_tag_.end())
             for (const auto& name : it->second)
                 devs.push_back(devices_.at(name));
@@ -124,13 +124,14 @@ Result<TagDelta> HostState::rescan(const Config& config) {
         if (extents)
             index_extents(nullptr, &*extents, touched);
     signatures_.clear();
+    cache_.end_scan();
     return rebuild(touched);
 }
 
 void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
                             std::set<std::string>& regions) {
     if (auto it = devices_.find(name); it != devices_.end())
-        regions.insert(it->second.dev.region_path);
+        regions.insert(it->second->dev.region_path);
     forget_device(name, touched);
     auto dev = read_dax_device(name, os_);
     if (!dev) {
@@ -159,6 +160,7 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
     for (const auto& region : regions)
         if (cache_.regions().contains(region))
             poll_region(region, touched);
+    cache_.end_scan();
     return rebuild(touched);
 }
 
@@ -166,7 +168,7 @@ std::vector<std::string> HostState::devices_under(const std::string& sysfs_path)
     std::vector<std::string> out;
     std::string prefix = sysfs_path + "/";
     for (const auto& [name, d] : devices_)
-        if (d.dev.sysfs_path.starts_with(prefix))
+        if (d->dev.sysfs_path.starts_with(prefix))
             out.push_back(name);
     return out;
 }
@@ -234,8 +236,8 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             continue;
         for (const auto& name : std::set<std::string>(it->second)) {
             auto d = devices_.find(name);
-            if (d != devices_.end() && d->second.dev.region_path == region) {
-                DaxDevice dev = d->second.dev;
+            if (d != devices_.end() && d->second->dev.region_path == region) {
+                DaxDevice dev = d->second->dev;
                 forget_device(name, touched);
                 load_device(dev, touched);
             }
@@ -259,8 +261,9 @@ ScanResult HostState::snapshot() const {
     for (const auto& [tag, rec] : records_)
         s.tags.push_back(*rec);
     for (const auto& [name, d] : devices_)
-        if (!d.tag)
-            s.untagged.push_back({name, d.dev.size, d.dev.mode, d.dev.target_node, d.dev.ranges});
+        if (!d->tag)
+            s.untagged.push_back(
+                {name, d->dev.size, d->dev.mode, d->dev.target_node, d->dev.ranges});
     for (const auto& [name, issue] : rejected_)
         s.rejected.push_back(issue);
     return s;

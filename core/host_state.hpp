@@ -64,7 +64,7 @@ class HostState {
     HostOs& os_;
     Config config_;
     ScanCache cache_;
-    std::map<std::string, ProbedDevice> devices_; // probed fine, tagged or not
+    std::map<std::string, std::shared_ptr<const ProbedDevice>> devices_; // probed fine
     std::map<std::string, DeviceIssue> rejected_;
     std::unordered_map<Uuid, std::set<std::string>> by_tag_;          // tag -> device names
     std::unordered_map<Uuid, std::map<std::string, Extent>> extents_; // tag -> extents by name

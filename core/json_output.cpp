@@ -91,7 +91,7 @@ json tag_to_json(const TagRecord& t) {
     }
     json devs = json::array();
     for (const auto& d : t.devices)
-        devs.push_back(device_json(d));
+        devs.push_back(device_json(*d));
     j["devices"] = std::move(devs);
     return j;
 }

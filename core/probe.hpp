@@ -36,6 +36,8 @@ class ScanCache {
     std::vector<Extent> extents_of(const std::string& region_path, const Uuid& tag);
     // Starts over, as a new cache would (a full rescan).
     void clear();
+    // Drops what only a scan in progress needs (the per-tag extent index).
+    void end_scan() { by_tag_.clear(); }
 
   private:
     HostOs& os_;

@@ -68,15 +68,26 @@ std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>&
     return out;
 }
 
-TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs,
+bool TagRecord::operator==(const TagRecord& o) const {
+    auto same_devices = [&] {
+        return std::equal(devices.begin(), devices.end(), o.devices.begin(), o.devices.end(),
+                          [](const auto& a, const auto& b) { return a == b || *a == *b; });
+    };
+    return tag == o.tag && name == o.name && source == o.source && state == o.state &&
+           reason == o.reason && offered_extents == o.offered_extents &&
+           shareable == o.shareable && shareable_from == o.shareable_from &&
+           access == o.access && same_devices();
+}
+
+TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,
                       std::vector<Extent> offered_extents, const Config& config, HostOs& os) {
     TagRecord r;
     r.tag = tag;
-    std::sort(devs.begin(), devs.end(), [](const ProbedDevice& a, const ProbedDevice& b) {
-        return std::tie(a.dev.region_id, a.dev.id) < std::tie(b.dev.region_id, b.dev.id);
+    std::sort(devs.begin(), devs.end(), [](const auto& a, const auto& b) {
+        return std::tie(a->dev.region_id, a->dev.id) < std::tie(b->dev.region_id, b->dev.id);
     });
     r.devices = std::move(devs);
-    r.source = r.devices.empty() ? TagSource::dcd : r.devices.front().source;
+    r.source = r.devices.empty() ? TagSource::dcd : r.devices.front()->source;
     const TagConfig* c = config.find(tag);
     if (c) {
         r.name = c->name;
@@ -94,18 +105,18 @@ TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devs,
     } else if (r.devices.size() > 1) {
         std::string names;
         for (const auto& d : r.devices)
-            names += (names.empty() ? "" : ", ") + d.dev.name;
+            names += (names.empty() ? "" : ", ") + d->dev.name;
         r.state = TagState::conflict;
         r.reason = fmt::format("{} devices claim this tag: {}", r.devices.size(), names);
-    } else if (r.devices[0].dev.mode == DevMode::system_ram) {
+    } else if (r.devices[0]->dev.mode == DevMode::system_ram) {
         r.state = TagState::system_ram;
         r.reason = fmt::format("{} is online as system RAM: onlining zeroed it and the kernel "
                                "owns it; it is not this tag's data",
-                               r.devices[0].dev.name);
-    } else if (r.devices[0].dev.mode == DevMode::disabled) {
+                               r.devices[0]->dev.name);
+    } else if (r.devices[0]->dev.mode == DevMode::disabled) {
         r.state = TagState::disabled;
         r.reason =
-            fmt::format("{} has no driver bound (not in devdax mode)", r.devices[0].dev.name);
+            fmt::format("{} has no driver bound (not in devdax mode)", r.devices[0]->dev.name);
     }
     return r;
 }
@@ -120,7 +131,7 @@ ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIs
                          const Config& config, HostOs& os) {
     ScanResult result;
     result.config_errors = config.errors;
-    std::map<Uuid, std::vector<ProbedDevice>> by_tag;
+    std::map<Uuid, std::vector<std::shared_ptr<const ProbedDevice>>> by_tag;
     for (auto& d : devices) {
         if (!d.tag) {
             auto configured = config_tag_for(d.dev, config);
@@ -134,7 +145,8 @@ ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIs
             }
         }
         if (d.tag) {
-            by_tag[*d.tag].push_back(std::move(d));
+            auto tag = *d.tag;
+            by_tag[tag].push_back(std::make_shared<const ProbedDevice>(std::move(d)));
         } else {
             result.untagged.push_back(
                 {d.dev.name, d.dev.size, d.dev.mode, d.dev.target_node, d.dev.ranges});

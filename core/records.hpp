@@ -22,7 +22,7 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
 
 // One tag's record from the devices that carry it (several: a conflict; none:
 // offered by DCD extents alone).
-TagRecord make_record(const Uuid& tag, std::vector<ProbedDevice> devices,
+TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devices,
                       std::vector<Extent> offered_extents, const Config& config, HostOs& os);
 
 // Extents that carry a tag no device has claimed, by tag.

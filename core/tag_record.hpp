@@ -36,15 +36,18 @@ struct TagRecord {
     TagSource source = TagSource::config;
     TagState state = TagState::ready;
     std::string reason;                  // why it is not ready
-    std::vector<ProbedDevice> devices;   // exactly one unless in conflict or offered
+    // Exactly one unless in conflict or offered. Shared with HostState, which
+    // keeps every device it probed: a record costs no second copy.
+    std::vector<std::shared_ptr<const ProbedDevice>> devices;
     std::vector<Extent> offered_extents; // offered: the extents carrying the tag
     bool shareable = false;
     std::string shareable_from = "default"; // "config" or "default"
     Access access;
 
     bool usable() const { return state == TagState::ready; }
-    bool operator==(const TagRecord&) const = default;
-    const ProbedDevice* device() const { return devices.size() == 1 ? &devices[0] : nullptr; }
+    // Equal content (devices compared by value, not by pointer).
+    bool operator==(const TagRecord& o) const;
+    const ProbedDevice* device() const { return devices.size() == 1 ? devices[0].get() : nullptr; }
 };
 
 // The records to (re)publish and the tags that are gone.

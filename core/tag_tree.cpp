@@ -53,7 +53,7 @@ timespec now() {
 std::string identity(const TagRecord& r) {
     std::string id = to_string(r.state);
     for (const auto& d : r.devices)
-        id += fmt::format(" {}={}:{}", d.dev.name, d.dev.devno.major, d.dev.devno.minor);
+        id += fmt::format(" {}={}:{}", d->dev.name, d->dev.devno.major, d->dev.devno.minor);
     return id;
 }
 

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -110,6 +111,9 @@ void Daemon::rescan(const char* why) {
     for (const auto& r : state_.snapshot().rejected)
         log::warning("{}: rejected: {}", r.device, r.reason);
     publish(*delta, why);
+    // A scan allocates and frees a lot (libdaxctl's own objects among it):
+    // give the freed heap back rather than keep it as resident memory.
+    malloc_trim(0);
     log::info("rescan ({}): {} tags", why, state_.tag_count());
 }
 

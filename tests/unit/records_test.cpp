@@ -114,8 +114,8 @@ TEST_F(Records, TwoDevicesWithOneTagAreOneConflictRecord) {
     EXPECT_FALSE(t.usable());
     EXPECT_EQ(t.device(), nullptr);
     ASSERT_THAT(t.devices, SizeIs(2));
-    EXPECT_EQ(t.devices[0].dev.name, "dax0.3");
-    EXPECT_EQ(t.devices[1].dev.name, "dax1.0");
+    EXPECT_EQ(t.devices[0]->dev.name, "dax0.3");
+    EXPECT_EQ(t.devices[1]->dev.name, "dax1.0");
     EXPECT_THAT(t.reason, AllOf(HasSubstr("2 devices"), HasSubstr("dax0.3"), HasSubstr("dax1.0")));
     EXPECT_THAT(r.untagged, IsEmpty());
 }
@@ -286,8 +286,8 @@ TEST_F(Records, ConfigMatchAndDcdTagOnTheSameUuidConflict) {
     ASSERT_THAT(r.tags, SizeIs(1));
     EXPECT_EQ(r.tags[0].state, TagState::conflict);
     ASSERT_THAT(r.tags[0].devices, SizeIs(2));
-    EXPECT_EQ(r.tags[0].devices[0].source, TagSource::config);
-    EXPECT_EQ(r.tags[0].devices[1].source, TagSource::dcd);
+    EXPECT_EQ(r.tags[0].devices[0]->source, TagSource::config);
+    EXPECT_EQ(r.tags[0].devices[1]->source, TagSource::dcd);
     // The record's source is its first device's.
     EXPECT_EQ(r.tags[0].source, TagSource::config);
 }
@@ -408,7 +408,7 @@ TEST_F(Records, TagsAreSortedAndFindable) {
         ASSERT_NE(found, nullptr) << t;
         EXPECT_EQ(found->tag, U(t));
     }
-    EXPECT_EQ(r.find(r.tags[1].tag)->devices[0].dev.name, "dax1.0");
+    EXPECT_EQ(r.find(r.tags[1].tag)->devices[0]->dev.name, "dax1.0");
     EXPECT_EQ(r.find(U("6f1c2d3e-0000-4000-8000-000000000009")), nullptr);
     EXPECT_EQ(r.find(U("00000000-0000-0000-0000-000000000000")), nullptr);
     EXPECT_EQ(r.find(U("ffffffff-ffff-ffff-ffff-ffffffffffff")), nullptr);
@@ -527,7 +527,7 @@ TEST_F(Records, JsonModeIsFourOctalDigits) {
         TagRecord t;
         t.tag = U(kA);
         t.access.mode = mode;
-        t.devices = {dcd(0, 0, kA)};
+        t.devices = {std::make_shared<const ProbedDevice>(dcd(0, 0, kA))};
         EXPECT_EQ(tag_to_json(t)["access"]["mode"], text);
     }
 }
