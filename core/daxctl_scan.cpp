@@ -84,34 +84,35 @@ Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
     auto real = os.real_path(fmt::format("{}/{}", kDaxBusDevices, name));
     if (!real)
         return make_error(ENOENT, fmt::format("{}: gone from the dax bus", name));
-    d.sysfs_path = *real;
     d.region_path = parent_of(*real);
+    if (base_of(*real) != name)
+        return make_error(EIO, fmt::format("{}: its bus link leads to {}", name, *real));
     auto node = os.lstat_node(d.dev_path());
     if (!node)
         return make_error(ENOENT, fmt::format("no device node {}", d.dev_path()));
     d.devno = node->rdev;
     // As libdaxctl: size is required, the rest optional.
-    auto size = read_u64(os, d.sysfs_path + "/size");
+    auto size = read_u64(os, d.sysfs_path() + "/size");
     if (!size)
         return make_error(EIO, fmt::format("{}: its size attribute cannot be read", name));
     d.size = *size;
-    d.align = read_u64(os, d.sysfs_path + "/align").value_or(0);
-    d.resource = read_u64(os, d.sysfs_path + "/resource").value_or(0);
-    auto node_text = os.read_file(d.sysfs_path + "/target_node");
+    d.align = read_u64(os, d.sysfs_path() + "/align").value_or(0);
+    d.resource = read_u64(os, d.sysfs_path() + "/resource").value_or(0);
+    auto node_text = os.read_file(d.sysfs_path() + "/target_node");
     auto node_num = node_text ? parse_i64(*node_text) : Result<std::int64_t>(Error{});
     d.target_node = node_num ? static_cast<int>(*node_num) : -1;
 
-    d.mode = read_dev_mode(d.sysfs_path, os);
+    d.mode = read_dev_mode(d.sysfs_path(), os);
 
-    if (auto entries = os.list_dir(d.sysfs_path)) {
+    if (auto entries = os.list_dir(d.sysfs_path())) {
         std::vector<PhysRange> maps;
         for (const auto& e : *entries) {
             int idx = 0;
             char tail = 0;
             if (std::sscanf(e.c_str(), "mapping%d%c", &idx, &tail) != 1)
                 continue; // not mappingN
-            auto start = read_u64(os, d.sysfs_path + "/" + e + "/start");
-            auto end = read_u64(os, d.sysfs_path + "/" + e + "/end");
+            auto start = read_u64(os, d.sysfs_path() + "/" + e + "/start");
+            auto end = read_u64(os, d.sysfs_path() + "/" + e + "/end");
             if (start && end && *end >= *start)
                 maps.push_back(PhysRange{*start, *end});
         }
@@ -148,8 +149,7 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os) {
             d.target_node = daxctl_dev_get_target_node(dev);
             d.ranges = ranges_of(dev);
             d.region_path = daxctl_region_get_path(region);
-            d.sysfs_path = d.region_path + "/" + d.name;
-            d.mode = read_dev_mode(d.sysfs_path, os);
+            d.mode = read_dev_mode(d.sysfs_path(), os);
             seen.insert(d.name);
             scan.devices.push_back(std::move(d));
         }

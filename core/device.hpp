@@ -56,10 +56,11 @@ struct DaxDevice {
     int target_node = -1;
     DevMode mode = DevMode::disabled;
     std::vector<PhysRange> ranges; // physical ranges (mappings, else resource+size)
-    std::string sysfs_path;        // realpath of the device directory
-    std::string region_path;       // its parent: libdaxctl's region path
+    std::string region_path;       // libdaxctl's region path: the device directory's parent
 
     std::string dev_path() const { return "/dev/" + name; }
+    // The canonical device directory (not stored: thousands of devices).
+    std::string sysfs_path() const { return region_path + "/" + name; }
     bool operator==(const DaxDevice&) const = default;
 };
 

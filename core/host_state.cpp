@@ -21,7 +21,7 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
     if (const auto& tag = it->second->tag) {
         touched.insert(*tag);
         auto& names = by_tag_[*tag];
-        names.erase(name);
+        std::erase(names, name);
         if (names.empty())
             by_tag_.erase(*tag);
     }
@@ -31,7 +31,7 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
 void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
     // A device with a uuid attribute sits in a DC region, whose extents count
     // (as offered tags) even when this device is rejected.
-    if (!cache_.regions().contains(dev.region_path) && os_.exists(dev.sysfs_path + "/uuid"))
+    if (!cache_.regions().contains(dev.region_path) && os_.exists(dev.sysfs_path() + "/uuid"))
         (void)cache_.extents(dev.region_path);
     auto probed = probe_device(dev, os_, cache_);
     if (!probed) {
@@ -52,7 +52,8 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
     }
     if (p.tag) {
         touched.insert(*p.tag);
-        by_tag_[*p.tag].insert(dev.name);
+        auto& names = by_tag_[*p.tag];
+        names.insert(std::upper_bound(names.begin(), names.end(), dev.name), dev.name);
     }
     devices_.insert_or_assign(dev.name, std::make_shared<const ProbedDevice>(std::move(p)));
 }
@@ -63,16 +64,23 @@ void HostState::index_extents(const std::vector<Extent>* old_list,
         for (const auto& e : *old_list)
             if (e.tag) {
                 touched.insert(*e.tag);
-                auto& m = extents_[*e.tag];
-                m.erase(e.name);
-                if (m.empty())
+                auto& v = extents_[*e.tag];
+                std::erase_if(v, [&](const Extent& x) { return x.name == e.name; });
+                if (v.empty())
                     extents_.erase(*e.tag);
             }
     if (new_list)
         for (const auto& e : *new_list)
             if (e.tag) {
                 touched.insert(*e.tag);
-                extents_[*e.tag].insert_or_assign(e.name, e);
+                auto& v = extents_[*e.tag];
+                auto at = std::lower_bound(
+                    v.begin(), v.end(), e.name,
+                    [](const Extent& x, const std::string& n) { return x.name < n; });
+                if (at != v.end() && at->name == e.name)
+                    *at = e;
+                else
+                    v.insert(at, e);
             }
 }
 
@@ -86,15 +94,12 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
         std::vector<Extent> offered;
         if (devs.empty())
             if (auto it = extents_.find(tag); it != extents_.end())
-                for (const auto& [name, e] : it->second)
-                    offered.push_back(e);
+                offered = it->second;
         if (devs.empty() && offered.empty()) {
             if (records_.erase(tag))
                 delta.removals.push_back(tag);
             continue;
         }
-        std::sort(offered.begin(), offered.end(),
-                  [](const Extent& a, const Extent& b) { return a.name < b.name; });
         auto record = std::make_shared<const TagRecord>(
             make_record(tag, std::move(devs), std::move(offered), config_, os_));
         records_[tag] = record;
@@ -168,7 +173,7 @@ std::vector<std::string> HostState::devices_under(const std::string& sysfs_path)
     std::vector<std::string> out;
     std::string prefix = sysfs_path + "/";
     for (const auto& [name, d] : devices_)
-        if (d->dev.sysfs_path.starts_with(prefix))
+        if (d->dev.sysfs_path().starts_with(prefix))
             out.push_back(name);
     return out;
 }
@@ -234,7 +239,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
         auto it = by_tag_.find(tag);
         if (it == by_tag_.end())
             continue;
-        for (const auto& name : std::set<std::string>(it->second)) {
+        for (const auto& name : std::vector<std::string>(it->second)) {
             auto d = devices_.find(name);
             if (d != devices_.end() && d->second->dev.region_path == region) {
                 DaxDevice dev = d->second->dev;

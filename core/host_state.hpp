@@ -66,8 +66,10 @@ class HostState {
     ScanCache cache_;
     std::map<std::string, std::shared_ptr<const ProbedDevice>> devices_; // probed fine
     std::map<std::string, DeviceIssue> rejected_;
-    std::unordered_map<Uuid, std::set<std::string>> by_tag_;          // tag -> device names
-    std::unordered_map<Uuid, std::map<std::string, Extent>> extents_; // tag -> extents by name
+    // Small vectors, not sets and maps: almost every tag has one device and
+    // one extent, and at 100,000 tags every node counts.
+    std::unordered_map<Uuid, std::vector<std::string>> by_tag_; // tag -> device names, sorted
+    std::unordered_map<Uuid, std::vector<Extent>> extents_;     // tag -> extents, by name
     std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
     // What each DC region's directory held when its extents were read.
     using Signature = std::vector<std::pair<std::string, std::uint64_t>>;

@@ -64,7 +64,7 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
 } // namespace
 
 Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major) {
-    auto sys_devno = read_attr(os, dev.sysfs_path + "/dev", parse_dev_number);
+    auto sys_devno = read_attr(os, dev.sysfs_path() + "/dev", parse_dev_number);
     if (!sys_devno)
         return make_error(sys_devno.error().code,
                           fmt::format("device number unreadable: {}", sys_devno.error().message));
@@ -86,10 +86,10 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsign
     // and the device must sit on the dax bus.
     auto indexed =
         os.link_target(fmt::format("/sys/dev/char/{}:{}", sys_devno->major, sys_devno->minor));
-    if (!indexed || *indexed != dev.sysfs_path)
+    if (!indexed || *indexed != dev.sysfs_path())
         return make_error(ENODEV, fmt::format("/sys/dev/char/{}:{} does not lead to {}",
                                               sys_devno->major, sys_devno->minor, dev.name));
-    auto subsystem = os.link_target(dev.sysfs_path + "/subsystem");
+    auto subsystem = os.link_target(dev.sysfs_path() + "/subsystem");
     if (!subsystem || *subsystem != "/sys/bus/dax")
         return make_error(ENODEV, fmt::format("{}:{} does not belong to the dax bus",
                                               sys_devno->major, sys_devno->minor));
@@ -196,7 +196,7 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
 
     // libdaxctl reads an empty or garbled size as 0; a device whose size
     // cannot be trusted is not presented.
-    auto size = read_attr(os, dev.sysfs_path + "/size", parse_u64);
+    auto size = read_attr(os, dev.sysfs_path() + "/size", parse_u64);
     if (!size)
         return make_error(size.error().code,
                           fmt::format("size unreadable: {}", size.error().message));
@@ -204,13 +204,13 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
     ProbedDevice p;
     p.dev = dev;
     p.dev.size = *size;
-    if (auto n = read_attr(os, dev.sysfs_path + "/numa_node", parse_i64))
+    if (auto n = read_attr(os, dev.sysfs_path() + "/numa_node", parse_i64))
         p.numa_node = static_cast<int>(*n);
 
     // 1. CXL DCD: the device's own uuid attribute.
-    auto uuid_text = os.read_file(dev.sysfs_path + "/uuid");
+    auto uuid_text = os.read_file(dev.sysfs_path() + "/uuid");
     if (uuid_text || uuid_text.error().code != ENOENT) {
-        auto tag = read_attr(os, dev.sysfs_path + "/uuid", parse_tag_attr);
+        auto tag = read_attr(os, dev.sysfs_path() + "/uuid", parse_tag_attr);
         if (!tag)
             return make_error(tag.error().code,
                               fmt::format("malformed tag: {}", tag.error().message));

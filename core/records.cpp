@@ -74,9 +74,8 @@ bool TagRecord::operator==(const TagRecord& o) const {
                           [](const auto& a, const auto& b) { return a == b || *a == *b; });
     };
     return tag == o.tag && name == o.name && source == o.source && state == o.state &&
-           reason == o.reason && offered_extents == o.offered_extents &&
-           shareable == o.shareable && shareable_from == o.shareable_from &&
-           access == o.access && same_devices();
+           reason == o.reason && offered_extents == o.offered_extents && shareable == o.shareable &&
+           shareable_from == o.shareable_from && access == o.access && same_devices();
 }
 
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,

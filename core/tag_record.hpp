@@ -35,7 +35,7 @@ struct TagRecord {
     std::string name; // from configuration, may be empty
     TagSource source = TagSource::config;
     TagState state = TagState::ready;
-    std::string reason;                  // why it is not ready
+    std::string reason; // why it is not ready
     // Exactly one unless in conflict or offered. Shared with HostState, which
     // keeps every device it probed: a record costs no second copy.
     std::vector<std::shared_ptr<const ProbedDevice>> devices;

@@ -296,7 +296,6 @@ DaxDevice FakeHostOs::add_device_at(const std::string& region_dir, const DaxSpec
     d.mode = spec.mode;
     d.ranges = {PhysRange{spec.resource, spec.resource + spec.size - 1}};
     d.region_path = normalize_path(region_dir);
-    d.sysfs_path = d.region_path + "/" + d.name;
 
     // The bus and its drivers.
     add_dir("/sys/bus/dax/devices");
@@ -309,7 +308,7 @@ DaxDevice FakeHostOs::add_device_at(const std::string& region_dir, const DaxSpec
     add_file(d.region_path + "/dax_region/align", dec(static_cast<std::int64_t>(spec.align)));
 
     // The device directory.
-    const std::string& dir = d.sysfs_path;
+    const std::string& dir = d.sysfs_path();
     add_dir(dir);
     add_file(dir + "/dev", fmt::format("{}:{}\n", d.devno.major, d.devno.minor));
     add_file(dir + "/size", fmt::format("{}\n", spec.size));
@@ -346,7 +345,7 @@ DaxDevice FakeHostOs::add_dcd_device(const DaxSpec& spec, const std::string& uui
     add_relative_symlink(fmt::format("/sys/bus/cxl/devices/region{}", spec.region), cxl_region);
     add_relative_symlink(fmt::format("/sys/bus/cxl/devices/dax_region{}", spec.region), dax_region);
     DaxDevice d = add_device_at(dax_region, spec);
-    add_file(d.sysfs_path + "/uuid", uuid_attr + "\n");
+    add_file(d.sysfs_path() + "/uuid", uuid_attr + "\n");
     return d;
 }
 

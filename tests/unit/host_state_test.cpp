@@ -61,7 +61,7 @@ TEST_F(HostStateTest, ADeviceThatVanishesLeavesItsExtentsOffered) {
     os.add_dcd_extent(d, 0, 0, GiB, std::string(kA));
     (void)state.refresh({d.name});
     os.remove("/sys/bus/dax/devices/" + d.name);
-    os.remove(d.sysfs_path);
+    os.remove(d.sysfs_path());
     TagDelta delta = state.refresh({d.name});
     const TagRecord* r = upsert_of(delta, kA);
     ASSERT_NE(r, nullptr);
@@ -79,7 +79,7 @@ TEST_F(HostStateTest, ADeviceReleasedWithItsExtentsVanishesInOneStep) {
     os.add_dcd_extent(d, 0, 0, GiB, std::string(kA));
     (void)state.refresh({d.name});
     os.remove("/sys/bus/dax/devices/" + d.name);
-    os.remove(d.sysfs_path);
+    os.remove(d.sysfs_path());
     os.remove(d.region_path + "/extent0.0");
     TagDelta delta = state.refresh({d.name});
     EXPECT_THAT(delta.upserts, IsEmpty());
@@ -102,7 +102,7 @@ TEST_F(HostStateTest, TwoDevicesOneTagIsAConflictUntilOneGoes) {
 TEST_F(HostStateTest, ATagMovingBetweenDevicesTouchesBothTags) {
     DaxDevice a = os.add_dcd_device(DaxSpec{}.at(0, 0), kA);
     (void)state.refresh({a.name});
-    os.add_file(a.sysfs_path + "/uuid", std::string(kB) + "\n");
+    os.add_file(a.sysfs_path() + "/uuid", std::string(kB) + "\n");
     TagDelta delta = state.refresh({a.name});
     EXPECT_THAT(delta.removals, ::testing::ElementsAre(U(kA)));
     EXPECT_THAT(upserted(delta), ::testing::ElementsAre(U(kB)));

@@ -47,17 +47,17 @@ TEST(FakeHostOs, DeviceHelperBuildsAConsistentDevice) {
     FakeHostOs os;
     DaxDevice d = os.add_hmem_device(DaxSpec{}.at(3, 0).minor_number(7));
     EXPECT_EQ(d.name, "dax3.0");
-    EXPECT_EQ(d.sysfs_path, "/sys/devices/platform/hmem.3/dax3.0");
+    EXPECT_EQ(d.sysfs_path(), "/sys/devices/platform/hmem.3/dax3.0");
     EXPECT_EQ(d.region_path, "/sys/devices/platform/hmem.3");
     EXPECT_EQ(d.devno, (DevNumber{fake::kDaxMajor, 7}));
     // Links are relative and resolve inside the tree.
-    EXPECT_EQ(os.real_path("/sys/bus/dax/devices/dax3.0").value_or(""), d.sysfs_path);
-    EXPECT_EQ(os.real_path("/sys/dev/char/252:7").value_or(""), d.sysfs_path);
+    EXPECT_EQ(os.real_path("/sys/bus/dax/devices/dax3.0").value_or(""), d.sysfs_path());
+    EXPECT_EQ(os.real_path("/sys/dev/char/252:7").value_or(""), d.sysfs_path());
     EXPECT_EQ(os.real_path("/sys/dev/char/252:7/subsystem").value_or(""), "/sys/bus/dax");
-    EXPECT_EQ(os.real_path(d.sysfs_path + "/driver").value_or(""),
+    EXPECT_EQ(os.real_path(d.sysfs_path() + "/driver").value_or(""),
               "/sys/bus/dax/drivers/device_dax");
     EXPECT_EQ(os.read_file("/sys/dev/char/252:7/dev").value_or(""), "252:7\n");
-    EXPECT_EQ(os.read_file(d.sysfs_path + "/resource").value_or(""), "0x1040000000\n");
+    EXPECT_EQ(os.read_file(d.sysfs_path() + "/resource").value_or(""), "0x1040000000\n");
     auto node = os.lstat_node("/dev/dax3.0");
     ASSERT_TRUE(node.ok());
     EXPECT_EQ(node->type, NodeType::char_device);
@@ -68,10 +68,10 @@ TEST(FakeHostOs, DeviceHelperBuildsAConsistentDevice) {
 TEST(FakeHostOs, SymlinksAreNotFollowedByLstatOrReadFile) {
     FakeHostOs os;
     DaxDevice d = os.add_hmem_device();
-    auto link = os.lstat_node(d.sysfs_path + "/subsystem");
+    auto link = os.lstat_node(d.sysfs_path() + "/subsystem");
     ASSERT_TRUE(link.ok());
     EXPECT_EQ(link->type, NodeType::symlink);
-    os.add_symlink("/etc/link", d.sysfs_path + "/size");
+    os.add_symlink("/etc/link", d.sysfs_path() + "/size");
     auto r = os.read_file("/etc/link"); // O_NOFOLLOW
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().code, ELOOP);
@@ -309,24 +309,24 @@ TEST_F(Probe, UnreadableSizeRejects) {
         FakeHostOs host;
         DaxDevice d = host.add_hmem_device();
         if (*bad)
-            host.add_file(d.sysfs_path + "/size", bad);
+            host.add_file(d.sysfs_path() + "/size", bad);
         else
-            host.remove(d.sysfs_path + "/size");
+            host.remove(d.sysfs_path() + "/size");
         ScanCache cache(host);
         auto p = probe_device(d, host, cache);
         ASSERT_FALSE(p.ok()) << "size '" << bad << "' accepted";
         EXPECT_THAT(p.error().message,
-                    AllOf(HasSubstr("size unreadable"), HasSubstr(d.sysfs_path + "/size")));
+                    AllOf(HasSubstr("size unreadable"), HasSubstr(d.sysfs_path() + "/size")));
     }
 }
 
 TEST_F(Probe, MissingOrBadNumaNodeIsMinusOne) {
     DaxDevice d = os.add_hmem_device(DaxSpec{}.nodes(1, 5));
-    os.add_file(d.sysfs_path + "/numa_node", "five\n");
+    os.add_file(d.sysfs_path() + "/numa_node", "five\n");
     EXPECT_EQ(probe_ok(d).numa_node, -1);
-    os.remove(d.sysfs_path + "/numa_node");
+    os.remove(d.sysfs_path() + "/numa_node");
     EXPECT_EQ(probe_ok(d).numa_node, -1);
-    os.add_file(d.sysfs_path + "/numa_node", "-1\n");
+    os.add_file(d.sysfs_path() + "/numa_node", "-1\n");
     EXPECT_EQ(probe_ok(d).numa_node, -1);
 }
 
@@ -550,8 +550,8 @@ TEST_F(Probe, CharDeviceOfAnotherMajor) {
     // Node and sysfs agree on 10:3, but 10 is not the dax major.
     DaxDevice d = os.add_hmem_device();
     os.add_char_device("/dev/dax0.0", 10, 3);
-    os.add_file(d.sysfs_path + "/dev", "10:3\n");
-    os.add_relative_symlink("/sys/dev/char/10:3", d.sysfs_path);
+    os.add_file(d.sysfs_path() + "/dev", "10:3\n");
+    os.add_relative_symlink("/sys/dev/char/10:3", d.sysfs_path());
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
     EXPECT_THAT(e.message, AllOf(HasSubstr("major 10"), HasSubstr("dax major (252)")));
@@ -586,7 +586,7 @@ TEST_F(Probe, DaxMajorIsAnotherNumber) {
 
 TEST_F(Probe, SysfsDevDisagreesWithTheNode) {
     DaxDevice d = os.add_hmem_device(DaxSpec{}.minor_number(0));
-    os.add_file(d.sysfs_path + "/dev", "252:1\n");
+    os.add_file(d.sysfs_path() + "/dev", "252:1\n");
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
     EXPECT_THAT(e.message, HasSubstr("/dev/dax0.0 is 252:0 but sysfs says 252:1"));
@@ -605,14 +605,14 @@ TEST_F(Probe, SysfsDevMissingOrMalformed) {
         FakeHostOs host;
         DaxDevice d = host.add_hmem_device();
         if (*bad)
-            host.add_file(d.sysfs_path + "/dev", bad);
+            host.add_file(d.sysfs_path() + "/dev", bad);
         else
-            host.remove(d.sysfs_path + "/dev");
+            host.remove(d.sysfs_path() + "/dev");
         ScanCache cache(host);
         auto p = probe_device(d, host, cache);
         ASSERT_FALSE(p.ok()) << "'" << bad << "' accepted";
-        EXPECT_THAT(p.error().message,
-                    AllOf(HasSubstr("device number unreadable"), HasSubstr(d.sysfs_path + "/dev")))
+        EXPECT_THAT(p.error().message, AllOf(HasSubstr("device number unreadable"),
+                                             HasSubstr(d.sysfs_path() + "/dev")))
             << bad;
     }
 }
@@ -620,7 +620,7 @@ TEST_F(Probe, SysfsDevMissingOrMalformed) {
 TEST_F(Probe, SubsystemIsNotDax) {
     DaxDevice d = os.add_hmem_device();
     os.add_dir("/sys/bus/platform");
-    os.add_relative_symlink(d.sysfs_path + "/subsystem", "/sys/bus/platform");
+    os.add_relative_symlink(d.sysfs_path() + "/subsystem", "/sys/bus/platform");
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
     EXPECT_THAT(e.message, HasSubstr("252:0 does not belong to the dax bus"));
@@ -628,7 +628,7 @@ TEST_F(Probe, SubsystemIsNotDax) {
 
 TEST_F(Probe, SubsystemMissing) {
     DaxDevice d = os.add_hmem_device();
-    os.remove(d.sysfs_path + "/subsystem");
+    os.remove(d.sysfs_path() + "/subsystem");
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
 }
@@ -637,8 +637,8 @@ TEST_F(Probe, SubsystemOnlyLooksLikeDax) {
     // A directory named like the bus elsewhere is not the bus.
     DaxDevice d = os.add_hmem_device();
     os.add_dir("/tmp/sys/bus/dax");
-    os.remove(d.sysfs_path + "/subsystem");
-    os.add_symlink(d.sysfs_path + "/subsystem", "/tmp/sys/bus/dax");
+    os.remove(d.sysfs_path() + "/subsystem");
+    os.add_symlink(d.sysfs_path() + "/subsystem", "/tmp/sys/bus/dax");
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
 }
@@ -655,7 +655,7 @@ TEST_F(Probe, DevCharLinkToAnotherDeviceRejects) {
     DaxDevice d = os.add_hmem_device();
     DaxDevice other = os.add_hmem_device(DaxSpec{}.at(1, 0));
     os.remove(FakeHostOs::dev_char_link(d));
-    os.add_symlink(FakeHostOs::dev_char_link(d), other.sysfs_path);
+    os.add_symlink(FakeHostOs::dev_char_link(d), other.sysfs_path());
     Error e = probe_fails(d);
     EXPECT_EQ(e.code, ENODEV);
     EXPECT_THAT(e.message, HasSubstr("does not lead to " + d.name));
@@ -672,7 +672,7 @@ TEST_F(Probe, MalformedDcdUuidRejects) {
         ASSERT_FALSE(p.ok()) << "'" << bad << "' accepted";
         EXPECT_EQ(p.error().code, EINVAL) << bad;
         EXPECT_THAT(p.error().message,
-                    AllOf(HasSubstr("malformed tag"), HasSubstr(d.sysfs_path + "/uuid")))
+                    AllOf(HasSubstr("malformed tag"), HasSubstr(d.sysfs_path() + "/uuid")))
             << bad;
     }
 }
@@ -680,18 +680,18 @@ TEST_F(Probe, MalformedDcdUuidRejects) {
 TEST_F(Probe, UnreadableDcdUuidRejects) {
     DaxDevice d = os.add_dcd_device({}, kTag);
     // Present (exists() is true) but unreadable.
-    os.remove(d.sysfs_path + "/uuid");
-    os.add_dir(d.sysfs_path + "/uuid");
+    os.remove(d.sysfs_path() + "/uuid");
+    os.add_dir(d.sysfs_path() + "/uuid");
     Error e = probe_fails(d);
     EXPECT_THAT(e.message, HasSubstr("malformed tag"));
 }
 
 TEST_F(Probe, RejectionHappensBeforeTheTagIsRead) {
     DaxDevice d = os.add_dcd_device({}, kTag);
-    os.add_file(d.sysfs_path + "/dev", "252:5\n");
+    os.add_file(d.sysfs_path() + "/dev", "252:5\n");
     Error e = probe_fails(d);
     for (const auto& path : os.reads())
-        EXPECT_NE(path, d.sysfs_path + "/uuid") << "tag read from an unverified device";
+        EXPECT_NE(path, d.sysfs_path() + "/uuid") << "tag read from an unverified device";
     EXPECT_THAT(e.message, HasSubstr("sysfs says"));
 }
 

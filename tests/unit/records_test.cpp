@@ -51,7 +51,6 @@ ProbedDevice device(int region, int id, std::optional<Uuid> tag = std::nullopt,
     p.dev.mode = mode;
     p.dev.ranges = {PhysRange{p.dev.resource, p.dev.resource + kGiB - 1}};
     p.dev.region_path = "/sys/devices/platform/hmem." + std::to_string(region);
-    p.dev.sysfs_path = p.dev.region_path + "/" + p.dev.name;
     p.numa_node = 0;
     p.tag = tag;
     if (tag)
