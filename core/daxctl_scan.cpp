@@ -84,7 +84,7 @@ Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
     auto real = os.real_path(fmt::format("{}/{}", kDaxBusDevices, name));
     if (!real)
         return make_error(ENOENT, fmt::format("{}: gone from the dax bus", name));
-    d.region_path = parent_of(*real);
+    d.set_region_path(parent_of(*real));
     if (base_of(*real) != name)
         return make_error(EIO, fmt::format("{}: its bus link leads to {}", name, *real));
     auto node = os.lstat_node(d.dev_path());
@@ -148,7 +148,7 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os) {
             d.resource = daxctl_dev_get_resource(dev);
             d.target_node = daxctl_dev_get_target_node(dev);
             d.ranges = ranges_of(dev);
-            d.region_path = daxctl_region_get_path(region);
+            d.set_region_path(daxctl_region_get_path(region));
             d.mode = read_dev_mode(d.sysfs_path(), os);
             seen.insert(d.name);
             scan.devices.push_back(std::move(d));

@@ -13,6 +13,9 @@
 
 namespace tagmem {
 
+// One immortal copy of each distinct path (region paths: a handful per host).
+const std::string& intern_path(std::string_view path);
+
 // devdax: bound to device_dax, mappable. system_ram: onlined through kmem,
 // its contents were zeroed and belong to the page allocator. disabled: no
 // driver bound (e.g. a DC region's seed device).
@@ -56,12 +59,18 @@ struct DaxDevice {
     int target_node = -1;
     DevMode mode = DevMode::disabled;
     std::vector<PhysRange> ranges; // physical ranges (mappings, else resource+size)
-    std::string region_path;       // libdaxctl's region path: the device directory's parent
 
     std::string dev_path() const { return "/dev/" + name; }
+    // libdaxctl's region path: the device directory's parent. Interned: the
+    // thousands of devices of one region share one copy.
+    const std::string& region_path() const { return *region_; }
+    void set_region_path(std::string_view path) { region_ = &intern_path(path); }
     // The canonical device directory (not stored: thousands of devices).
-    std::string sysfs_path() const { return region_path + "/" + name; }
-    bool operator==(const DaxDevice&) const = default;
+    std::string sysfs_path() const { return region_path() + "/" + name; }
+    bool operator==(const DaxDevice&) const = default; // interned: equal paths, equal pointers
+
+  private:
+    const std::string* region_ = &intern_path({});
 };
 
 // A device after its tag and facts were read (core/probe.cpp).

@@ -31,8 +31,8 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
 void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
     // A device with a uuid attribute sits in a DC region, whose extents count
     // (as offered tags) even when this device is rejected.
-    if (!cache_.regions().contains(dev.region_path) && os_.exists(dev.sysfs_path() + "/uuid"))
-        (void)cache_.extents(dev.region_path);
+    if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
+        (void)cache_.extents(dev.region_path());
     auto probed = probe_device(dev, os_, cache_);
     if (!probed) {
         rejected_[dev.name] = {dev.name, probed.error().message};
@@ -136,7 +136,7 @@ Result<TagDelta> HostState::rescan(const Config& config) {
 void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
                             std::set<std::string>& regions) {
     if (auto it = devices_.find(name); it != devices_.end())
-        regions.insert(it->second->dev.region_path);
+        regions.insert(it->second->dev.region_path());
     forget_device(name, touched);
     auto dev = read_dax_device(name, os_);
     if (!dev) {
@@ -147,13 +147,13 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
         return;
     }
     // A device in a DC region we have not seen: its extents are read once.
-    bool new_region = !cache_.regions().contains(dev->region_path);
+    bool new_region = !cache_.regions().contains(dev->region_path());
     load_device(*dev, touched);
-    if (new_region && cache_.regions().contains(dev->region_path)) {
-        if (const auto& extents = cache_.regions().at(dev->region_path))
+    if (new_region && cache_.regions().contains(dev->region_path())) {
+        if (const auto& extents = cache_.regions().at(dev->region_path()))
             index_extents(nullptr, &*extents, touched);
     } else {
-        regions.insert(dev->region_path);
+        regions.insert(dev->region_path());
     }
 }
 
@@ -241,7 +241,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             continue;
         for (const auto& name : std::vector<std::string>(it->second)) {
             auto d = devices_.find(name);
-            if (d != devices_.end() && d->second->dev.region_path == region) {
+            if (d != devices_.end() && d->second->dev.region_path() == region) {
                 DaxDevice dev = d->second->dev;
                 forget_device(name, touched);
                 load_device(dev, touched);

@@ -4,7 +4,17 @@
 #include "device.hpp"
 #include "tag_record.hpp"
 
+#include <mutex>
+#include <unordered_set>
+
 namespace tagmem {
+
+const std::string& intern_path(std::string_view path) {
+    static std::mutex mutex;
+    static std::unordered_set<std::string>* pool = new std::unordered_set<std::string>;
+    std::lock_guard lock(mutex);
+    return *pool->emplace(path).first; // node-based: references stay valid
+}
 
 const char* to_string(DevMode mode) {
     switch (mode) {

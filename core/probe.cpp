@@ -35,7 +35,7 @@ std::optional<std::uint64_t> optional_u64(HostOs& os, const std::string& path) {
 
 Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
     // region path = the nd_dax device; its `namespace` names the namespace.
-    const std::string& nd_dax = p.dev.region_path;
+    const std::string& nd_dax = p.dev.region_path();
     auto ns = os.read_file(nd_dax + "/namespace");
     if (!ns)
         return Ok{};
@@ -218,11 +218,11 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
             p.tag = **tag;
             p.source = TagSource::dcd;
         }
-        const auto& extents = cache.extents(dev.region_path);
+        const auto& extents = cache.extents(dev.region_path());
         if (!extents)
             p.warnings.push_back(fmt::format("extents unreadable: {}", extents.error().message));
         else if (p.tag)
-            p.extents = cache.extents_of(dev.region_path, *p.tag);
+            p.extents = cache.extents_of(dev.region_path(), *p.tag);
     } else {
         // 2. NVDIMM: the namespace behind the nd_dax device.
         if (auto ok = read_nvdimm_tag(p, os); !ok)

@@ -295,7 +295,7 @@ DaxDevice FakeHostOs::add_device_at(const std::string& region_dir, const DaxSpec
     d.target_node = spec.target_node;
     d.mode = spec.mode;
     d.ranges = {PhysRange{spec.resource, spec.resource + spec.size - 1}};
-    d.region_path = normalize_path(region_dir);
+    d.set_region_path(normalize_path(region_dir));
 
     // The bus and its drivers.
     add_dir("/sys/bus/dax/devices");
@@ -303,9 +303,9 @@ DaxDevice FakeHostOs::add_device_at(const std::string& region_dir, const DaxSpec
     add_dir("/sys/bus/dax/drivers/kmem");
 
     // The region (libdaxctl reads dax_region/{id,size,align}).
-    add_file(d.region_path + "/dax_region/id", dec(spec.region));
-    add_file(d.region_path + "/dax_region/size", dec(static_cast<std::int64_t>(spec.size)));
-    add_file(d.region_path + "/dax_region/align", dec(static_cast<std::int64_t>(spec.align)));
+    add_file(d.region_path() + "/dax_region/id", dec(spec.region));
+    add_file(d.region_path() + "/dax_region/size", dec(static_cast<std::int64_t>(spec.size)));
+    add_file(d.region_path() + "/dax_region/align", dec(static_cast<std::int64_t>(spec.align)));
 
     // The device directory.
     const std::string& dir = d.sysfs_path();
@@ -351,7 +351,7 @@ DaxDevice FakeHostOs::add_dcd_device(const DaxSpec& spec, const std::string& uui
 
 void FakeHostOs::add_dcd_extent(const DaxDevice& dev, int extent, std::uint64_t offset,
                                 std::uint64_t length, const std::optional<std::string>& uuid) {
-    auto dir = fmt::format("{}/extent{}.{}", dev.region_path, dev.region_id, extent);
+    auto dir = fmt::format("{}/extent{}.{}", dev.region_path(), dev.region_id, extent);
     add_file(dir + "/offset", hex(offset));
     add_file(dir + "/length", hex(length));
     if (uuid)

@@ -68,7 +68,7 @@ TEST_F(HostStateTest, ADeviceThatVanishesLeavesItsExtentsOffered) {
     EXPECT_EQ(r->state, TagState::offered);
     EXPECT_THAT(r->offered_extents, SizeIs(1));
     // The extent released too: the tag is gone.
-    os.remove(d.region_path + "/extent0.0");
+    os.remove(d.region_path() + "/extent0.0");
     delta = state.poll_extents();
     EXPECT_THAT(delta.removals, ::testing::ElementsAre(U(kA)));
     EXPECT_EQ(state.tag_count(), 0u);
@@ -80,7 +80,7 @@ TEST_F(HostStateTest, ADeviceReleasedWithItsExtentsVanishesInOneStep) {
     (void)state.refresh({d.name});
     os.remove("/sys/bus/dax/devices/" + d.name);
     os.remove(d.sysfs_path());
-    os.remove(d.region_path + "/extent0.0");
+    os.remove(d.region_path() + "/extent0.0");
     TagDelta delta = state.refresh({d.name});
     EXPECT_THAT(delta.upserts, IsEmpty());
     EXPECT_THAT(delta.removals, ::testing::ElementsAre(U(kA)));
@@ -152,7 +152,7 @@ TEST_F(HostStateTest, ExtentsArrivingAndLeavingBetweenPolls) {
     EXPECT_EQ(upsert_of(delta, kB)->state, TagState::offered);
     // kA's device is untouched by kB's extent.
     EXPECT_EQ(upsert_of(delta, kA), nullptr);
-    os.remove(d.region_path + "/extent0.1");
+    os.remove(d.region_path() + "/extent0.1");
     delta = state.poll_extents();
     EXPECT_THAT(delta.removals, ::testing::ElementsAre(U(kB)));
     EXPECT_THAT(delta.upserts, IsEmpty());

@@ -48,7 +48,7 @@ TEST(FakeHostOs, DeviceHelperBuildsAConsistentDevice) {
     DaxDevice d = os.add_hmem_device(DaxSpec{}.at(3, 0).minor_number(7));
     EXPECT_EQ(d.name, "dax3.0");
     EXPECT_EQ(d.sysfs_path(), "/sys/devices/platform/hmem.3/dax3.0");
-    EXPECT_EQ(d.region_path, "/sys/devices/platform/hmem.3");
+    EXPECT_EQ(d.region_path(), "/sys/devices/platform/hmem.3");
     EXPECT_EQ(d.devno, (DevNumber{fake::kDaxMajor, 7}));
     // Links are relative and resolve inside the tree.
     EXPECT_EQ(os.real_path("/sys/bus/dax/devices/dax3.0").value_or(""), d.sysfs_path());
@@ -184,7 +184,7 @@ TEST_F(Probe, DcdZeroOfOlderSeriesIsUntagged) {
 TEST_F(Probe, DcdExtentsUnreadableIsAWarningNotARejection) {
     DaxDevice d = os.add_dcd_device({}, kTag);
     os.add_dcd_extent(d, 0, 0, 0x1000, kTag);
-    os.fail(d.region_path, EACCES);
+    os.fail(d.region_path(), EACCES);
     ProbedDevice p = probe_ok(d);
     EXPECT_EQ(p.tag, U(kTag));
     EXPECT_EQ(p.source, TagSource::dcd);
@@ -208,7 +208,7 @@ TEST_F(Probe, DcdOneBrokenExtentIsAWarning) {
         DaxDevice d = host.add_dcd_device({}, kTag);
         host.add_dcd_extent(d, 0, 0, 0x1000, kTag);
         host.add_dcd_extent(d, 1, 0x1000, 0x1000, kTag);
-        std::string path = d.region_path + "/extent0.1/" + b.file;
+        std::string path = d.region_path() + "/extent0.1/" + b.file;
         if (b.content.empty())
             host.remove(path);
         else
@@ -228,7 +228,7 @@ TEST_F(Probe, ScanCacheReadsEachRegionOnceForAllItsDevices) {
     DaxDevice a = os.add_dcd_device(DaxSpec{}.at(4, 0), kTag);
     DaxDevice b = os.add_dcd_device(DaxSpec{}.at(4, 1), kOther);
     DaxDevice other_region = os.add_dcd_device(DaxSpec{}.at(5, 0), kTag);
-    ASSERT_EQ(a.region_path, b.region_path);
+    ASSERT_EQ(a.region_path(), b.region_path());
     os.add_dcd_extent(a, 0, 0x2000, 0x1000, kOther);
     os.add_dcd_extent(a, 1, 0x1000, 0x1000, kTag);
     os.add_dcd_extent(a, 2, 0x3000, 0x1000, kOther);
@@ -239,8 +239,8 @@ TEST_F(Probe, ScanCacheReadsEachRegionOnceForAllItsDevices) {
     auto pb = probe_device(b, os, cache);
     auto pc = probe_device(other_region, os, cache);
     ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok());
-    EXPECT_EQ(os.list_count(a.region_path), 1);
-    EXPECT_EQ(os.list_count(other_region.region_path), 1);
+    EXPECT_EQ(os.list_count(a.region_path()), 1);
+    EXPECT_EQ(os.list_count(other_region.region_path()), 1);
     ASSERT_THAT(pa->extents, SizeIs(1));
     EXPECT_EQ(pa->extents[0].name, "extent4.1");
     ASSERT_THAT(pb->extents, SizeIs(2));
@@ -253,12 +253,12 @@ TEST_F(Probe, ScanCacheReadsEachRegionOnceForAllItsDevices) {
 TEST_F(Probe, ScanCacheKeepsTheErrorForEveryDeviceOfTheRegion) {
     DaxDevice a = os.add_dcd_device(DaxSpec{}.at(4, 0), kTag);
     DaxDevice b = os.add_dcd_device(DaxSpec{}.at(4, 1), kOther);
-    os.fail(a.region_path, EIO);
+    os.fail(a.region_path(), EIO);
     ScanCache cache(os);
     auto pa = probe_device(a, os, cache);
     auto pb = probe_device(b, os, cache);
     ASSERT_TRUE(pa.ok() && pb.ok());
-    EXPECT_EQ(os.list_count(a.region_path), 1);
+    EXPECT_EQ(os.list_count(a.region_path()), 1);
     EXPECT_THAT(pa->warnings, ElementsAre(HasSubstr("extents unreadable")));
     EXPECT_THAT(pb->warnings, ElementsAre(HasSubstr("extents unreadable")));
 }
@@ -268,19 +268,19 @@ TEST_F(Probe, ScanCacheReturnsTheRegionsExtents) {
     os.add_dcd_extent(d, 1, 0x2000, 0x1000, kTag);
     os.add_dcd_extent(d, 0, 0x1000, 0x1000, std::nullopt);
     ScanCache cache(os);
-    const auto& first = cache.extents(d.region_path);
+    const auto& first = cache.extents(d.region_path());
     ASSERT_TRUE(first.ok());
     EXPECT_THAT(*first, SizeIs(2));
     // Same object the second time, not a re-read.
-    EXPECT_EQ(&cache.extents(d.region_path), &first);
-    EXPECT_EQ(os.list_count(d.region_path), 1);
+    EXPECT_EQ(&cache.extents(d.region_path()), &first);
+    EXPECT_EQ(os.list_count(d.region_path()), 1);
     const auto& missing = cache.extents("/sys/no/such/region");
     EXPECT_FALSE(missing.ok());
     // A fresh cache (the next scan) sees what changed since.
     os.add_dcd_extent(d, 2, 0x3000, 0x1000, kTag);
     ScanCache next(os);
-    ASSERT_TRUE(next.extents(d.region_path).ok());
-    EXPECT_THAT(*next.extents(d.region_path), SizeIs(3));
+    ASSERT_TRUE(next.extents(d.region_path()).ok());
+    EXPECT_THAT(*next.extents(d.region_path()), SizeIs(3));
 }
 
 TEST_F(Probe, HmemDeviceHasNoTag) {
@@ -374,11 +374,11 @@ class ProbeNvdimm : public Probe {
   protected:
     // The namespace and info-block uuid files of d, for tests that rewrite them.
     static std::string namespace_uuid_path(const DaxDevice& d) {
-        auto slash = d.region_path.rfind('/');
-        return d.region_path.substr(0, slash) + "/namespace" + std::to_string(d.region_id) +
+        auto slash = d.region_path().rfind('/');
+        return d.region_path().substr(0, slash) + "/namespace" + std::to_string(d.region_id) +
                ".0/uuid";
     }
-    static std::string infoblock_uuid_path(const DaxDevice& d) { return d.region_path + "/uuid"; }
+    static std::string infoblock_uuid_path(const DaxDevice& d) { return d.region_path() + "/uuid"; }
 };
 
 // The kernel prints "%pUb\n": uuid files end in a newline.
@@ -477,7 +477,7 @@ TEST_F(ProbeNvdimm, BadNamespaceNameRejects) {
           "namespace0.0 namespace0.1\n", "Namespace0.0\n", "pfn0.0\n"}) {
         FakeHostOs host;
         DaxDevice d = host.add_nvdimm_device({}, kTag, kInfo);
-        host.add_file(d.region_path + "/namespace", bad);
+        host.add_file(d.region_path() + "/namespace", bad);
         ScanCache cache(host);
         auto p = probe_device(d, host, cache);
         ASSERT_FALSE(p.ok()) << "'" << bad << "' accepted";
@@ -489,7 +489,7 @@ TEST_F(ProbeNvdimm, BadNamespaceNameRejects) {
 
 TEST_F(ProbeNvdimm, NamespaceNameWithNewlineIsTrimmed) {
     DaxDevice d = os.add_nvdimm_device(DaxSpec{}.at(12, 0), kTag, kInfo, 34);
-    EXPECT_EQ(os.read_file(d.region_path + "/namespace").value_or(""), "namespace12.34\n");
+    EXPECT_EQ(os.read_file(d.region_path() + "/namespace").value_or(""), "namespace12.34\n");
     ProbedDevice p = probe_ok(d);
     EXPECT_EQ(p.namespace_name, "namespace12.34");
     EXPECT_EQ(p.tag, U(kTag));
@@ -705,11 +705,11 @@ TEST(ReadRegionExtents, OnlyExtentDirectoriesSortedByOffset) {
     os.add_dcd_extent(d, 10, 0x2000, 0x1000, "0");
     os.add_dcd_extent(d, 11, 0x0, 0x1000, kOther);
     // Entries that are not extents: ignored even if they look close.
-    os.add_file(d.region_path + "/extent7/offset", "junk");
-    os.add_file(d.region_path + "/extentA.B/offset", "junk");
-    os.add_file(d.region_path + "/extent7.1.old/offset", "junk");
-    os.add_file(d.region_path + "/myextent7.3/offset", "junk");
-    auto e = read_region_extents(d.region_path, os);
+    os.add_file(d.region_path() + "/extent7/offset", "junk");
+    os.add_file(d.region_path() + "/extentA.B/offset", "junk");
+    os.add_file(d.region_path() + "/extent7.1.old/offset", "junk");
+    os.add_file(d.region_path() + "/myextent7.3/offset", "junk");
+    auto e = read_region_extents(d.region_path(), os);
     ASSERT_TRUE(e.ok()) << e.error().message;
     ASSERT_THAT(*e, SizeIs(4));
     EXPECT_EQ((*e)[0], (Extent{"extent7.11", 0x0, 0x1000, U(kOther)}));
@@ -721,7 +721,7 @@ TEST(ReadRegionExtents, OnlyExtentDirectoriesSortedByOffset) {
 TEST(ReadRegionExtents, RegionWithoutExtentsIsEmpty) {
     FakeHostOs os;
     DaxDevice d = os.add_hmem_device();
-    auto e = read_region_extents(d.region_path, os);
+    auto e = read_region_extents(d.region_path(), os);
     ASSERT_TRUE(e.ok());
     EXPECT_THAT(*e, IsEmpty());
 }
@@ -730,9 +730,9 @@ TEST(ReadRegionExtents, ErrorsNameTheFile) {
     FakeHostOs os;
     DaxDevice d = os.add_dcd_device({}, kTag);
     os.add_dcd_extent(d, 0, 0, 0x1000, "bogus");
-    auto e = read_region_extents(d.region_path, os);
+    auto e = read_region_extents(d.region_path(), os);
     ASSERT_FALSE(e.ok());
-    EXPECT_THAT(e.error().message, HasSubstr(d.region_path + "/extent0.0/uuid"));
+    EXPECT_THAT(e.error().message, HasSubstr(d.region_path() + "/extent0.0/uuid"));
 
     auto missing = read_region_extents("/sys/nowhere", os);
     ASSERT_FALSE(missing.ok());
@@ -749,8 +749,8 @@ TEST(ReadRegionExtents, DirectoryOrderDoesNotMatter) {
     a.add_dcd_extent(da, 1, 0x1000, 1, kTag);
     b.add_dcd_extent(db, 0, 0x1000, 1, kTag);
     b.add_dcd_extent(db, 1, 0x2000, 1, kTag);
-    auto ea = read_region_extents(da.region_path, a);
-    auto eb = read_region_extents(db.region_path, b);
+    auto ea = read_region_extents(da.region_path(), a);
+    auto eb = read_region_extents(db.region_path(), b);
     ASSERT_TRUE(ea.ok() && eb.ok());
     ASSERT_THAT(*ea, SizeIs(2));
     EXPECT_EQ((*ea)[0].offset, 0x1000u);

@@ -50,7 +50,7 @@ ProbedDevice device(int region, int id, std::optional<Uuid> tag = std::nullopt,
     p.dev.target_node = region + 1;
     p.dev.mode = mode;
     p.dev.ranges = {PhysRange{p.dev.resource, p.dev.resource + kGiB - 1}};
-    p.dev.region_path = "/sys/devices/platform/hmem." + std::to_string(region);
+    p.dev.set_region_path("/sys/devices/platform/hmem." + std::to_string(region));
     p.numa_node = 0;
     p.tag = tag;
     if (tag)
