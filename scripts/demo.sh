@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The tagmem demo: two emulated hosts (QEMU guests) share one memory device
+# and find the same allocation by its tag, though their /dev/daxX.Y names
+# differ; they then exchange messages through /run/tagmem/<tag>/data.
+#
+# Needs root on Debian 12 (apt, QEMU). Installs what is missing, builds
+# tagmem and tagmemfs into ./build (or $TAGMEM_BUILD_DIR), then runs
+# tests/qemu/demo.py. The first run also fetches a Debian kernel for the
+# guests (cached in <build>/qemu-cache). Usage: scripts/demo.sh [--rounds N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s.%N)
+build=${TAGMEM_BUILD_DIR:-build}
+bold() { if [[ -t 1 ]]; then printf '\033[1m%s\033[0m\n' "$*"; else printf '%s\n' "$*"; fi; }
+
+bold "== Dependencies (apt; skipped when present)"
+./scripts/install-deps.sh
+
+bold "== Building tagmem and tagmemfs into $build"
+mkdir -p "$build"
+log="$build/demo-build.log"
+t0=$(date +%s)
+# Only what the demo runs: the full build (unit tests...) is scripts/test.sh's job.
+if ! { cmake -S . -B "$build" && cmake --build "$build" -j"$(nproc)" --target tagmem tagmemfs; } \
+    >"$log" 2>&1; then
+  tail -n 40 "$log"
+  echo "demo: the build failed (full log: $log)" >&2
+  exit 1
+fi
+echo "built in $(($(date +%s) - t0))s ($build/cli/tagmem, $build/fs/tagmemfs; log: $log)"
+
+export TAGMEM_BUILD_DIR
+TAGMEM_BUILD_DIR=$(cd "$build" && pwd)
+# Debian's interpreter, whatever python3 comes first in PATH.
+exec /usr/bin/python3 tests/qemu/demo.py --build "$TAGMEM_BUILD_DIR" --started "$started" "$@"
