@@ -77,7 +77,7 @@ std::string metadata_text(const TagRecord& record) {
     return tag_to_json(record).dump(2) + "\n";
 }
 
-TagTree::TagTree() : root_changed_(now()) {}
+TagTree::TagTree(std::string data_dir) : data_dir_(std::move(data_dir)), root_changed_(now()) {}
 
 bool TagTree::has_kind(const TagEntry& e, NodeKind kind) {
     switch (kind) {
@@ -144,12 +144,10 @@ NodeAttr TagTree::attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) 
         break;
     }
     case NodeKind::data:
-        // The only node that grants memory: owner and mode come from the
-        // configuration, defaulting to root 0600 like /dev/dax.
-        a.mode = S_IFCHR | (r.access.mode & 0777);
-        a.uid = r.access.uid;
-        a.gid = r.access.gid;
-        a.rdev = r.device()->dev.devno;
+        // To the device node; its owner and mode (root 0600 unless
+        // configured) decide who may map the memory.
+        a.mode = S_IFLNK | 0777;
+        a.size = data_dir_.size() + 1 + 36;
         break;
     }
     return a;
@@ -194,9 +192,11 @@ Result<std::string> TagTree::read_link(std::uint64_t ino) const {
     const TagEntry* e = entry_of(ino);
     if (!e)
         return make_error(ENOENT, "no such link");
-    if (static_cast<NodeKind>(ino % kKindsPerSlot) != NodeKind::dev)
-        return make_error(EINVAL, "not a symlink");
-    return e->record->device()->dev.dev_path();
+    switch (static_cast<NodeKind>(ino % kKindsPerSlot)) {
+    case NodeKind::dev: return e->record->device()->dev.dev_path();
+    case NodeKind::data: return data_dir_ + "/" + e->record->tag.str();
+    default: return make_error(EINVAL, "not a symlink");
+    }
 }
 
 Result<std::string> TagTree::contents(std::uint64_t ino) const {

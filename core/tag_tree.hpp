@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The namespace tagmemfs presents, with no FUSE in it: the root holds one
 // directory per tag (named by its canonical UUID) holding `dev`, `size`,
-// `shareable`, `metadata` and `data`. update() applies a new scan and says
+// `shareable`, `metadata` and `data`. `data` is a symlink to <data_dir>/<tag>,
+// the device node the daemon keeps for the tag (fs/node_dir.hpp says why it
+// is not a device inode of the filesystem itself). update() applies a new scan and says
 // exactly which kernel caches must be invalidated, so the filesystem layer
 // only translates those into notifications.
 //
@@ -92,7 +94,7 @@ struct TreeChanges {
 
 class TagTree {
   public:
-    TagTree();
+    explicit TagTree(std::string data_dir);
 
     Result<NodeAttr> getattr(std::uint64_t ino) const;
     Result<NodeAttr> lookup(std::uint64_t parent, std::string_view name) const;
@@ -137,6 +139,7 @@ class TagTree {
     std::map<std::uint64_t, TagEntry> by_slot_; // ordered: readdir resumes by slot
     std::unordered_map<Uuid, std::uint64_t> slot_of_;
     std::uint64_t next_slot_ = 1;
+    std::string data_dir_;
     timespec root_changed_{};
 };
 

@@ -6,6 +6,7 @@
 #include "host_os.hpp"
 #include "host_state.hpp"
 #include "mount.hpp"
+#include "node_dir.hpp"
 #include "notify.hpp"
 #include "tag_tree.hpp"
 #include "watch_server.hpp"
@@ -71,7 +72,8 @@ class Daemon {
     DaemonOptions opt_;
     Config config_;
     HostState state_; // owned by the event thread once serving
-    TagTree tree_;
+    std::optional<NodeDir> nodes_;
+    std::unique_ptr<TagTree> tree_;
     FsContext context_;
     fuse_session* se_ = nullptr;
     std::optional<UeventMonitor> uevents_;
@@ -85,9 +87,25 @@ class Daemon {
 void Daemon::publish(const TagDelta& delta, const char* why) {
     if (delta.empty())
         return;
-    auto changes = tree_.apply(delta);
+    // Nodes first, so that a data link never points at nothing; nodes that
+    // go, last, once no name leads to them any more.
+    std::vector<std::string> stale;
+    for (const auto& r : delta.upserts) {
+        if (!r->usable()) {
+            stale.push_back(r->tag.str());
+            continue;
+        }
+        const auto& a = r->access;
+        if (auto ok = nodes_->put(r->tag.str(), r->device()->dev.devno, a.uid, a.gid, a.mode); !ok)
+            log::error("tag {}: {}", r->tag.str(), ok.error().message);
+    }
+    for (const auto& tag : delta.removals)
+        stale.push_back(tag.str());
+    auto changes = tree_->apply(delta);
     if (se_)
         notify_kernel(se_, changes);
+    for (const auto& name : stale)
+        nodes_->remove(name);
     for (const auto& e : changes.events)
         log::info("tag {} {} ({}{}{}) [{}]", e.tag.str(), to_string(e.kind), e.state,
                   e.device.empty() ? "" : ", ", e.device, why);
@@ -201,15 +219,23 @@ int Daemon::run() {
         else
             uevents_.emplace(std::move(*mon));
     }
-    rescan("start");
-
     if (auto rec = recover_mount_point(opt_.mount_point); !rec) {
         log::error("{}", rec.error().message);
         return 1;
     }
     if (auto abs = real_host_os().real_path(opt_.mount_point)) // mountinfo has absolute paths
         opt_.mount_point = *abs;
-    context_.tree = &tree_;
+    auto nodes =
+        NodeDir::mount(opt_.nodes_dir.empty() ? opt_.mount_point + ".nodes" : opt_.nodes_dir);
+    if (!nodes) {
+        log::error("{}", nodes.error().message);
+        return 1;
+    }
+    nodes_.emplace(std::move(*nodes));
+    tree_ = std::make_unique<TagTree>(nodes_->path());
+    rescan("start");
+
+    context_.tree = tree_.get();
     auto mount = FuseMount::mount(opt_.mount_point, *options, &context_);
     if (!mount) {
         log::error("{}", mount.error().message);
@@ -220,7 +246,7 @@ int Daemon::run() {
         opt_.socket_path.empty() ? opt_.mount_point + ".sock" : opt_.socket_path;
     auto stats = [this] {
         const auto& c = context_.counters;
-        return nlohmann::json{{"tags", tree_.tag_count()},
+        return nlohmann::json{{"tags", tree_->tag_count()},
                               {"requests",
                                {{"lookup", c.lookup.load()},
                                 {"getattr", c.getattr.load()},
@@ -233,13 +259,13 @@ int Daemon::run() {
                                 {"refused", c.refused.load()}}}}
             .dump();
     };
-    auto server = WatchServer::listen(socket_path, &tree_, opt_.mount_point, stats);
+    auto server = WatchServer::listen(socket_path, tree_.get(), opt_.mount_point, stats);
     if (!server) {
         log::error("{}", server.error().message);
         return 1;
     }
     watchers_.emplace(std::move(*server));
-    log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_.tag_count(),
+    log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_->tag_count(),
               opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
               socket_path);
 

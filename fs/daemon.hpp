@@ -19,6 +19,7 @@ struct DaemonOptions {
     log::Level log_level = log::Level::info;
     unsigned threads = 0;    // 0: libfuse's default worker pool
     std::string socket_path; // empty: <mount point>.sock
+    std::string nodes_dir;   // empty: <mount point>.nodes (the tmpfs behind each data)
     UeventSource uevents = UeventSource::automatic;
     unsigned extent_poll_ms = 1000; // DCD extents raise no uevent; 0: never poll
 };

@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("-s,--socket", opt.socket_path,
                    "the watch/wait socket (default: <mountpoint>.sock)");
+    app.add_option("--nodes-dir", opt.nodes_dir,
+                   "where the device nodes behind each data link live, on a read-only tmpfs "
+                   "(default: <mountpoint>.nodes)");
     std::string uevents = "auto";
     app.add_option("--uevents", uevents,
                    "device events from: auto (udev if udevd runs, else kernel), udev, kernel, "

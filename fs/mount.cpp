@@ -7,6 +7,7 @@
 
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include <cstring>
 #include <fstream>
@@ -112,6 +113,16 @@ Result<std::string> mount_options(const std::vector<std::string>& extra) {
 
 Status recover_mount_point(const std::string& mount_point) {
     struct stat st {};
+    // statfs() first: on a dead FUSE mount, stat() of the root can still be
+    // answered from the kernel's attribute cache, statfs() never is.
+    struct statfs sfs {};
+    if (::statfs(mount_point.c_str(), &sfs) != 0 && errno == ENOTCONN) {
+        log::warning("{}: stale mount of a daemon that died (ENOTCONN); detaching it", mount_point);
+        if (::umount2(mount_point.c_str(), MNT_DETACH) != 0)
+            return make_error(errno, fmt::format("cannot detach the stale mount at {}: {}",
+                                                 mount_point, std::strerror(errno)));
+        return recover_mount_point(mount_point);
+    }
     if (::stat(mount_point.c_str(), &st) == 0) {
         auto mi = find_mount(mount_point);
         if (mi && mi->fstype == "fuse.tagmem")

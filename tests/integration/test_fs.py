@@ -77,6 +77,8 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
             fst = (t / name).stat()
             assert stat.S_ISREG(fst.st_mode) and stat.S_IMODE(fst.st_mode) == 0o444
             assert fst.st_size == len(content.encode()) and fst.st_nlink == 1
+        # data leads to the daemon's device node (fs/node_dir.hpp says why).
+        assert os.readlink(t / "data") == f"{mnt}.nodes/{tag}"
         data = (t / "data").stat()
         assert stat.S_ISCHR(data.st_mode) and stat.S_IMODE(data.st_mode) == 0o600
         assert (data.st_uid, data.st_gid) == (0, 0)
@@ -363,3 +365,35 @@ def test_background_mode_daemonizes_and_exits_on_unmount(make_host, tmp_path):
     while time.monotonic() < deadline and Path(f"/proc/{pids[0]}").exists():
         time.sleep(0.05)
     assert not Path(f"/proc/{pids[0]}").exists()
+
+
+def test_device_nodes_are_read_only_and_hold_only_ready_tags(make_host, tagmemfs):
+    make_host("mixed")
+    d = tagmemfs()
+    nodes = Path(f"{d.mount_point}.nodes")
+    assert sorted(os.listdir(nodes)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_NV0, hg.TAG_NV1])
+    fstype, opts, _ = mount_options(nodes)
+    assert fstype == "tmpfs" and {"ro", "nosuid", "noexec"} <= opts and "nodev" not in opts
+    node = nodes / hg.TAG_A
+    for attempt in (lambda: os.chmod(node, 0o666), lambda: os.chown(node, NOBODY, NOBODY),
+                    lambda: os.unlink(node), lambda: os.mknod(nodes / "x", 0o666 | stat.S_IFCHR,
+                                                              os.makedev(1, 3)),
+                    lambda: os.rename(node, nodes / "y")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS
+    assert stat.S_IMODE(node.stat().st_mode) == 0o600 and node.stat().st_uid == 0
+
+
+def test_nodes_go_with_the_daemon_and_come_back(make_host, tagmemfs):
+    make_host("dcd")
+    d = tagmemfs()
+    nodes = Path(f"{d.mount_point}.nodes")
+    assert mount_options(nodes) is not None
+    d.proc.kill()
+    d.proc.wait()
+    d2 = tagmemfs(mount_point=d.mount_point)  # stale FUSE and nodes mounts recovered
+    assert "previous tagmemfs" in d2.text()
+    assert sorted(os.listdir(nodes)) == sorted([hg.TAG_A, hg.TAG_B])
+    assert d2.stop() == 0
+    assert mount_options(nodes) is None and mount_options(d.mount_point) is None

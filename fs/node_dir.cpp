@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "node_dir.hpp"
+
+#include "log.hpp"
+
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace tagmem {
+namespace {
+
+constexpr const char* kSource = "tagmem-nodes";
+
+Error sys_error(const std::string& what) {
+    return make_error(errno, fmt::format("{}: {}", what, std::strerror(errno)));
+}
+
+// Whether the top mount at path is one of ours (a previous daemon's).
+bool is_nodes_mount(const std::string& path) {
+    std::ifstream in("/proc/self/mountinfo");
+    std::string line;
+    bool ours = false;
+    while (std::getline(in, line)) {
+        std::istringstream f(line);
+        std::string id, parent, devno, root, point;
+        f >> id >> parent >> devno >> root >> point;
+        if (point != path)
+            continue;
+        auto dash = line.find(" - ");
+        std::istringstream post(dash == std::string::npos ? "" : line.substr(dash + 3));
+        std::string fstype, source;
+        post >> fstype >> source;
+        ours = fstype == "tmpfs" && source == kSource;
+    }
+    return ours;
+}
+
+} // namespace
+
+Result<NodeDir> NodeDir::mount(const std::string& path) {
+    // A dead daemon's nodes: detach them (their open users keep them).
+    for (int i = 0; i < 8 && is_nodes_mount(path); ++i) {
+        log::warning("{}: detaching the device nodes of a previous tagmemfs", path);
+        if (::umount2(path.c_str(), MNT_DETACH) != 0)
+            return sys_error(fmt::format("cannot detach {}", path));
+    }
+    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
+        return sys_error(fmt::format("cannot create {}", path));
+    if (::mount(kSource, path.c_str(), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m") != 0)
+        return sys_error(fmt::format("cannot mount a tmpfs on {}", path));
+    Fd rw(::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!rw) {
+        auto err = sys_error(fmt::format("cannot open {}", path));
+        ::umount2(path.c_str(), MNT_DETACH);
+        return err;
+    }
+    if (::mount(path.c_str(), path.c_str(), nullptr, MS_BIND, nullptr) != 0 ||
+        ::mount(nullptr, path.c_str(), nullptr,
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, nullptr) != 0) {
+        auto err = sys_error(fmt::format("cannot make {} read-only", path));
+        ::umount2(path.c_str(), MNT_DETACH);
+        ::umount2(path.c_str(), MNT_DETACH);
+        return err;
+    }
+    return NodeDir(std::move(rw), path);
+}
+
+NodeDir::NodeDir(NodeDir&& other) noexcept
+    : rw_(std::move(other.rw_)), path_(std::move(other.path_)) {}
+
+NodeDir::~NodeDir() {
+    if (!rw_)
+        return;
+    rw_.reset();
+    // The read-only bind, then the tmpfs under it.
+    ::umount2(path_.c_str(), MNT_DETACH);
+    ::umount2(path_.c_str(), MNT_DETACH);
+}
+
+Status NodeDir::put(const std::string& name, DevNumber rdev, uid_t uid, gid_t gid, mode_t mode) {
+    const std::string tmp = "." + name + ".new";
+    ::unlinkat(rw_.get(), tmp.c_str(), 0);
+    // Root-only until it has its owner and mode; then renamed into place.
+    if (::mknodat(rw_.get(), tmp.c_str(), S_IFCHR | 0600, makedev(rdev.major, rdev.minor)) != 0)
+        return sys_error(fmt::format("mknod {}", path_of(tmp)));
+    if (::fchownat(rw_.get(), tmp.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0 ||
+        ::fchmodat(rw_.get(), tmp.c_str(), mode & 0777, 0) != 0 ||
+        ::renameat(rw_.get(), tmp.c_str(), rw_.get(), name.c_str()) != 0) {
+        auto err = sys_error(fmt::format("cannot set up {}", path_of(name)));
+        ::unlinkat(rw_.get(), tmp.c_str(), 0);
+        return err;
+    }
+    return Ok{};
+}
+
+void NodeDir::remove(const std::string& name) {
+    if (::unlinkat(rw_.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        log::warning("cannot remove {}: {}", path_of(name), std::strerror(errno));
+}
+
+} // namespace tagmem
