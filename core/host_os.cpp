@@ -114,18 +114,13 @@ class RealHostOs final : public HostOs {
     }
 
     Result<std::vector<std::string>> list_dir(const std::string& path) override {
-        struct DirCloser {
-            void operator()(DIR* d) const { ::closedir(d); }
-        };
-        std::unique_ptr<DIR, DirCloser> dir(::opendir(path.c_str()));
-        if (!dir)
-            return errno_error(errno, "cannot list", path);
+        auto entries = list_dir_inodes(path);
+        if (!entries)
+            return entries.error();
         std::vector<std::string> names;
-        while (auto* de = ::readdir(dir.get())) {
-            if (std::strcmp(de->d_name, ".") == 0 || std::strcmp(de->d_name, "..") == 0)
-                continue;
-            names.emplace_back(de->d_name);
-        }
+        names.reserve(entries->size());
+        for (auto& e : *entries)
+            names.push_back(std::move(e.first));
         return names;
     }
 
