@@ -58,30 +58,16 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
     devices_.insert_or_assign(dev.name, std::make_shared<const ProbedDevice>(std::move(p)));
 }
 
-void HostState::index_extents(const std::vector<Extent>* old_list,
-                              const std::vector<Extent>* new_list, std::set<Uuid>& touched) {
-    if (old_list)
-        for (const auto& e : *old_list)
-            if (e.tag) {
-                touched.insert(*e.tag);
-                auto& v = extents_[*e.tag];
-                std::erase_if(v, [&](const Extent& x) { return x.name == e.name; });
-                if (v.empty())
-                    extents_.erase(*e.tag);
-            }
-    if (new_list)
-        for (const auto& e : *new_list)
-            if (e.tag) {
-                touched.insert(*e.tag);
-                auto& v = extents_[*e.tag];
-                auto at = std::lower_bound(
-                    v.begin(), v.end(), e.name,
-                    [](const Extent& x, const std::string& n) { return x.name < n; });
-                if (at != v.end() && at->name == e.name)
-                    *at = e;
-                else
-                    v.insert(at, e);
-            }
+void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched) {
+    for (const auto& e : extents)
+        if (e.tag)
+            touched.insert(*e.tag);
+}
+
+TagDelta HostState::finish(const std::set<Uuid>& touched) {
+    TagDelta delta = rebuild(touched);
+    cache_.end_scan(); // the per-tag extent index is rebuilt on the next need
+    return delta;
 }
 
 TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
@@ -92,9 +78,11 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
             for (const auto& name : it->second)
                 devs.push_back(devices_.at(name));
         std::vector<Extent> offered;
-        if (devs.empty())
-            if (auto it = extents_.find(tag); it != extents_.end())
-                offered = it->second;
+        if (devs.empty()) // offered: the extents of any DC region that carry it
+            for (const auto& [region, extents] : cache_.regions()) {
+                auto found = cache_.extents_of(region, tag);
+                offered.insert(offered.end(), found.begin(), found.end());
+            }
         if (devs.empty() && offered.empty()) {
             if (records_.erase(tag))
                 delta.removals.push_back(tag);
@@ -120,17 +108,15 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     devices_.clear();
     rejected_.clear();
     by_tag_.clear();
-    extents_.clear();
     for (const auto& issue : scan->unreadable)
         rejected_[issue.device] = issue;
     for (const auto& dev : scan->devices)
         load_device(dev, touched);
     for (const auto& [region, extents] : cache_.regions())
         if (extents)
-            index_extents(nullptr, &*extents, touched);
+            touch_tags_of(*extents, touched);
     signatures_.clear();
-    cache_.end_scan();
-    return rebuild(touched);
+    return finish(touched);
 }
 
 void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
@@ -151,7 +137,7 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
     load_device(*dev, touched);
     if (new_region && cache_.regions().contains(dev->region_path())) {
         if (const auto& extents = cache_.regions().at(dev->region_path()))
-            index_extents(nullptr, &*extents, touched);
+            touch_tags_of(*extents, touched);
     } else {
         regions.insert(dev->region_path());
     }
@@ -165,8 +151,7 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
     for (const auto& region : regions)
         if (cache_.regions().contains(region))
             poll_region(region, touched);
-    cache_.end_scan();
-    return rebuild(touched);
+    return finish(touched);
 }
 
 std::vector<std::string> HostState::devices_under(const std::string& sysfs_path) const {
@@ -188,7 +173,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
     if (!entries) {
         // The region itself is gone: its extents with it.
         if (known)
-            index_extents(&*known, nullptr, touched);
+            touch_tags_of(*known, touched);
         cache_.forget_region(region);
         signatures_.erase(region);
         return;
@@ -230,8 +215,6 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
     for (const auto& [name, e] : after)
         if (!before.contains(name))
             note(e);
-    std::set<Uuid> reindexed;
-    index_extents(&old_list, fresh ? &*fresh : nullptr, reindexed);
     cache_.set_extents(region, std::move(fresh));
     // Devices of this region that carry a changed tag list their extents.
     for (const auto& tag : changed) {
@@ -257,7 +240,7 @@ TagDelta HostState::poll_extents() {
         regions.push_back(region);
     for (const auto& region : regions)
         poll_region(region, touched);
-    return rebuild(touched);
+    return finish(touched);
 }
 
 ScanResult HostState::snapshot() const {

@@ -54,8 +54,8 @@ class HostState {
   private:
     void forget_device(const std::string& name, std::set<Uuid>& touched);
     void load_device(const DaxDevice& dev, std::set<Uuid>& touched);
-    void index_extents(const std::vector<Extent>* old_list, const std::vector<Extent>* new_list,
-                       std::set<Uuid>& touched);
+    static void touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched);
+    TagDelta finish(const std::set<Uuid>& touched);
     void refresh_one(const std::string& name, std::set<Uuid>& touched,
                      std::set<std::string>& regions);
     void poll_region(const std::string& region, std::set<Uuid>& touched);
@@ -69,7 +69,6 @@ class HostState {
     // Small vectors, not sets and maps: almost every tag has one device and
     // one extent, and at 100,000 tags every node counts.
     std::unordered_map<Uuid, std::vector<std::string>> by_tag_; // tag -> device names, sorted
-    std::unordered_map<Uuid, std::vector<Extent>> extents_;     // tag -> extents, by name
     std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
     // What each DC region's directory held when its extents were read.
     using Signature = std::vector<std::pair<std::string, std::uint64_t>>;

@@ -244,7 +244,8 @@ Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
             NodeAttr a = attr_of(it->first, it->second, NodeKind::dir);
             if (a.ino <= offset)
                 continue;
-            if (!fn(DirEntry{it->second.name, a, a.ino}))
+            const std::string name = it->second.record->tag.str();
+            if (!fn(DirEntry{name, a, a.ino}))
                 break;
         }
         return Ok{};
@@ -291,12 +292,12 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         for (auto kind : kFileKinds)
             if (has_kind(node.mapped(), kind))
                 ch.removed.push_back({dir, ino_of(slot, kind), std::string(kind_name(kind))});
-        ch.removed.push_back({kRootIno, dir, node.mapped().name});
+        ch.removed.push_back({kRootIno, dir, node.mapped().record->tag.str()});
     };
     auto add_slot = [&](const std::shared_ptr<const TagRecord>& record) {
         std::uint64_t slot = next_slot_++;
-        auto [it, inserted] = by_slot_.try_emplace(slot, record->tag.str(), record, t);
-        ch.added.emplace_back(kRootIno, it->second.name);
+        by_slot_.try_emplace(slot, record, t);
+        ch.added.emplace_back(kRootIno, record->tag.str());
         slot_of_[record->tag] = slot;
     };
 

@@ -120,9 +120,10 @@ class TagTree {
 
   private:
     struct TagEntry {
-        TagEntry(std::string n, std::shared_ptr<const TagRecord> r, timespec t)
-            : name(std::move(n)), record(std::move(r)), changed(t) {}
-        std::string name; // canonical UUID
+        TagEntry(std::shared_ptr<const TagRecord> r, timespec t)
+            : record(std::move(r)), changed(t) {}
+        // The directory's name is record->tag.str(): not stored, as no
+        // lookup needs it (names are parsed to UUIDs instead).
         std::shared_ptr<const TagRecord> record;
         // The length of the metadata JSON, rendered on first need (0: not
         // yet): rendering every tag's JSON would dominate startup.
