@@ -397,3 +397,30 @@ def test_nodes_go_with_the_daemon_and_come_back(make_host, tagmemfs):
     assert sorted(os.listdir(nodes)) == sorted([hg.TAG_A, hg.TAG_B])
     assert d2.stop() == 0
     assert mount_options(nodes) is None and mount_options(d.mount_point) is None
+
+
+HELPER = Path(__file__).resolve().parents[2] / "mount-helper" / "mount.tagmem"
+
+
+def test_mount_helper_translates_mount_options(make_host, tmp_path):
+    make_host("dcd")
+    env = {**os.environ, "TAGMEMFS": str(TAGMEMFS)}
+    mp = tmp_path / "mnt"
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
+    fake = subprocess.run([str(HELPER), "tagmem", str(mp), "-f", "-o",
+                           f"rw,defaults,noexec,config={conf},x-systemd.automount,log-level=debug"],
+                          env=env, capture_output=True, text=True, check=True)
+    assert fake.stdout.split() == [str(TAGMEMFS), "--config", str(conf), "--log-level", "debug",
+                                   "-o", "noexec", str(mp)]
+    r = subprocess.run([str(HELPER), "tagmem", str(mp), "-o", f"noexec,config={conf}"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    fstype, opts, _ = mount_options(mp)
+    assert fstype == "fuse.tagmem" and "noexec" in opts
+    assert (mp / hg.TAG_A / "data").stat().st_uid == NOBODY
+    subprocess.run(["umount", str(mp)], check=True)
+    # What tagmemfs refuses, the helper does not smuggle through.
+    r = subprocess.run([str(HELPER), "tagmem", str(mp), "-o", "nodev"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "not allowed" in r.stderr
+    assert subprocess.run([str(HELPER), "tagmem"], capture_output=True).returncode == 1
