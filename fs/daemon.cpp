@@ -77,6 +77,7 @@ class Daemon {
     FsContext context_;
     fuse_session* se_ = nullptr;
     std::optional<UeventMonitor> uevents_;
+    std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
     Fd rescan_event_;
     Fd stop_event_;
@@ -141,6 +142,19 @@ void Daemon::on_uevents() {
     for (const auto& ev : uevents_->drain()) {
         log::debug("uevent {} {} {}", ev.action, ev.subsystem, ev.sysname);
         if (ev.subsystem == "dax") {
+            // The driver link appears before device_dax's probe has made the
+            // character device usable; the probe's success is the "bind"
+            // event. A device just added is therefore read at its bind, not
+            // before: otherwise `tagmem wait` could return while opening the
+            // node still fails with ENXIO (seen in the QEMU guests).
+            if (ev.action == "add") {
+                awaiting_bind_.insert(ev.sysname);
+                continue;
+            }
+            if (ev.action == "bind" || ev.action == "remove" || ev.action == "unbind")
+                awaiting_bind_.erase(ev.sysname);
+            else if (awaiting_bind_.contains(ev.sysname))
+                continue;
             devices.insert(ev.sysname);
         } else {
             // nd / cxl: the dax devices below that object may have changed.

@@ -25,6 +25,13 @@ def devpath(dev) -> str:
     return "/" + dev.sysfs_dir
 
 
+def plug(udev, path: str) -> None:
+    """What the kernel sends for a new dax device: "add", then "bind" once
+    device_dax's probe has made it usable."""
+    udev.send("add", path, "dax")
+    udev.send("bind", path, "dax", DRIVER="device_dax")
+
+
 def eventually(check, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -112,7 +119,7 @@ def test_a_device_added_by_uevent_appears_at_once(make_host, tagmemfs, udev):
     w = Watcher(d.socket)
     nxt, devs = dcd_host(claim_c=True)
     host.rewrite(nxt)
-    udev.send("add", devpath(devs["c"]), "dax")
+    plug(udev, devpath(devs["c"]))
     eventually(lambda: (mnt / hg.TAG_C / "data").exists(), what="TAG_C data")
     assert os.readlink(mnt / hg.TAG_C / "dev") == "/dev/dax0.4"
     [ev] = w.take(1)
@@ -171,7 +178,7 @@ def test_wait_returns_when_the_tag_becomes_usable(make_host, tagmemfs, udev):
     assert waiter.poll() is None  # offered is not usable: still waiting
     nxt, devs = dcd_host(claim_c=True)
     host.rewrite(nxt)
-    udev.send("add", devpath(devs["c"]), "dax")
+    plug(udev, devpath(devs["c"]))
     out, err = waiter.communicate(timeout=20)
     assert waiter.returncode == 0, err
     path = Path(out.strip())
@@ -235,7 +242,7 @@ def test_watchers_learn_only_of_tags_they_may_open(make_host, tagmemfs, udev, tm
     nobody_w = Watcher(d.socket, uid=NOBODY)
     nxt, devs = dcd_host(claim_c=True, drop_b=True)
     host.rewrite(nxt)
-    udev.send("add", devpath(devs["c"]), "dax")
+    plug(udev, devpath(devs["c"]))
     udev.send("remove", devpath(dcd_host()[1]["b"]), "dax")
     got_root = {(e["event"], e["tag"]) for e in root_w.take(2)}
     assert got_root == {("changed", hg.TAG_C), ("removed", hg.TAG_B)}
@@ -285,7 +292,7 @@ def test_a_mapping_holder_of_one_tag_is_not_disturbed(make_host, tagmemfs, udev)
     ino = os.stat(a / "data").st_ino
     nxt, devs = dcd_host(claim_c=True, drop_b=True)
     host.rewrite(nxt)
-    udev.send("add", devpath(devs["c"]), "dax")
+    plug(udev, devpath(devs["c"]))
     udev.send("remove", devpath(dcd_host()[1]["b"]), "dax")
     eventually(lambda: (d.mount_point / hg.TAG_C / "data").exists())
     assert os.stat("data", dir_fd=fd).st_ino == ino
@@ -333,7 +340,7 @@ def test_a_burst_of_changes_with_readers_traversing(make_host, tagmemfs, udev):
     for i in range(n // 2):
         udev.send("remove", f"{base}/dax0.{i}", "dax")
     for i in new:
-        udev.send("add", f"{base}/dax0.{i}", "dax")
+        plug(udev, f"{base}/dax0.{i}")
     # Every removed tag ends "removed"; every new tag is "added", then (when
     # its extent was seen before its device, as DCD offers before a device
     # claims) "changed" to ready. Nothing else, and nothing twice.
@@ -398,3 +405,21 @@ c.sendall(b'{{"op":"stats"}}\\n')
 print(c.recv(4096).decode())
 """)
     assert "stats are for root" in r.stdout
+
+
+def test_a_device_is_published_at_its_bind_not_its_add(make_host, tagmemfs, udev):
+    """The driver link exists while device_dax is still probing; only the
+    bind event says the node can be opened."""
+    host = make_host(dcd_host()[0])
+    d = start(tagmemfs)
+    w = Watcher(d.socket)
+    nxt, devs = dcd_host(claim_c=True)
+    host.rewrite(nxt)
+    udev.send("add", devpath(devs["c"]), "dax")
+    time.sleep(0.5)
+    assert not (d.mount_point / hg.TAG_C / "data").exists()
+    assert w.quiet(0.1) == []
+    udev.send("bind", devpath(devs["c"]), "dax", DRIVER="device_dax")
+    eventually(lambda: (d.mount_point / hg.TAG_C / "data").exists(), what="TAG_C at bind")
+    assert [(e["event"], e["state"]) for e in w.take(1)] == [("changed", "ready")]
+    w.stop()
