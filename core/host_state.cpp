@@ -115,7 +115,13 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     for (const auto& [region, extents] : cache_.regions())
         if (extents)
             touch_tags_of(*extents, touched);
+    // The regions' signatures now, so that the first change after the scan
+    // is read incrementally too (an extent that came between the scan and
+    // this readdir is read then, as its name is not in the cache).
     signatures_.clear();
+    for (const auto& [region, extents] : cache_.regions())
+        if (auto sig = signature_of(region))
+            signatures_[region] = std::move(*sig);
     return finish(touched);
 }
 
@@ -167,10 +173,22 @@ bool HostState::has_dc_regions() const {
     return !cache_.regions().empty();
 }
 
+std::optional<HostState::Signature> HostState::signature_of(const std::string& region) {
+    auto entries = os_.list_dir_inodes(region);
+    if (!entries)
+        return std::nullopt;
+    Signature sig;
+    for (auto& e : *entries)
+        if (e.first.starts_with("extent"))
+            sig.push_back(std::move(e));
+    std::sort(sig.begin(), sig.end());
+    return sig;
+}
+
 void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) {
     const auto& known = cache_.regions().at(region);
-    auto entries = os_.list_dir_inodes(region);
-    if (!entries) {
+    auto signature = signature_of(region);
+    if (!signature) {
         // The region itself is gone: its extents with it.
         if (known)
             touch_tags_of(*known, touched);
@@ -178,20 +196,42 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
         signatures_.erase(region);
         return;
     }
-    Signature now;
-    for (auto& e : *entries)
-        if (e.first.starts_with("extent"))
-            now.push_back(std::move(e));
-    std::sort(now.begin(), now.end());
+    Signature now = std::move(*signature);
     auto sig = signatures_.find(region);
     if (sig != signatures_.end() && sig->second == now)
         return; // the common case: one readdir, nothing read
-    bool first_look = sig == signatures_.end();
-    signatures_[region] = std::move(now);
-    auto fresh = read_region_extents(region, os_);
     std::vector<Extent> old_list = known ? *known : std::vector<Extent>{};
-    if (first_look && known && fresh && *fresh == old_list)
-        return; // read at scan time, unchanged since
+    Result<std::vector<Extent>> fresh = std::vector<Extent>{};
+    if (sig == signatures_.end() || !known) {
+        fresh = read_region_extents(region, os_);
+    } else {
+        // Only the extent directories that are new (by name and inode) are
+        // read; the others are what they were. One extent arriving in a
+        // region of 10,000 costs one readdir and three small reads.
+        std::map<std::string, std::uint64_t> was(sig->second.begin(), sig->second.end());
+        std::map<std::string, const Extent*> old_by_name;
+        for (const auto& e : old_list)
+            old_by_name[e.name] = &e;
+        for (const auto& [name, ino] : now) {
+            if (!is_numbered_name(name, "extent"))
+                continue;
+            auto w = was.find(name);
+            auto o = old_by_name.find(name);
+            if (w != was.end() && w->second == ino && o != old_by_name.end()) {
+                fresh->push_back(*o->second);
+                continue;
+            }
+            auto e = read_extent(region, name, os_);
+            if (!e) {
+                fresh = e.error();
+                break;
+            }
+            fresh->push_back(std::move(*e));
+        }
+        if (fresh)
+            sort_extents(*fresh);
+    }
+    signatures_[region] = std::move(now);
     // Only tags whose extents differ are touched: a region can hold
     // thousands of devices, and one extent arriving concerns one tag.
     std::set<Uuid> changed;

@@ -59,6 +59,9 @@ class HostState {
     void refresh_one(const std::string& name, std::set<Uuid>& touched,
                      std::set<std::string>& regions);
     void poll_region(const std::string& region, std::set<Uuid>& touched);
+    using Signature = std::vector<std::pair<std::string, std::uint64_t>>;
+    // A region's extent directories by name and inode; nullopt: region gone.
+    std::optional<Signature> signature_of(const std::string& region);
     TagDelta rebuild(const std::set<Uuid>& touched);
 
     HostOs& os_;
@@ -71,7 +74,6 @@ class HostState {
     std::unordered_map<Uuid, std::vector<std::string>> by_tag_; // tag -> device names, sorted
     std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
     // What each DC region's directory held when its extents were read.
-    using Signature = std::vector<std::pair<std::string, std::uint64_t>>;
     std::map<std::string, Signature> signatures_;
 };
 

@@ -96,6 +96,34 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsign
     return Ok{};
 }
 
+Result<Extent> read_extent(const std::string& region_path, const std::string& name, HostOs& os) {
+    std::string dir = region_path + "/" + name;
+    Extent e;
+    e.name = name;
+    auto offset = read_attr(os, dir + "/offset", parse_u64);
+    auto length = read_attr(os, dir + "/length", parse_u64);
+    if (!offset)
+        return offset.error();
+    if (!length)
+        return length.error();
+    e.offset = *offset;
+    e.length = *length;
+    // The uuid file is absent for an untagged extent.
+    auto text = os.read_file(dir + "/uuid");
+    if (text || text.error().code != ENOENT) {
+        auto tag = read_attr(os, dir + "/uuid", parse_tag_attr);
+        if (!tag)
+            return tag.error();
+        e.tag = *tag;
+    }
+    return e;
+}
+
+void sort_extents(std::vector<Extent>& extents) {
+    std::sort(extents.begin(), extents.end(),
+              [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+}
+
 Result<std::vector<Extent>> read_region_extents(const std::string& region_path, HostOs& os) {
     std::vector<Extent> extents;
     auto names = os.list_dir(region_path);
@@ -104,28 +132,12 @@ Result<std::vector<Extent>> read_region_extents(const std::string& region_path, 
     for (const auto& name : *names) {
         if (!is_numbered_name(name, "extent"))
             continue;
-        std::string dir = region_path + "/" + name;
-        Extent e;
-        e.name = name;
-        auto offset = read_attr(os, dir + "/offset", parse_u64);
-        auto length = read_attr(os, dir + "/length", parse_u64);
-        if (!offset)
-            return offset.error();
-        if (!length)
-            return length.error();
-        e.offset = *offset;
-        e.length = *length;
-        // The uuid file is absent for an untagged extent.
-        if (os.exists(dir + "/uuid")) {
-            auto tag = read_attr(os, dir + "/uuid", parse_tag_attr);
-            if (!tag)
-                return tag.error();
-            e.tag = *tag;
-        }
-        extents.push_back(std::move(e));
+        auto e = read_extent(region_path, name, os);
+        if (!e)
+            return e.error();
+        extents.push_back(std::move(*e));
     }
-    std::sort(extents.begin(), extents.end(),
-              [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+    sort_extents(extents);
     return extents;
 }
 

@@ -55,8 +55,11 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
 // The checks alone, shared by probe_device and whoever re-validates a node.
 Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major);
 
-// Extents of a DC region (empty for other regions).
+// Extents of a DC region (empty for other regions), in region order.
 Result<std::vector<Extent>> read_region_extents(const std::string& region_path, HostOs& os);
+// One extent directory of a region.
+Result<Extent> read_extent(const std::string& region_path, const std::string& name, HostOs& os);
+void sort_extents(std::vector<Extent>& extents);
 
 Performance read_node_performance(int node, HostOs& os);
 

@@ -129,24 +129,12 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino) {
     });
 }
 
-void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    checked(req, "opendir", [&] {
-        auto& c = ctx(req);
-        ++c.counters.opendir;
-        auto attr = c.tree->getattr(ino);
-        if (!attr) {
-            fuse_reply_err(req, attr.error().code);
-            return;
-        }
-        if (!S_ISDIR(attr->mode)) {
-            fuse_reply_err(req, ENOTDIR);
-            return;
-        }
-        // The listing changes only with a notification that drops it.
-        fi->cache_readdir = 1;
-        fi->keep_cache = 1;
-        fuse_reply_open(req, fi);
-    });
+void op_opendir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    // ENOSYS once, and the kernel opens directories by itself from then on,
+    // caching their listings (FOPEN_CACHE_DIR) until a notification drops
+    // them: no OPENDIR/RELEASEDIR round trip per `ls`.
+    ++ctx(req).counters.opendir;
+    fuse_reply_err(req, ENOSYS);
 }
 
 void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
@@ -188,38 +176,29 @@ void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
     readdir_common(req, ino, size, off, true);
 }
 
-void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
-    fuse_reply_err(req, 0);
+void op_open(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    auto& c = ctx(req);
+    ++c.counters.open;
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+        ++c.counters.refused;
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    // As for directories: ENOSYS once, and opens cost no round trip; the
+    // kernel keeps file pages (FOPEN_KEEP_CACHE) until a change invalidates
+    // them. Each READ renders the file afresh; metadata fits in one page.
+    fuse_reply_err(req, ENOSYS);
 }
 
-void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    checked(req, "open", [&] {
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    checked(req, "read", [&] {
         auto& c = ctx(req);
-        ++c.counters.open;
-        if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-            ++c.counters.refused;
-            fuse_reply_err(req, EROFS);
-            return;
-        }
-        // The content is generated once per open, so a reader sees one
-        // consistent version even if the tag changes meanwhile.
+        ++c.counters.read;
         auto text = c.tree->contents(ino);
         if (!text) {
             fuse_reply_err(req, text.error().code);
             return;
         }
-        auto holder = std::make_unique<std::string>(std::move(*text));
-        fi->fh = reinterpret_cast<std::uint64_t>(holder.get());
-        fi->keep_cache = 1;
-        if (fuse_reply_open(req, fi) == 0)
-            holder.release(); // op_release frees it
-    });
-}
-
-void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-    checked(req, "read", [&] {
-        ++ctx(req).counters.read;
-        const auto* text = reinterpret_cast<const std::string*>(fi->fh);
         auto offset = static_cast<std::size_t>(off);
         if (off < 0 || offset >= text->size()) {
             fuse_reply_buf(req, nullptr, 0);
@@ -227,11 +206,6 @@ void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
         }
         fuse_reply_buf(req, text->data() + offset, std::min(size, text->size() - offset));
     });
-}
-
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-    delete reinterpret_cast<std::string*>(fi->fh);
-    fuse_reply_err(req, 0);
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {
@@ -305,10 +279,8 @@ fuse_lowlevel_ops make_ops() {
     ops.opendir = op_opendir;
     ops.readdir = op_readdir;
     ops.readdirplus = op_readdirplus;
-    ops.releasedir = op_releasedir;
     ops.open = op_open;
     ops.read = op_read;
-    ops.release = op_release;
     ops.statfs = op_statfs;
     ops.setattr = op_setattr;
     ops.mknod = op_mknod;
