@@ -138,6 +138,7 @@ class RealHostOs final : public HostOs {
         default: info.type = NodeType::other; break;
         }
         info.rdev = DevNumber{::major(st.st_rdev), ::minor(st.st_rdev)};
+        info.nlink = st.st_nlink;
         return info;
     }
 

@@ -154,9 +154,24 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
     std::set<std::string> regions;
     for (const auto& name : names)
         refresh_one(name, touched, regions);
-    for (const auto& region : regions)
-        if (cache_.regions().contains(region))
+    // The extents of the tags these devices carried or carry: a device
+    // released with its extents vanishes in one step. Checking that they
+    // still exist costs a stat each; only when one is gone is the region
+    // listed (new extents are the periodic poll's to find).
+    for (const auto& region : regions) {
+        auto known = cache_.regions().find(region);
+        if (known == cache_.regions().end())
+            continue;
+        bool changed = !known->second;
+        if (known->second)
+            for (const auto& e : *known->second)
+                if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name)) {
+                    changed = true;
+                    break;
+                }
+        if (changed)
             poll_region(region, touched);
+    }
     return finish(touched);
 }
 
@@ -174,6 +189,10 @@ bool HostState::has_dc_regions() const {
 }
 
 std::optional<HostState::Signature> HostState::signature_of(const std::string& region) {
+    // The link count first: an extent added while the directory is read
+    // then shows as a change at the next poll rather than being missed.
+    if (auto node = os_.lstat_node(region))
+        region_nlink_[region] = node->nlink;
     auto entries = os_.list_dir_inodes(region);
     if (!entries)
         return std::nullopt;
@@ -194,6 +213,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             touch_tags_of(*known, touched);
         cache_.forget_region(region);
         signatures_.erase(region);
+        region_nlink_.erase(region);
         return;
     }
     Signature now = std::move(*signature);
@@ -274,12 +294,26 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
 }
 
 TagDelta HostState::poll_extents() {
+    // A region directory's link count is 2 + its subdirectories (kernfs and
+    // tmpfs both keep it): an extent arriving or leaving changes it, and one
+    // stat() tells. One arriving while another leaves does not, so every
+    // tenth poll lists the regions in full.
+    constexpr unsigned kFullEvery = 10;
+    const bool full = ++polls_ % kFullEvery == 0;
     std::set<Uuid> touched;
     std::vector<std::string> regions;
     for (const auto& [region, extents] : cache_.regions())
         regions.push_back(region);
-    for (const auto& region : regions)
+    for (const auto& region : regions) {
+        if (!full) {
+            auto node = os_.lstat_node(region);
+            auto seen = region_nlink_.find(region);
+            if (node && node->nlink != 0 && seen != region_nlink_.end() &&
+                seen->second == node->nlink)
+                continue;
+        }
         poll_region(region, touched);
+    }
     return finish(touched);
 }
 

@@ -75,6 +75,8 @@ class HostState {
     std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
     // What each DC region's directory held when its extents were read.
     std::map<std::string, Signature> signatures_;
+    std::map<std::string, std::uint64_t> region_nlink_; // when its signature was taken
+    unsigned polls_ = 0;
 };
 
 } // namespace tagmem
