@@ -23,7 +23,7 @@ enum class NodeType { char_device, block_device, symlink, directory, regular, ot
 
 struct NodeInfo {
     NodeType type = NodeType::other;
-    DevNumber rdev;         // for device nodes
+    DevNumber rdev;          // for device nodes
     std::uint64_t nlink = 0; // a sysfs directory's is 2 + its subdirectories; 0: unknown
 };
 

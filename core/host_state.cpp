@@ -162,15 +162,16 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
         auto known = cache_.regions().find(region);
         if (known == cache_.regions().end())
             continue;
-        bool changed = !known->second;
-        if (known->second)
-            for (const auto& e : *known->second)
-                if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name)) {
-                    changed = true;
-                    break;
-                }
-        if (changed)
+        if (!known->second) {
             poll_region(region, touched);
+            continue;
+        }
+        std::vector<std::string> gone;
+        for (const auto& e : *known->second)
+            if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name))
+                gone.push_back(e.name);
+        if (!gone.empty())
+            drop_extents(region, gone, touched);
     }
     return finish(touched);
 }
@@ -186,6 +187,46 @@ std::vector<std::string> HostState::devices_under(const std::string& sysfs_path)
 
 bool HostState::has_dc_regions() const {
     return !cache_.regions().empty();
+}
+
+void HostState::drop_extents(const std::string& region, const std::vector<std::string>& names,
+                             std::set<Uuid>& touched) {
+    // Released with their device: forget them without listing the region
+    // (20,000 entries at 10,000 devices). The region's recorded signature
+    // and link count are adjusted to match, so the next poll still notices
+    // anything else that changed.
+    std::vector<Extent> kept;
+    for (const auto& e : *cache_.regions().at(region))
+        if (std::find(names.begin(), names.end(), e.name) == names.end())
+            kept.push_back(e);
+        else if (e.tag)
+            touched.insert(*e.tag);
+    cache_.set_extents(region, std::move(kept));
+    if (auto sig = signatures_.find(region); sig != signatures_.end())
+        std::erase_if(sig->second, [&](const auto& entry) {
+            return std::find(names.begin(), names.end(), entry.first) != names.end();
+        });
+    if (auto n = region_nlink_.find(region); n != region_nlink_.end() && n->second >= names.size())
+        n->second -= names.size();
+    // Devices of the region that carry those tags list fewer extents now.
+    reload_devices(region, std::set<Uuid>(touched), touched);
+}
+
+void HostState::reload_devices(const std::string& region, const std::set<Uuid>& tags,
+                               std::set<Uuid>& touched) {
+    for (const auto& tag : tags) {
+        auto it = by_tag_.find(tag);
+        if (it == by_tag_.end())
+            continue;
+        for (const auto& name : std::vector<std::string>(it->second)) {
+            auto d = devices_.find(name);
+            if (d != devices_.end() && d->second->dev.region_path() == region) {
+                DaxDevice dev = d->second->dev;
+                forget_device(name, touched);
+                load_device(dev, touched);
+            }
+        }
+    }
 }
 
 std::optional<HostState::Signature> HostState::signature_of(const std::string& region) {
@@ -277,20 +318,8 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             note(e);
     cache_.set_extents(region, std::move(fresh));
     // Devices of this region that carry a changed tag list their extents.
-    for (const auto& tag : changed) {
-        touched.insert(tag);
-        auto it = by_tag_.find(tag);
-        if (it == by_tag_.end())
-            continue;
-        for (const auto& name : std::vector<std::string>(it->second)) {
-            auto d = devices_.find(name);
-            if (d != devices_.end() && d->second->dev.region_path() == region) {
-                DaxDevice dev = d->second->dev;
-                forget_device(name, touched);
-                load_device(dev, touched);
-            }
-        }
-    }
+    touched.insert(changed.begin(), changed.end());
+    reload_devices(region, changed, touched);
 }
 
 TagDelta HostState::poll_extents() {

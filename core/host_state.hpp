@@ -59,6 +59,11 @@ class HostState {
     void refresh_one(const std::string& name, std::set<Uuid>& touched,
                      std::set<std::string>& regions);
     void poll_region(const std::string& region, std::set<Uuid>& touched);
+    void drop_extents(const std::string& region, const std::vector<std::string>& names,
+                      std::set<Uuid>& touched);
+    // Re-probes the region's devices that carry one of these tags.
+    void reload_devices(const std::string& region, const std::set<Uuid>& tags,
+                        std::set<Uuid>& touched);
     using Signature = std::vector<std::pair<std::string, std::uint64_t>>;
     // A region's extent directories by name and inode; nullopt: region gone.
     std::optional<Signature> signature_of(const std::string& region);
