@@ -80,7 +80,10 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
         std::vector<Extent> offered;
         if (devs.empty()) // offered: the extents of any DC region that carry it
             for (const auto& [region, extents] : cache_.regions()) {
-                auto found = cache_.extents_of(region, tag);
+                // Many lookups (a scan): index the regions; a few (an event):
+                // a linear pass costs less than building ten indices.
+                auto found = touched.size() > 64 ? cache_.extents_of(region, tag)
+                                                 : cache_.extents_of_unindexed(region, tag);
                 offered.insert(offered.end(), found.begin(), found.end());
             }
         if (devs.empty() && offered.empty()) {

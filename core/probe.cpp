@@ -165,6 +165,18 @@ void ScanCache::forget_region(const std::string& region_path) {
     by_tag_.erase(region_path);
 }
 
+std::vector<Extent> ScanCache::extents_of_unindexed(const std::string& region_path,
+                                                    const Uuid& tag) {
+    if (by_tag_.contains(region_path))
+        return extents_of(region_path, tag);
+    std::vector<Extent> out;
+    if (const auto& all = extents(region_path))
+        for (const auto& e : *all)
+            if (e.tag == tag)
+                out.push_back(e);
+    return out;
+}
+
 std::vector<Extent> ScanCache::extents_of(const std::string& region_path, const Uuid& tag) {
     // Indexed once per region: a region of n devices would otherwise cost
     // n * n comparisons per scan.

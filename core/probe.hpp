@@ -32,8 +32,11 @@ class ScanCache {
     const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
     void set_extents(const std::string& region_path, Result<std::vector<Extent>> extents);
     void forget_region(const std::string& region_path);
-    // The extents of a region that carry a tag, in region order.
+    // The extents of a region that carry a tag, in region order. Builds an
+    // index of the region on first use (for a whole scan); a single lookup
+    // without one (after a hotplug event) is a linear pass instead.
     std::vector<Extent> extents_of(const std::string& region_path, const Uuid& tag);
+    std::vector<Extent> extents_of_unindexed(const std::string& region_path, const Uuid& tag);
     // Starts over, as a new cache would (a full rescan).
     void clear();
     // Drops what only a scan in progress needs (the per-tag extent index).
