@@ -11,7 +11,7 @@ build_pkgs=(
 )
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
 # python3 for the FUSE/fixture tests, clang-format for the style check.
-test_pkgs=(util-linux jq python3 python3-pytest clang-format kmod)
+test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 
