@@ -62,13 +62,8 @@ std::string unescape_mountinfo(std::string_view s) {
     return out;
 }
 
-struct MountInfo {
-    std::string fstype;
-    std::set<std::string> mount_opts;
-    std::set<std::string> super_opts;
-};
+} // namespace
 
-// The last mount at the path (the one on top).
 std::optional<MountInfo> find_mount(const std::string& mount_point) {
     std::ifstream in("/proc/self/mountinfo");
     std::string line;
@@ -84,16 +79,14 @@ std::optional<MountInfo> find_mount(const std::string& mount_point) {
         while (f >> tok && tok != "-") {
         }
         MountInfo mi;
-        std::string source, super;
-        f >> mi.fstype >> source >> super;
+        std::string super;
+        f >> mi.fstype >> mi.source >> super;
         mi.mount_opts = split_options(opts);
         mi.super_opts = split_options(super);
         found = std::move(mi);
     }
     return found;
 }
-
-} // namespace
 
 Result<std::string> mount_options(const std::vector<std::string>& extra) {
     std::string opts = kRequired;

@@ -9,10 +9,21 @@
 #include "fuse_ops.hpp"
 #include "result.hpp"
 
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 namespace tagmem {
+
+// The top mount at a path, as /proc/self/mountinfo describes it.
+struct MountInfo {
+    std::string fstype;
+    std::string source;
+    std::set<std::string> mount_opts;
+    std::set<std::string> super_opts;
+};
+std::optional<MountInfo> find_mount(const std::string& mount_point);
 
 // The options every mount gets, plus the user's extra `-o` options once
 // checked: any that would weaken the required ones is refused.

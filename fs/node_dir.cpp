@@ -2,6 +2,7 @@
 #include "node_dir.hpp"
 
 #include "log.hpp"
+#include "mount.hpp"
 
 #include <fmt/format.h>
 
@@ -13,8 +14,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace tagmem {
 namespace {
@@ -27,22 +26,8 @@ Error sys_error(const std::string& what) {
 
 // Whether the top mount at path is one of ours (a previous daemon's).
 bool is_nodes_mount(const std::string& path) {
-    std::ifstream in("/proc/self/mountinfo");
-    std::string line;
-    bool ours = false;
-    while (std::getline(in, line)) {
-        std::istringstream f(line);
-        std::string id, parent, devno, root, point;
-        f >> id >> parent >> devno >> root >> point;
-        if (point != path)
-            continue;
-        auto dash = line.find(" - ");
-        std::istringstream post(dash == std::string::npos ? "" : line.substr(dash + 3));
-        std::string fstype, source;
-        post >> fstype >> source;
-        ours = fstype == "tmpfs" && source == kSource;
-    }
-    return ours;
+    auto mi = find_mount(path);
+    return mi && mi->fstype == "tmpfs" && mi->source == kSource;
 }
 
 } // namespace
