@@ -936,6 +936,19 @@ def _device_memory_base(mem: int) -> int:
     return _align_up(4 * GiB + (mem - lowmem), GiB)
 
 
+def tcg_thread_mode() -> str:
+    """How TCG runs the guest's vCPUs: "single" unless TAGMEM_QEMU_TCG_THREAD says
+    "multi". Why single: with one host thread per vCPU (multi), QEMU 7.2 lets a
+    vCPU run a stale translation of kernel text that another vCPU has just
+    re-patched (static keys, text_poke_bp), and the guest dies of
+    "Oops: int3" in whatever it was doing; CI saw this in early boot. Round-robin
+    TCG serialises the vCPUs, so cross-modified code is always seen whole."""
+    mode = os.environ.get("TAGMEM_QEMU_TCG_THREAD", "single")
+    if mode not in ("single", "multi"):
+        raise VmError(f"TAGMEM_QEMU_TCG_THREAD={mode!r}: want single or multi")
+    return mode
+
+
 def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
               assets: Assets | None = None, mem: int | str = "1G", smp: int = 2,
               append: str = "", env: Mapping[str, str] | None = None,
@@ -950,7 +963,7 @@ def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
         cmdline.append(f"{k}={v}")  # unknown key=value params land in init's environment
     if append:
         cmdline.append(append)
-    argv = [qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(smp),
+    argv = [qemu_binary(), "-accel", f"tcg,thread={tcg_thread_mode()}", "-cpu", "max", "-smp", str(smp),
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
             "-serial", "stdio", "-no-reboot",
             "-kernel", str(assets.kernel), "-initrd", str(initrd), "-append", " ".join(cmdline)]
