@@ -35,7 +35,7 @@ std::string format_table(const ScanResult& scan) {
                                               : fmt::format("{} devices", t.devices.size());
         std::string size = d ? human_size(d->dev.size) : std::string(1, '-');
         out += fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", t.tag.str(), dev, size,
-                           to_string(t.source), to_string(t.state), t.name);
+                           to_string(t.source), to_string(t.state), t.name.str());
     }
     if (scan.tags.empty())
         out += "(no tagged memory on this host)\n";
@@ -56,13 +56,13 @@ std::string format_tag(const TagRecord& t) {
     };
     line("tag", t.tag.str());
     if (!t.name.empty())
-        line("name", t.name);
+        line("name", t.name.str());
     line("state", to_string(t.state));
     if (!t.reason.empty())
         line("reason", t.reason);
     line("source", to_string(t.source));
-    line("shareable", fmt::format("{} ({})", t.shareable ? "yes" : "no", t.shareable_from));
-    line("access", fmt::format("{}:{} {:04o}", t.access.owner, t.access.group, t.access.mode));
+    line("shareable", fmt::format("{} ({})", t.shareable ? "yes" : "no", to_string(t.shareable_from)));
+    line("access", fmt::format("{}:{} {:04o}", t.access.owner.str(), t.access.group.str(), t.access.mode));
     for (const auto& e : t.offered_extents)
         line("extent",
              fmt::format("{} offset {:#x} length {:#x} (offered)", e.name, e.offset, e.length));
@@ -80,10 +80,10 @@ std::string format_tag(const TagRecord& t) {
             line("  extent",
                  fmt::format("{} offset {:#x} length {:#x}", e.name, e.offset, e.length));
         if (!p.namespace_name.empty())
-            line("  namespace", p.namespace_name);
+            line("  namespace", p.namespace_name.str());
         if (p.infoblock_uuid)
             line("  infoblock", p.infoblock_uuid->str());
-        const auto& perf = p.performance;
+        const auto& perf = *p.performance;
         if (perf.read_latency_ns || perf.read_bandwidth_mbps)
             line("  performance",
                  fmt::format("read {} ns / {} MB/s, write {} ns / {} MB/s",

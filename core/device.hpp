@@ -3,18 +3,17 @@
 #pragma once
 
 #include "config.hpp"
+#include "interned.hpp"
 #include "sysfs_value.hpp"
 #include "uuid.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace tagmem {
-
-// One immortal copy of each distinct path (region paths: a handful per host).
-const std::string& intern_path(std::string_view path);
 
 // devdax: bound to device_dax, mappable. system_ram: onlined through kmem,
 // its contents were zeroed and belong to the page allocator. disabled: no
@@ -47,6 +46,24 @@ struct Performance {
     auto operator<=>(const Performance&) const = default;
 };
 
+// An immutable value that many devices share (one per NUMA node, say).
+// Compared by content, so sharing never changes what equality means.
+template <class T> class Shared {
+  public:
+    Shared() = default;
+    explicit Shared(T value) : p_(std::make_shared<const T>(std::move(value))) {}
+    const T& operator*() const { return p_ ? *p_ : none(); }
+    const T* operator->() const { return &**this; }
+    bool operator==(const Shared& o) const { return p_ == o.p_ || **this == *o; }
+
+  private:
+    static const T& none() {
+        static const T none{};
+        return none;
+    }
+    std::shared_ptr<const T> p_;
+};
+
 // As enumerated by libdaxctl.
 struct DaxDevice {
     std::string name; // daxR.N
@@ -63,14 +80,14 @@ struct DaxDevice {
     std::string dev_path() const { return "/dev/" + name; }
     // libdaxctl's region path: the device directory's parent. Interned: the
     // thousands of devices of one region share one copy.
-    const std::string& region_path() const { return *region_; }
-    void set_region_path(std::string_view path) { region_ = &intern_path(path); }
+    const std::string& region_path() const { return region_; }
+    void set_region_path(std::string_view path) { region_ = path; }
     // The canonical device directory (not stored: thousands of devices).
     std::string sysfs_path() const { return region_path() + "/" + name; }
     bool operator==(const DaxDevice&) const = default; // interned: equal paths, equal pointers
 
   private:
-    const std::string* region_ = &intern_path({});
+    Interned region_;
 };
 
 // A device after its tag and facts were read (core/probe.cpp).
@@ -81,8 +98,8 @@ struct ProbedDevice {
     TagSource source = TagSource::config;
     std::vector<Extent> extents;        // DCD: this tag's extents in the region
     std::optional<Uuid> infoblock_uuid; // NVDIMM: nd_dax uuid
-    std::string namespace_name;         // NVDIMM: namespaceR.N
-    Performance performance;
+    Interned namespace_name;            // NVDIMM: namespaceR.N
+    Shared<Performance> performance;    // of the target node: one copy per node
     std::vector<std::string> warnings; // non-fatal oddities
     bool operator==(const ProbedDevice&) const = default;
 };

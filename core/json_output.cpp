@@ -38,19 +38,19 @@ json device_json(const ProbedDevice& p) {
         j["extents"] = std::move(ext);
     }
     if (!p.namespace_name.empty())
-        j["namespace"] = p.namespace_name;
+        j["namespace"] = p.namespace_name.str();
     if (p.infoblock_uuid)
         j["infoblock_uuid"] = p.infoblock_uuid->str();
-    if (!p.performance.empty()) {
+    if (!p.performance->empty()) {
         json perf = json::object();
         auto put = [&](const char* key, const std::optional<std::uint64_t>& v) {
             if (v)
                 perf[key] = *v;
         };
-        put("read_latency_ns", p.performance.read_latency_ns);
-        put("write_latency_ns", p.performance.write_latency_ns);
-        put("read_bandwidth_mbps", p.performance.read_bandwidth_mbps);
-        put("write_bandwidth_mbps", p.performance.write_bandwidth_mbps);
+        put("read_latency_ns", p.performance->read_latency_ns);
+        put("write_latency_ns", p.performance->write_latency_ns);
+        put("read_bandwidth_mbps", p.performance->read_bandwidth_mbps);
+        put("write_bandwidth_mbps", p.performance->write_bandwidth_mbps);
         j["performance"] = std::move(perf);
     }
     if (!p.warnings.empty())
@@ -63,14 +63,14 @@ json device_json(const ProbedDevice& p) {
 json tag_to_json(const TagRecord& t) {
     json j = {
         {"tag", t.tag.str()},
-        {"name", t.name},
+        {"name", t.name.str()},
         {"source", to_string(t.source)},
         {"state", to_string(t.state)},
         {"shareable", t.shareable},
-        {"shareable_from", t.shareable_from},
+        {"shareable_from", to_string(t.shareable_from)},
         {"access",
-         {{"owner", t.access.owner},
-          {"group", t.access.group},
+         {{"owner", t.access.owner.str()},
+          {"group", t.access.group.str()},
           {"uid", t.access.uid},
           {"gid", t.access.gid},
           {"mode", fmt::format("{:04o}", t.access.mode)}}},

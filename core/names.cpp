@@ -9,11 +9,11 @@
 
 namespace tagmem {
 
-const std::string& intern_path(std::string_view path) {
+const std::string& intern_string(std::string_view value) {
     static std::mutex mutex;
     static std::unordered_set<std::string>* pool = new std::unordered_set<std::string>;
     std::lock_guard lock(mutex);
-    return *pool->emplace(path).first; // node-based: references stay valid
+    return *pool->emplace(value).first; // node-based: references stay valid
 }
 
 const char* to_string(DevMode mode) {
@@ -21,6 +21,14 @@ const char* to_string(DevMode mode) {
     case DevMode::devdax: return "devdax";
     case DevMode::system_ram: return "system-ram";
     case DevMode::disabled: return "disabled";
+    }
+    return "unknown";
+}
+
+const char* to_string(ShareableFrom from) {
+    switch (from) {
+    case ShareableFrom::default_value: return "default";
+    case ShareableFrom::config: return "config";
     }
     return "unknown";
 }

@@ -193,10 +193,14 @@ std::vector<Extent> ScanCache::extents_of(const std::string& region_path, const 
     return found == it->second.end() ? std::vector<Extent>{} : found->second;
 }
 
-const Performance& ScanCache::performance(int node) {
+const Shared<Performance>& ScanCache::performance(int node) {
     auto it = performance_.find(node);
-    if (it == performance_.end())
-        it = performance_.emplace(node, read_node_performance(node, os_)).first;
+    if (it == performance_.end()) {
+        auto perf = read_node_performance(node, os_);
+        // No data (most hosts): no allocation, the empty value stands in.
+        it = performance_.emplace(node, perf.empty() ? Shared<Performance>{}
+                                                     : Shared<Performance>(perf)).first;
+    }
     return it->second;
 }
 

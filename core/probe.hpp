@@ -25,8 +25,8 @@ class ScanCache {
     explicit ScanCache(HostOs& os);
     const Result<std::vector<Extent>>& extents(const std::string& region_path);
     std::optional<unsigned> dax_major() const { return dax_major_; }
-    // HMAT data of a NUMA node: every device on the node shares it.
-    const Performance& performance(int node);
+    // HMAT data of a NUMA node: every device on the node shares one copy.
+    const Shared<Performance>& performance(int node);
 
     // For a long-lived cache (hotplug): what is known, and updates to it.
     const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
@@ -47,7 +47,7 @@ class ScanCache {
     std::optional<unsigned> dax_major_;
     std::map<std::string, Result<std::vector<Extent>>> extents_;
     std::map<std::string, std::unordered_map<Uuid, std::vector<Extent>>> by_tag_;
-    std::map<int, Performance> performance_;
+    std::map<int, Shared<Performance>> performance_;
 };
 
 // Fails (with the reason) when the device must be rejected: its device number

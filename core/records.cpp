@@ -92,7 +92,7 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
         r.name = c->name;
         if (c->shareable) {
             r.shareable = *c->shareable;
-            r.shareable_from = "config";
+            r.shareable_from = ShareableFrom::config;
         }
     }
     r.access = resolve_access(c, os);

@@ -25,14 +25,19 @@ struct Access {
     uid_t uid = 0;
     gid_t gid = 0;
     mode_t mode = 0600;
-    std::string owner = "root"; // as configured, for display
-    std::string group = "root";
+    Interned owner = "root"; // as configured, for display
+    Interned group = "root";
     auto operator<=>(const Access&) const = default;
 };
 
+// Where the shareable flag came from: DCD v11 has no attribute for it, so
+// configuration or the default (false).
+enum class ShareableFrom : std::uint8_t { default_value, config };
+const char* to_string(ShareableFrom from);
+
 struct TagRecord {
     Uuid tag;
-    std::string name; // from configuration, may be empty
+    Interned name; // from configuration, may be empty
     TagSource source = TagSource::config;
     TagState state = TagState::ready;
     std::string reason; // why it is not ready
@@ -41,7 +46,7 @@ struct TagRecord {
     std::vector<std::shared_ptr<const ProbedDevice>> devices;
     std::vector<Extent> offered_extents; // offered: the extents carrying the tag
     bool shareable = false;
-    std::string shareable_from = "default"; // "config" or "default"
+    ShareableFrom shareable_from = ShareableFrom::default_value;
     Access access;
 
     bool usable() const { return state == TagState::ready; }

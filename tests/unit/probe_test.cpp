@@ -294,7 +294,7 @@ TEST_F(Probe, HmemDeviceHasNoTag) {
     EXPECT_EQ(p.numa_node, 0);
     EXPECT_EQ(p.dev.name, d.name);
     EXPECT_EQ(p.dev.ranges, d.ranges);
-    EXPECT_TRUE(p.performance.empty());
+    EXPECT_TRUE(p.performance->empty());
 }
 
 TEST_F(Probe, SizeIsReadFromSysfs) {
@@ -336,16 +336,33 @@ TEST_F(Probe, HmatPerformanceOfTheTargetNode) {
     // The CPU node's numbers must not be picked up instead.
     os.set_node_performance(0, Performance{80, 80, 90000, 90000});
     ProbedDevice p = probe_ok(d);
-    EXPECT_EQ(p.performance, (Performance{250, 300, 20000, 15000}));
-    EXPECT_FALSE(p.performance.empty());
+    EXPECT_EQ(*p.performance, (Performance{250, 300, 20000, 15000}));
+    EXPECT_FALSE(p.performance->empty());
+}
+
+TEST_F(Probe, DevicesOfOneNodeShareOnePerformanceCopy) {
+    // Why: at 100,000 devices a copy each cost 64 bytes per tag; sharing must
+    // not change equality (a rescan builds new copies of the same numbers).
+    DaxDevice a = os.add_hmem_device(DaxSpec{}.at(0, 0).nodes(2, 0));
+    DaxDevice b = os.add_hmem_device(DaxSpec{}.at(1, 0).nodes(2, 0));
+    os.set_node_performance(2, Performance{250, 300, 20000, 15000});
+    ScanCache cache(os);
+    ProbedDevice pa = probe_device(a, os, cache).value();
+    ProbedDevice pb = probe_device(b, os, cache).value();
+    EXPECT_EQ(&*pa.performance, &*pb.performance);
+    ProbedDevice again = probe_ok(a); // another cache: another copy, equal content
+    EXPECT_NE(&*again.performance, &*pa.performance);
+    EXPECT_EQ(again.performance, pa.performance);
+    os.set_node_performance(2, Performance{251, 300, 20000, 15000});
+    EXPECT_NE(probe_ok(a).performance, pa.performance);
 }
 
 TEST_F(Probe, DcdDeviceReadsPerformanceToo) {
     DaxDevice d = os.add_dcd_device(DaxSpec{}.nodes(3, 0), kTag);
     os.set_node_performance(3, Performance{400, std::nullopt, std::nullopt, std::nullopt});
     ProbedDevice p = probe_ok(d);
-    EXPECT_EQ(p.performance.read_latency_ns, 400u);
-    EXPECT_FALSE(p.performance.write_latency_ns.has_value());
+    EXPECT_EQ(p.performance->read_latency_ns, 400u);
+    EXPECT_FALSE(p.performance->write_latency_ns.has_value());
 }
 
 TEST(ReadNodePerformance, PartialAndMalformedValuesAreLeftOut) {

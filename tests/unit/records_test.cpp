@@ -98,7 +98,7 @@ TEST_F(Records, SingleDcdDeviceIsAReadyTag) {
     ASSERT_NE(t.device(), nullptr);
     EXPECT_EQ(t.device()->dev.name, "dax0.0");
     EXPECT_FALSE(t.shareable);
-    EXPECT_EQ(t.shareable_from, "default");
+    EXPECT_EQ(t.shareable_from, ShareableFrom::default_value);
     EXPECT_THAT(r.untagged, IsEmpty());
     EXPECT_THAT(r.rejected, IsEmpty());
     EXPECT_THAT(r.config_errors, IsEmpty());
@@ -322,7 +322,7 @@ TEST_F(Records, SectionWithoutAccessKeysKeepsTheDefault) {
     EXPECT_EQ(r.tags[0].name, "named");
     EXPECT_EQ(r.tags[0].access, Access{});
     EXPECT_FALSE(r.tags[0].shareable);
-    EXPECT_EQ(r.tags[0].shareable_from, "default");
+    EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::default_value);
 }
 
 TEST_F(Records, ConfigAttributesApply) {
@@ -335,7 +335,7 @@ TEST_F(Records, ConfigAttributesApply) {
     const TagRecord& t = r.tags[0];
     EXPECT_EQ(t.name, "pool");
     EXPECT_TRUE(t.shareable);
-    EXPECT_EQ(t.shareable_from, "config");
+    EXPECT_EQ(t.shareable_from, ShareableFrom::config);
     EXPECT_EQ(t.access.uid, 1001u);
     EXPECT_EQ(t.access.gid, 2002u);
     EXPECT_EQ(t.access.mode, mode_t{0640});
@@ -349,7 +349,7 @@ TEST_F(Records, ShareableNoIsStillFromConfig) {
     ScanResult r = build({dcd(0, 0, kA)}, c);
     ASSERT_THAT(r.tags, SizeIs(1));
     EXPECT_FALSE(r.tags[0].shareable);
-    EXPECT_EQ(r.tags[0].shareable_from, "config");
+    EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::config);
 }
 
 TEST_F(Records, NumericOwnerAndGroup) {
@@ -593,8 +593,7 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
 
 TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
     ProbedDevice d = dcd(0, 0, kA);
-    d.performance.read_latency_ns = 250;
-    d.performance.write_bandwidth_mbps = 9000;
+    d.performance = Shared(Performance{250, std::nullopt, std::nullopt, 9000});
     d.warnings = {"extents unreadable: x"};
     ScanResult r = build({d, dcd(1, 0, kB)}, empty);
     json with = tag_to_json(*r.find(U(kA)))["devices"][0];
