@@ -61,8 +61,10 @@ std::string format_tag(const TagRecord& t) {
     if (!t.reason.empty())
         line("reason", t.reason);
     line("source", to_string(t.source));
-    line("shareable", fmt::format("{} ({})", t.shareable ? "yes" : "no", to_string(t.shareable_from)));
-    line("access", fmt::format("{}:{} {:04o}", t.access.owner.str(), t.access.group.str(), t.access.mode));
+    line("shareable",
+         fmt::format("{} ({})", t.shareable ? "yes" : "no", to_string(t.shareable_from)));
+    line("access",
+         fmt::format("{}:{} {:04o}", t.access.owner.str(), t.access.group.str(), t.access.mode));
     for (const auto& e : t.offered_extents)
         line("extent",
              fmt::format("{} offset {:#x} length {:#x} (offered)", e.name, e.offset, e.length));

@@ -100,7 +100,7 @@ struct ProbedDevice {
     std::optional<Uuid> infoblock_uuid; // NVDIMM: nd_dax uuid
     Interned namespace_name;            // NVDIMM: namespaceR.N
     Shared<Performance> performance;    // of the target node: one copy per node
-    std::vector<std::string> warnings; // non-fatal oddities
+    std::vector<std::string> warnings;  // non-fatal oddities
     bool operator==(const ProbedDevice&) const = default;
 };
 

@@ -20,15 +20,17 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
         return;
     if (const auto& tag = it->second->tag) {
         touched.insert(*tag);
-        auto& names = by_tag_[*tag];
-        std::erase(names, name);
-        if (names.empty())
-            by_tag_.erase(*tag);
+        if (auto slot = tags_.find(*tag); slot != tags_.end()) {
+            std::erase(slot->second.devices, it->second);
+            if (slot->second.devices.empty() && !slot->second.record)
+                tags_.erase(slot);
+        }
     }
     devices_.erase(it);
 }
 
 void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
+    forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
     // A device with a uuid attribute sits in a DC region, whose extents count
     // (as offered tags) even when this device is rejected.
     if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
@@ -50,12 +52,16 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
             p.source = TagSource::config;
         }
     }
-    if (p.tag) {
-        touched.insert(*p.tag);
-        auto& names = by_tag_[*p.tag];
-        names.insert(std::upper_bound(names.begin(), names.end(), dev.name), dev.name);
+    auto shared = std::make_shared<const ProbedDevice>(std::move(p));
+    if (shared->tag) {
+        touched.insert(*shared->tag);
+        auto& devs = tags_[*shared->tag].devices;
+        devs.insert(std::upper_bound(
+                        devs.begin(), devs.end(), shared,
+                        [](const auto& a, const auto& b) { return a->dev.name < b->dev.name; }),
+                    shared);
     }
-    devices_.insert_or_assign(dev.name, std::make_shared<const ProbedDevice>(std::move(p)));
+    devices_.emplace(shared->dev.name, std::move(shared)); // the key views its own name
 }
 
 void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched) {
@@ -73,10 +79,10 @@ TagDelta HostState::finish(const std::set<Uuid>& touched) {
 TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
     TagDelta delta;
     for (const auto& tag : touched) {
+        auto slot = tags_.find(tag);
         std::vector<std::shared_ptr<const ProbedDevice>> devs;
-        if (auto it = by_tag_.find(tag); it != by_tag_.end())
-            for (const auto& name : it->second)
-                devs.push_back(devices_.at(name));
+        if (slot != tags_.end())
+            devs = slot->second.devices;
         std::vector<Extent> offered;
         if (devs.empty()) // offered: the extents of any DC region that carry it
             for (const auto& [region, extents] : cache_.regions()) {
@@ -87,13 +93,16 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
                 offered.insert(offered.end(), found.begin(), found.end());
             }
         if (devs.empty() && offered.empty()) {
-            if (records_.erase(tag))
-                delta.removals.push_back(tag);
+            if (slot != tags_.end()) {
+                if (slot->second.record)
+                    delta.removals.push_back(tag);
+                tags_.erase(slot);
+            }
             continue;
         }
         auto record = std::make_shared<const TagRecord>(
             make_record(tag, std::move(devs), std::move(offered), config_, os_));
-        records_[tag] = record;
+        tags_[tag].record = record;
         delta.upserts.push_back(std::move(record));
     }
     return delta;
@@ -104,13 +113,14 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     if (!scan)
         return scan.error();
     std::set<Uuid> touched;
-    for (const auto& [tag, rec] : records_)
+    for (auto& [tag, slot] : tags_) {
         touched.insert(tag);
+        slot.devices.clear(); // the records stay: they say what to remove
+    }
     config_ = config;
     cache_.clear();
     devices_.clear();
     rejected_.clear();
-    by_tag_.clear();
     for (const auto& issue : scan->unreadable)
         rejected_[issue.device] = issue;
     for (const auto& dev : scan->devices)
@@ -184,7 +194,7 @@ std::vector<std::string> HostState::devices_under(const std::string& sysfs_path)
     std::string prefix = sysfs_path + "/";
     for (const auto& [name, d] : devices_)
         if (d->dev.sysfs_path().starts_with(prefix))
-            out.push_back(name);
+            out.emplace_back(name);
     return out;
 }
 
@@ -218,15 +228,14 @@ void HostState::drop_extents(const std::string& region, const std::vector<std::s
 void HostState::reload_devices(const std::string& region, const std::set<Uuid>& tags,
                                std::set<Uuid>& touched) {
     for (const auto& tag : tags) {
-        auto it = by_tag_.find(tag);
-        if (it == by_tag_.end())
+        auto it = tags_.find(tag);
+        if (it == tags_.end())
             continue;
-        for (const auto& name : std::vector<std::string>(it->second)) {
-            auto d = devices_.find(name);
-            if (d != devices_.end() && d->second->dev.region_path() == region) {
-                DaxDevice dev = d->second->dev;
-                forget_device(name, touched);
-                load_device(dev, touched);
+        // A copy: reloading changes the slot's device list.
+        for (const auto& d : std::vector(it->second.devices)) {
+            if (d->dev.region_path() == region) {
+                forget_device(d->dev.name, touched);
+                load_device(d->dev, touched);
             }
         }
     }
@@ -352,15 +361,25 @@ TagDelta HostState::poll_extents() {
 ScanResult HostState::snapshot() const {
     ScanResult s;
     s.config_errors = config_.errors;
-    for (const auto& [tag, rec] : records_)
-        s.tags.push_back(*rec);
+    for (const auto& [tag, slot] : tags_)
+        if (slot.record)
+            s.tags.push_back(*slot.record);
+    std::sort(s.tags.begin(), s.tags.end(),
+              [](const auto& a, const auto& b) { return a.tag < b.tag; });
     for (const auto& [name, d] : devices_)
         if (!d->tag)
             s.untagged.push_back(
-                {name, d->dev.size, d->dev.mode, d->dev.target_node, d->dev.ranges});
+                {std::string(name), d->dev.size, d->dev.mode, d->dev.target_node, d->dev.ranges});
+    std::sort(s.untagged.begin(), s.untagged.end(),
+              [](const auto& a, const auto& b) { return a.device < b.device; });
     for (const auto& [name, issue] : rejected_)
         s.rejected.push_back(issue);
     return s;
+}
+
+std::size_t HostState::tag_count() const {
+    return std::count_if(tags_.begin(), tags_.end(),
+                         [](const auto& t) { return t.second.record != nullptr; });
 }
 
 } // namespace tagmem

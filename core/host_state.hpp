@@ -19,6 +19,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -49,7 +50,7 @@ class HostState {
     bool has_dc_regions() const;
 
     ScanResult snapshot() const;
-    std::size_t tag_count() const { return records_.size(); }
+    std::size_t tag_count() const;
 
   private:
     void forget_device(const std::string& name, std::set<Uuid>& touched);
@@ -72,12 +73,17 @@ class HostState {
     HostOs& os_;
     Config config_;
     ScanCache cache_;
-    std::map<std::string, std::shared_ptr<const ProbedDevice>> devices_; // probed fine
+    // Probed fine, by name; the key views the device's own name (no copy:
+    // at 100,000 devices every node counts).
+    std::unordered_map<std::string_view, std::shared_ptr<const ProbedDevice>> devices_;
     std::map<std::string, DeviceIssue> rejected_;
-    // Small vectors, not sets and maps: almost every tag has one device and
-    // one extent, and at 100,000 tags every node counts.
-    std::unordered_map<Uuid, std::vector<std::string>> by_tag_; // tag -> device names, sorted
-    std::map<Uuid, std::shared_ptr<const TagRecord>> records_;
+    // One node per tag: the devices claiming it (a small vector, as almost
+    // every tag has one) and the record last published for it.
+    struct TagSlot {
+        std::vector<std::shared_ptr<const ProbedDevice>> devices; // sorted by name
+        std::shared_ptr<const TagRecord> record;
+    };
+    std::unordered_map<Uuid, TagSlot> tags_;
     // What each DC region's directory held when its extents were read.
     std::map<std::string, Signature> signatures_;
     std::map<std::string, std::uint64_t> region_nlink_; // when its signature was taken

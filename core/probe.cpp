@@ -198,8 +198,9 @@ const Shared<Performance>& ScanCache::performance(int node) {
     if (it == performance_.end()) {
         auto perf = read_node_performance(node, os_);
         // No data (most hosts): no allocation, the empty value stands in.
-        it = performance_.emplace(node, perf.empty() ? Shared<Performance>{}
-                                                     : Shared<Performance>(perf)).first;
+        it = performance_
+                 .emplace(node, perf.empty() ? Shared<Performance>{} : Shared<Performance>(perf))
+                 .first;
     }
     return it->second;
 }
