@@ -66,8 +66,8 @@ std::string format_tag(const TagRecord& t) {
     line("access",
          fmt::format("{}:{} {:04o}", t.access.owner.str(), t.access.group.str(), t.access.mode));
     for (const auto& e : t.offered_extents)
-        line("extent",
-             fmt::format("{} offset {:#x} length {:#x} (offered)", e.name, e.offset, e.length));
+        line("extent", fmt::format("{} offset {:#x} length {:#x} (offered)", e.name.str(), e.offset,
+                                   e.length));
     for (const auto& shared : t.devices) {
         const ProbedDevice& p = *shared;
         const auto& d = p.dev;
@@ -80,7 +80,7 @@ std::string format_tag(const TagRecord& t) {
             line("  range", fmt::format("{:#x}-{:#x}", r.start, r.end));
         for (const auto& e : p.extents)
             line("  extent",
-                 fmt::format("{} offset {:#x} length {:#x}", e.name, e.offset, e.length));
+                 fmt::format("{} offset {:#x} length {:#x}", e.name.str(), e.offset, e.length));
         if (!p.namespace_name.empty())
             line("  namespace", p.namespace_name.str());
         if (p.infoblock_uuid)

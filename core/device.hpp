@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tagmem {
@@ -24,9 +26,27 @@ const char* to_string(DevMode mode);
 enum class TagSource { dcd, nvdimm, config };
 const char* to_string(TagSource source);
 
+// An extent directory's name, extent<region>.<index>, kept as two numbers:
+// 8 bytes instead of a 32-byte string, and every extent is held twice (the
+// region's list and the device's).
+struct ExtentName {
+    std::uint32_t region = 0;
+    std::uint32_t index = 0;
+    // The kernel's spelling only: decimal, no sign or leading zero, 32 bits.
+    // Anything else in a region directory is not an extent.
+    static std::optional<ExtentName> parse(std::string_view name);
+    std::string str() const;
+    auto operator<=>(const ExtentName&) const = default;
+    bool operator==(const ExtentName&) const = default;
+    friend bool operator==(const ExtentName& a, std::string_view b) { return a.str() == b; }
+    friend std::ostream& operator<<(std::ostream& out, const ExtentName& n) {
+        return out << n.str();
+    }
+};
+
 // One DCD extent of the device's region, in region offsets.
 struct Extent {
-    std::string name; // extentR.E
+    ExtentName name;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
     std::optional<Uuid> tag;

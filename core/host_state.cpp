@@ -179,9 +179,9 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
             poll_region(region, touched);
             continue;
         }
-        std::vector<std::string> gone;
+        std::vector<ExtentName> gone;
         for (const auto& e : *known->second)
-            if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name))
+            if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name.str()))
                 gone.push_back(e.name);
         if (!gone.empty())
             drop_extents(region, gone, touched);
@@ -202,7 +202,7 @@ bool HostState::has_dc_regions() const {
     return !cache_.regions().empty();
 }
 
-void HostState::drop_extents(const std::string& region, const std::vector<std::string>& names,
+void HostState::drop_extents(const std::string& region, const std::vector<ExtentName>& names,
                              std::set<Uuid>& touched) {
     // Released with their device: forget them without listing the region
     // (20,000 entries at 10,000 devices). The region's recorded signature
@@ -250,9 +250,9 @@ std::optional<HostState::Signature> HostState::signature_of(const std::string& r
     if (!entries)
         return std::nullopt;
     Signature sig;
-    for (auto& e : *entries)
-        if (e.first.starts_with("extent"))
-            sig.push_back(std::move(e));
+    for (const auto& [name, ino] : *entries)
+        if (auto extent = ExtentName::parse(name))
+            sig.emplace_back(*extent, ino);
     std::sort(sig.begin(), sig.end());
     return sig;
 }
@@ -281,20 +281,18 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
         // Only the extent directories that are new (by name and inode) are
         // read; the others are what they were. One extent arriving in a
         // region of 10,000 costs one readdir and three small reads.
-        std::map<std::string, std::uint64_t> was(sig->second.begin(), sig->second.end());
-        std::map<std::string, const Extent*> old_by_name;
+        std::map<ExtentName, std::uint64_t> was(sig->second.begin(), sig->second.end());
+        std::map<ExtentName, const Extent*> old_by_name;
         for (const auto& e : old_list)
             old_by_name[e.name] = &e;
         for (const auto& [name, ino] : now) {
-            if (!is_numbered_name(name, "extent"))
-                continue;
             auto w = was.find(name);
             auto o = old_by_name.find(name);
             if (w != was.end() && w->second == ino && o != old_by_name.end()) {
                 fresh->push_back(*o->second);
                 continue;
             }
-            auto e = read_extent(region, name, os_);
+            auto e = read_extent(region, name.str(), os_);
             if (!e) {
                 fresh = e.error();
                 break;
@@ -308,7 +306,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
     // Only tags whose extents differ are touched: a region can hold
     // thousands of devices, and one extent arriving concerns one tag.
     std::set<Uuid> changed;
-    std::map<std::string, const Extent*> before, after;
+    std::map<ExtentName, const Extent*> before, after;
     for (const auto& e : old_list)
         before[e.name] = &e;
     if (fresh)

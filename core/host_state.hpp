@@ -60,12 +60,12 @@ class HostState {
     void refresh_one(const std::string& name, std::set<Uuid>& touched,
                      std::set<std::string>& regions);
     void poll_region(const std::string& region, std::set<Uuid>& touched);
-    void drop_extents(const std::string& region, const std::vector<std::string>& names,
+    void drop_extents(const std::string& region, const std::vector<ExtentName>& names,
                       std::set<Uuid>& touched);
     // Re-probes the region's devices that carry one of these tags.
     void reload_devices(const std::string& region, const std::set<Uuid>& tags,
                         std::set<Uuid>& touched);
-    using Signature = std::vector<std::pair<std::string, std::uint64_t>>;
+    using Signature = std::vector<std::pair<ExtentName, std::uint64_t>>; // sorted
     // A region's extent directories by name and inode; nullopt: region gone.
     std::optional<Signature> signature_of(const std::string& region);
     TagDelta rebuild(const std::set<Uuid>& touched);

@@ -34,7 +34,7 @@ json device_json(const ProbedDevice& p) {
     if (p.source == TagSource::dcd) {
         json ext = json::array();
         for (const auto& e : p.extents)
-            ext.push_back({{"extent", e.name}, {"offset", e.offset}, {"length", e.length}});
+            ext.push_back({{"extent", e.name.str()}, {"offset", e.offset}, {"length", e.length}});
         j["extents"] = std::move(ext);
     }
     if (!p.namespace_name.empty())
@@ -86,7 +86,7 @@ json tag_to_json(const TagRecord& t) {
     if (!t.offered_extents.empty()) {
         json ext = json::array();
         for (const auto& e : t.offered_extents)
-            ext.push_back({{"extent", e.name}, {"offset", e.offset}, {"length", e.length}});
+            ext.push_back({{"extent", e.name.str()}, {"offset", e.offset}, {"length", e.length}});
         j["extents"] = std::move(ext);
     }
     json devs = json::array();

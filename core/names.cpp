@@ -4,6 +4,7 @@
 #include "device.hpp"
 #include "tag_record.hpp"
 
+#include <cstdint>
 #include <mutex>
 #include <unordered_set>
 
@@ -14,6 +15,37 @@ const std::string& intern_string(std::string_view value) {
     static std::unordered_set<std::string>* pool = new std::unordered_set<std::string>;
     std::lock_guard lock(mutex);
     return *pool->emplace(value).first; // node-based: references stay valid
+}
+
+std::optional<ExtentName> ExtentName::parse(std::string_view name) {
+    if (!name.starts_with("extent"))
+        return std::nullopt;
+    name.remove_prefix(6);
+    auto number = [](std::string_view d) -> std::optional<std::uint32_t> {
+        if (d.empty() || d.size() > 10 || (d.size() > 1 && d[0] == '0'))
+            return std::nullopt;
+        std::uint64_t v = 0;
+        for (char c : d) {
+            if (c < '0' || c > '9')
+                return std::nullopt;
+            v = v * 10 + static_cast<unsigned>(c - '0');
+        }
+        if (v > UINT32_MAX)
+            return std::nullopt;
+        return static_cast<std::uint32_t>(v);
+    };
+    auto dot = name.find('.');
+    if (dot == std::string_view::npos)
+        return std::nullopt;
+    auto region = number(name.substr(0, dot));
+    auto index = number(name.substr(dot + 1));
+    if (!region || !index)
+        return std::nullopt;
+    return ExtentName{*region, *index};
+}
+
+std::string ExtentName::str() const {
+    return "extent" + std::to_string(region) + "." + std::to_string(index);
 }
 
 const char* to_string(DevMode mode) {

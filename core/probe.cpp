@@ -97,9 +97,12 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsign
 }
 
 Result<Extent> read_extent(const std::string& region_path, const std::string& name, HostOs& os) {
+    auto parsed = ExtentName::parse(name);
+    if (!parsed)
+        return make_error(EINVAL, fmt::format("{}/{}: not an extent name", region_path, name));
     std::string dir = region_path + "/" + name;
     Extent e;
-    e.name = name;
+    e.name = *parsed;
     auto offset = read_attr(os, dir + "/offset", parse_u64);
     auto length = read_attr(os, dir + "/length", parse_u64);
     if (!offset)
@@ -130,7 +133,7 @@ Result<std::vector<Extent>> read_region_extents(const std::string& region_path, 
     if (!names)
         return names.error();
     for (const auto& name : *names) {
-        if (!is_numbered_name(name, "extent"))
+        if (!ExtentName::parse(name))
             continue;
         auto e = read_extent(region_path, name, os);
         if (!e)

@@ -140,9 +140,9 @@ TEST_F(Probe, DcdTaggedDeviceGetsOnlyItsExtentsSortedByOffset) {
     EXPECT_TRUE(p.namespace_name.empty());
     EXPECT_FALSE(p.infoblock_uuid.has_value());
     ASSERT_THAT(p.extents, SizeIs(3));
-    EXPECT_EQ(p.extents[0], (Extent{"extent2.5", 0x30000000, 0x08000000, U(kTag)}));
-    EXPECT_EQ(p.extents[1], (Extent{"extent2.4", 0x40000000, 0x10000000, U(kTag)}));
-    EXPECT_EQ(p.extents[2], (Extent{"extent2.0", 0x80000000, 0x20000000, U(kTag)}));
+    EXPECT_EQ(p.extents[0], (Extent{{2, 5}, 0x30000000, 0x08000000, U(kTag)}));
+    EXPECT_EQ(p.extents[1], (Extent{{2, 4}, 0x40000000, 0x10000000, U(kTag)}));
+    EXPECT_EQ(p.extents[2], (Extent{{2, 0}, 0x80000000, 0x20000000, U(kTag)}));
 }
 
 TEST_F(Probe, DcdUpperCaseTagIsCanonical) {
@@ -247,7 +247,7 @@ TEST_F(Probe, ScanCacheReadsEachRegionOnceForAllItsDevices) {
     EXPECT_EQ(pb->extents[0].name, "extent4.0");
     EXPECT_EQ(pb->extents[1].name, "extent4.2");
     ASSERT_THAT(pc->extents, SizeIs(1));
-    EXPECT_EQ(pc->extents[0], (Extent{"extent5.0", 0x0, 0x4000, U(kTag)}));
+    EXPECT_EQ(pc->extents[0], (Extent{{5, 0}, 0x0, 0x4000, U(kTag)}));
 }
 
 TEST_F(Probe, ScanCacheKeepsTheErrorForEveryDeviceOfTheRegion) {
@@ -726,13 +726,55 @@ TEST(ReadRegionExtents, OnlyExtentDirectoriesSortedByOffset) {
     os.add_file(d.region_path() + "/extentA.B/offset", "junk");
     os.add_file(d.region_path() + "/extent7.1.old/offset", "junk");
     os.add_file(d.region_path() + "/myextent7.3/offset", "junk");
+    // Numbered, but not as the kernel spells numbers: not extents either.
+    os.add_file(d.region_path() + "/extent7.01/offset", "junk");
+    os.add_file(d.region_path() + "/extent7.4294967296/offset", "junk");
     auto e = read_region_extents(d.region_path(), os);
     ASSERT_TRUE(e.ok()) << e.error().message;
     ASSERT_THAT(*e, SizeIs(4));
-    EXPECT_EQ((*e)[0], (Extent{"extent7.11", 0x0, 0x1000, U(kOther)}));
-    EXPECT_EQ((*e)[1], (Extent{"extent7.0", 0x1000, 0x1000, std::nullopt}));
-    EXPECT_EQ((*e)[2], (Extent{"extent7.10", 0x2000, 0x1000, std::nullopt}));
-    EXPECT_EQ((*e)[3], (Extent{"extent7.2", 0x3000, 0x1000, U(kTag)}));
+    EXPECT_EQ((*e)[0], (Extent{{7, 11}, 0x0, 0x1000, U(kOther)}));
+    EXPECT_EQ((*e)[1], (Extent{{7, 0}, 0x1000, 0x1000, std::nullopt}));
+    EXPECT_EQ((*e)[2], (Extent{{7, 10}, 0x2000, 0x1000, std::nullopt}));
+    EXPECT_EQ((*e)[3], (Extent{{7, 2}, 0x3000, 0x1000, U(kTag)}));
+}
+
+TEST(ExtentName, ParsesTheKernelSpellingAndRoundTrips) {
+    for (const char* name : {"extent0.0", "extent7.11", "extent4294967295.4294967295"}) {
+        auto n = ExtentName::parse(name);
+        ASSERT_TRUE(n.has_value()) << name;
+        EXPECT_EQ(n->str(), name);
+        EXPECT_EQ(*n, name);
+    }
+    EXPECT_EQ(ExtentName::parse("extent3.12"), (ExtentName{3, 12}));
+    // Ordered by region, then index as a number (not as text).
+    EXPECT_LT(ExtentName::parse("extent3.2"), ExtentName::parse("extent3.10"));
+}
+
+TEST(ExtentName, RejectsEverythingElse) {
+    for (const char* name : {"",
+                             "extent",
+                             "extent.",
+                             "extent1.",
+                             "extent.1",
+                             "extent1",
+                             "extent01.1",
+                             "extent1.01",
+                             "extent-1.1",
+                             "extent+1.1",
+                             "extent1.-1",
+                             "extent 1.1",
+                             "extent1.1 ",
+                             "extent1.1.1",
+                             "extent1.1\n",
+                             "Extent1.1",
+                             "xextent1.1",
+                             "extent4294967296.0",
+                             "extent0.4294967296",
+                             "extent99999999999.0",
+                             "extentA.B",
+                             "extent1,1"}) {
+        EXPECT_FALSE(ExtentName::parse(name).has_value()) << '"' << name << '"';
+    }
 }
 
 TEST(ReadRegionExtents, RegionWithoutExtentsIsEmpty) {

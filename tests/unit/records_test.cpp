@@ -469,7 +469,7 @@ TEST_F(Records, JsonOfAReadyTag) {
     os.add_user("famfs", 1001);
     Config c = config_from(section(kA, "name = pool\nowner = famfs\nmode = 0640\n"));
     ProbedDevice d = dcd(0, 0, kA);
-    d.extents = {Extent{"extent0.1", 0x1000, 0x2000, U(kA)}};
+    d.extents = {Extent{{0, 1}, 0x1000, 0x2000, U(kA)}};
     ScanResult r = build({d}, c);
     ASSERT_THAT(r.tags, SizeIs(1));
     json j = tag_to_json(r.tags[0]);
@@ -562,7 +562,7 @@ TEST_F(Records, JsonReasonOnlyWhenNotReady) {
 
 TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     ProbedDevice nv = device(0, 0, U(kA), TagSource::nvdimm);
-    nv.extents = {Extent{"extent0.0", 0, 0x1000, U(kA)}}; // must not be shown
+    nv.extents = {Extent{{0, 0}, 0, 0x1000, U(kA)}}; // must not be shown
     nv.namespace_name = "namespace0.0";
     nv.infoblock_uuid = U(kC);
     ProbedDevice cfg = device(1, 0, U(kB), TagSource::config);
