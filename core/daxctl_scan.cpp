@@ -26,25 +26,6 @@ using DaxctlCtx = std::unique_ptr<daxctl_ctx, CtxDeleter>;
 // tagmem reports those itself, in its own words.
 void quiet_log(daxctl_ctx*, int, const char*, int, const char*, const char*, va_list) {}
 
-std::vector<PhysRange> ranges_of(daxctl_dev* dev) {
-    std::vector<PhysRange> ranges;
-    for (auto* m = daxctl_mapping_get_first(dev); m; m = daxctl_mapping_get_next(m)) {
-        auto start = daxctl_mapping_get_start(m);
-        auto end = daxctl_mapping_get_end(m);
-        if (end >= start)
-            ranges.push_back({start, end});
-    }
-    // readdir order: sort, so both readers of a device say the same.
-    std::sort(ranges.begin(), ranges.end());
-    if (ranges.empty()) {
-        auto start = daxctl_dev_get_resource(dev);
-        auto size = daxctl_dev_get_size(dev);
-        if (size > 0 && start != 0 && start != ~0ull)
-            ranges.push_back({start, start + size - 1});
-    }
-    return ranges;
-}
-
 std::string parent_of(const std::string& path) {
     auto slash = path.rfind('/');
     return slash == std::string::npos ? std::string() : path.substr(0, slash);
@@ -61,6 +42,31 @@ std::optional<std::uint64_t> read_u64(HostOs& os, const std::string& path) {
         return std::nullopt;
     auto v = parse_u64(*text);
     return v ? std::optional<std::uint64_t>(*v) : std::nullopt;
+}
+
+// The physical ranges of a device: mapping0, mapping1, ... up to the first
+// one missing (as the kernel numbers them and libdaxctl reads them), else
+// resource + size. Read here rather than through daxctl_mapping_get_first():
+// libdaxctl (v76 to v81 at least) never frees a device's mapping list, not
+// even in daxctl_unref(), so each full scan leaked 48 bytes per mapping, once
+// at startup and again at every SIGHUP. test_discovery checks these ranges
+// against `daxctl list -M`.
+std::vector<PhysRange> read_ranges(const std::string& sysfs_path, std::uint64_t resource,
+                                   std::uint64_t size, HostOs& os) {
+    std::vector<PhysRange> ranges;
+    for (int i = 0;; ++i) {
+        std::string dir = fmt::format("{}/mapping{}", sysfs_path, i);
+        auto start = read_u64(os, dir + "/start");
+        auto end = read_u64(os, dir + "/end");
+        if (!start || !end)
+            break;
+        if (*end >= *start)
+            ranges.push_back(PhysRange{*start, *end});
+    }
+    std::sort(ranges.begin(), ranges.end());
+    if (ranges.empty() && size > 0 && resource != 0 && resource != ~0ull)
+        ranges.push_back({resource, resource + size - 1});
+    return ranges;
 }
 
 } // namespace
@@ -104,23 +110,7 @@ Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
 
     d.mode = read_dev_mode(d.sysfs_path(), os);
 
-    if (auto entries = os.list_dir(d.sysfs_path())) {
-        std::vector<PhysRange> maps;
-        for (const auto& e : *entries) {
-            int idx = 0;
-            char tail = 0;
-            if (std::sscanf(e.c_str(), "mapping%d%c", &idx, &tail) != 1)
-                continue; // not mappingN
-            auto start = read_u64(os, d.sysfs_path() + "/" + e + "/start");
-            auto end = read_u64(os, d.sysfs_path() + "/" + e + "/end");
-            if (start && end && *end >= *start)
-                maps.push_back(PhysRange{*start, *end});
-        }
-        std::sort(maps.begin(), maps.end());
-        d.ranges = std::move(maps);
-    }
-    if (d.ranges.empty() && d.size > 0 && d.resource != 0 && d.resource != ~0ull)
-        d.ranges.push_back({d.resource, d.resource + d.size - 1});
+    d.ranges = read_ranges(d.sysfs_path(), d.resource, d.size, os);
     return d;
 }
 
@@ -147,8 +137,8 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os) {
             d.align = daxctl_dev_get_align(dev);
             d.resource = daxctl_dev_get_resource(dev);
             d.target_node = daxctl_dev_get_target_node(dev);
-            d.ranges = ranges_of(dev);
             d.set_region_path(daxctl_region_get_path(region));
+            d.ranges = read_ranges(d.sysfs_path(), d.resource, d.size, os);
             d.mode = read_dev_mode(d.sysfs_path(), os);
             seen.insert(d.name);
             scan.devices.push_back(std::move(d));

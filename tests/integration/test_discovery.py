@@ -3,7 +3,11 @@
 hosts, through the real `tagmem list --json`."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import hostgen as hg
+import pytest
 from conftest import list_json, run_tagmem, write_config
 
 GiB = hg.GiB
@@ -306,3 +310,36 @@ def test_garbled_extent_is_a_warning_not_a_rejection(make_host):
     [t] = list_json()["tags"]
     assert t["state"] == "ready"
     assert any("extents unreadable" in w for w in t["devices"][0]["warnings"])
+
+
+def _daxctl_mappings() -> dict[str, list[tuple[int, int]]]:
+    """Each device's mappings as libdaxctl reads them: `daxctl list -D -M -i`."""
+    res = subprocess.run(["daxctl", "list", "-D", "-M", "-i"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    devices = json.loads(res.stdout) if res.stdout.strip() else []
+    if isinstance(devices, dict):
+        devices = [devices]
+    return {d["chardev"]: sorted((m["start"], m["end"]) for m in d.get("mappings", []))
+            for d in devices}
+
+
+@pytest.mark.parametrize("scenario", ["dcd", "nvdimm", "config-only", "mixed", "system-ram"])
+def test_ranges_agree_with_libdaxctl_mappings(make_host, scenario):
+    # tagmem reads mappingN itself (libdaxctl leaks its mapping list), so
+    # libdaxctl is the referee that its reading is the same.
+    make_host(scenario)
+    out = list_json()
+    ours = {u["device"]: u["ranges"] for u in out["untagged"]}
+    for t in out["tags"]:
+        for d in t["devices"]:
+            ours[d["device"]] = d["ranges"]
+    theirs = _daxctl_mappings()
+    compared = 0
+    for name, maps in theirs.items():
+        if not maps or name not in ours:
+            continue  # no mappings: tagmem falls back to resource + size
+        assert [(r["start"], r["end"]) for r in ours[name]] == maps, name
+        assert all(r["size"] == r["end"] - r["start"] + 1 for r in ours[name])
+        compared += 1
+    assert compared >= 1, f"{scenario}: no device with mappings to compare ({theirs})"
