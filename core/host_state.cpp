@@ -254,6 +254,7 @@ std::optional<HostState::Signature> HostState::signature_of(const std::string& r
         if (auto extent = ExtentName::parse(name))
             sig.emplace_back(*extent, ino);
     std::sort(sig.begin(), sig.end());
+    sig.shrink_to_fit(); // kept until the next poll
     return sig;
 }
 
@@ -299,8 +300,10 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             }
             fresh->push_back(std::move(*e));
         }
-        if (fresh)
+        if (fresh) {
             sort_extents(*fresh);
+            fresh->shrink_to_fit();
+        }
     }
     signatures_[region] = std::move(now);
     // Only tags whose extents differ are touched: a region can hold

@@ -11,6 +11,7 @@
 #include <array>
 #include <mutex>
 #include <unordered_set>
+#include <utility>
 
 namespace tagmem {
 namespace {
@@ -91,22 +92,29 @@ bool TagTree::has_kind(const TagEntry& e, NodeKind kind) {
     return false;
 }
 
+const TagTree::TagEntry* TagTree::entry_at(std::uint64_t slot) const {
+    auto it = std::lower_bound(entries_.begin(), entries_.end(), slot,
+                               [](const TagEntry& e, std::uint64_t s) { return e.slot < s; });
+    return it != entries_.end() && it->slot == slot && it->record ? &*it : nullptr;
+}
+
+TagTree::TagEntry* TagTree::entry_at(std::uint64_t slot) {
+    return const_cast<TagEntry*>(std::as_const(*this).entry_at(slot));
+}
+
 const TagTree::TagEntry* TagTree::entry_of(std::uint64_t ino) const {
-    auto it = by_slot_.find(ino / kKindsPerSlot);
-    if (it == by_slot_.end())
+    const TagEntry* e = entry_at(ino / kKindsPerSlot);
+    if (!e || ino % kKindsPerSlot > static_cast<std::uint64_t>(NodeKind::data) ||
+        !has_kind(*e, static_cast<NodeKind>(ino % kKindsPerSlot)))
         return nullptr;
-    auto kind = static_cast<NodeKind>(ino % kKindsPerSlot);
-    if (ino % kKindsPerSlot > static_cast<std::uint64_t>(NodeKind::data) ||
-        !has_kind(it->second, kind))
-        return nullptr;
-    return &it->second;
+    return e;
 }
 
 NodeAttr TagTree::root_attr() const {
     NodeAttr a;
     a.ino = kRootIno;
     a.mode = S_IFDIR | 0555;
-    a.nlink = 2 + by_slot_.size();
+    a.nlink = 2 + entries_.size();
     a.mtime = root_changed_;
     return a;
 }
@@ -174,7 +182,10 @@ Result<NodeAttr> TagTree::lookup(std::uint64_t parent, std::string_view name) co
         auto it = slot_of_.find(*tag);
         if (it == slot_of_.end())
             return make_error(ENOENT, "no such tag");
-        return attr_of(it->second, by_slot_.at(it->second), NodeKind::dir);
+        const TagEntry* e = entry_at(it->second);
+        if (!e)
+            return make_error(ENOENT, "no such tag");
+        return attr_of(it->second, *e, NodeKind::dir);
     }
     if (parent % kKindsPerSlot != static_cast<std::uint64_t>(NodeKind::dir))
         return make_error(ENOTDIR, "not a directory");
@@ -240,11 +251,13 @@ Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
     if (offset < 2 && !fn(DirEntry{"..", root_attr(), 2}))
         return Ok{};
     if (ino == kRootIno) {
-        for (auto it = by_slot_.upper_bound(offset / kKindsPerSlot); it != by_slot_.end(); ++it) {
-            NodeAttr a = attr_of(it->first, it->second, NodeKind::dir);
+        auto it = std::upper_bound(entries_.begin(), entries_.end(), offset / kKindsPerSlot,
+                                   [](std::uint64_t s, const TagEntry& e) { return s < e.slot; });
+        for (; it != entries_.end(); ++it) {
+            NodeAttr a = attr_of(it->slot, *it, NodeKind::dir);
             if (a.ino <= offset)
                 continue;
-            const std::string name = it->second.record->tag.str();
+            const std::string name = it->record->tag.str();
             if (!fn(DirEntry{name, a, a.ino}))
                 break;
         }
@@ -286,17 +299,23 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
     auto event = [&](TagEventKind kind, const TagRecord& r) {
         ch.events.push_back({kind, r.tag, single_device(r), to_string(r.state), r.access});
     };
+    bool dead = false; // entries with no record, erased at the end in one pass
     auto remove_slot = [&](std::uint64_t slot) {
-        auto node = by_slot_.extract(slot);
+        TagEntry& e = *entry_at(slot);
         std::uint64_t dir = ino_of(slot, NodeKind::dir);
         for (auto kind : kFileKinds)
-            if (has_kind(node.mapped(), kind))
+            if (has_kind(e, kind))
                 ch.removed.push_back({dir, ino_of(slot, kind), std::string(kind_name(kind))});
-        ch.removed.push_back({kRootIno, dir, node.mapped().record->tag.str()});
+        ch.removed.push_back({kRootIno, dir, e.record->tag.str()});
+        e.record.reset();
+        dead = true;
     };
     auto add_slot = [&](const std::shared_ptr<const TagRecord>& record) {
         std::uint64_t slot = next_slot_++;
-        by_slot_.try_emplace(slot, record, t);
+        // Grow by an eighth, not double: slack is memory held for good.
+        if (entries_.size() == entries_.capacity())
+            entries_.reserve(entries_.size() + entries_.size() / 8 + 16);
+        entries_.emplace_back(slot, record, t); // slots only grow: still sorted
         ch.added.emplace_back(kRootIno, record->tag.str());
         slot_of_[record->tag] = slot;
     };
@@ -305,7 +324,7 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         auto it = slot_of_.find(tag);
         if (it == slot_of_.end())
             continue;
-        event(TagEventKind::removed, *by_slot_.at(it->second).record);
+        event(TagEventKind::removed, *entry_at(it->second)->record);
         remove_slot(it->second);
         slot_of_.erase(it);
     }
@@ -317,7 +336,7 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
             event(TagEventKind::added, r);
             continue;
         }
-        TagEntry& e = by_slot_.at(old->second);
+        TagEntry& e = *entry_at(old->second);
         if (*e.record == r)
             continue; // re-read, unchanged
         event(TagEventKind::changed, r);
@@ -334,6 +353,10 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
             if (has_kind(e, kind))
                 ch.changed.push_back(ino_of(old->second, kind));
     }
+    if (dead)
+        std::erase_if(entries_, [](const TagEntry& e) { return !e.record; });
+    if (entries_.capacity() > entries_.size() + entries_.size() / 4 + 64)
+        entries_.shrink_to_fit();
     if (!ch.added.empty() || !ch.removed.empty()) {
         root_changed_ = t;
         ch.changed.push_back(kRootIno);
@@ -344,19 +367,22 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
 std::shared_ptr<const TagRecord> TagTree::find(const Uuid& tag) const {
     std::shared_lock lock(mutex_);
     auto it = slot_of_.find(tag);
-    return it == slot_of_.end() ? nullptr : by_slot_.at(it->second).record;
+    if (it == slot_of_.end())
+        return nullptr;
+    const TagEntry* e = entry_at(it->second);
+    return e ? e->record : nullptr;
 }
 
 std::size_t TagTree::tag_count() const {
     std::shared_lock lock(mutex_);
-    return by_slot_.size();
+    return entries_.size();
 }
 
 std::vector<std::shared_ptr<const TagRecord>> TagTree::records() const {
     std::shared_lock lock(mutex_);
     std::vector<std::shared_ptr<const TagRecord>> out;
-    out.reserve(by_slot_.size());
-    for (const auto& [slot, e] : by_slot_)
+    out.reserve(entries_.size());
+    for (const auto& e : entries_)
         out.push_back(e.record);
     return out;
 }
