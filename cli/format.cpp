@@ -81,10 +81,10 @@ std::string format_tag(const TagRecord& t) {
         for (const auto& e : p.extents)
             line("  extent",
                  fmt::format("{} offset {:#x} length {:#x}", e.name.str(), e.offset, e.length));
-        if (!p.namespace_name.empty())
-            line("  namespace", p.namespace_name.str());
-        if (p.infoblock_uuid)
-            line("  infoblock", p.infoblock_uuid->str());
+        if (!p.notes->namespace_name.empty())
+            line("  namespace", p.notes->namespace_name);
+        if (p.notes->infoblock_uuid)
+            line("  infoblock", p.notes->infoblock_uuid->str());
         const auto& perf = *p.performance;
         if (perf.read_latency_ns || perf.read_bandwidth_mbps)
             line("  performance",
@@ -92,7 +92,7 @@ std::string format_tag(const TagRecord& t) {
                              perf.read_latency_ns.value_or(0), perf.read_bandwidth_mbps.value_or(0),
                              perf.write_latency_ns.value_or(0),
                              perf.write_bandwidth_mbps.value_or(0)));
-        for (const auto& w : p.warnings)
+        for (const auto& w : p.notes->warnings)
             line("  warning", w);
     }
     return out;

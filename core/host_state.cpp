@@ -21,7 +21,7 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
     if (const auto& tag = it->second->tag) {
         touched.insert(*tag);
         if (auto slot = tags_.find(*tag); slot != tags_.end()) {
-            std::erase(slot->second.devices, it->second);
+            slot->second.devices.erase_value(it->second);
             if (slot->second.devices.empty() && !slot->second.record)
                 tags_.erase(slot);
         }
@@ -82,7 +82,7 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
         auto slot = tags_.find(tag);
         std::vector<std::shared_ptr<const ProbedDevice>> devs;
         if (slot != tags_.end())
-            devs = slot->second.devices;
+            devs = slot->second.devices.to_vector();
         std::vector<Extent> offered;
         if (devs.empty()) // offered: the extents of any DC region that carry it
             for (const auto& [region, extents] : cache_.regions()) {
@@ -232,7 +232,7 @@ void HostState::reload_devices(const std::string& region, const std::set<Uuid>& 
         if (it == tags_.end())
             continue;
         // A copy: reloading changes the slot's device list.
-        for (const auto& d : std::vector(it->second.devices)) {
+        for (const auto& d : it->second.devices.to_vector()) {
             if (d->dev.region_path() == region) {
                 forget_device(d->dev.name, touched);
                 load_device(d->dev, touched);

@@ -80,7 +80,7 @@ class HostState {
     // One node per tag: the devices claiming it (a small vector, as almost
     // every tag has one) and the record last published for it.
     struct TagSlot {
-        std::vector<std::shared_ptr<const ProbedDevice>> devices; // sorted by name
+        SmallVec<std::shared_ptr<const ProbedDevice>> devices; // sorted by name
         std::shared_ptr<const TagRecord> record;
     };
     std::unordered_map<Uuid, TagSlot> tags_;

@@ -8,7 +8,7 @@ namespace {
 
 using nlohmann::json;
 
-json ranges_json(const std::vector<PhysRange>& ranges) {
+json ranges_json(const SmallVec<PhysRange>& ranges) {
     json out = json::array();
     for (const auto& r : ranges)
         out.push_back({{"start", r.start}, {"end", r.end}, {"size", r.end - r.start + 1}});
@@ -37,10 +37,10 @@ json device_json(const ProbedDevice& p) {
             ext.push_back({{"extent", e.name.str()}, {"offset", e.offset}, {"length", e.length}});
         j["extents"] = std::move(ext);
     }
-    if (!p.namespace_name.empty())
-        j["namespace"] = p.namespace_name.str();
-    if (p.infoblock_uuid)
-        j["infoblock_uuid"] = p.infoblock_uuid->str();
+    if (!p.notes->namespace_name.empty())
+        j["namespace"] = p.notes->namespace_name;
+    if (p.notes->infoblock_uuid)
+        j["infoblock_uuid"] = p.notes->infoblock_uuid->str();
     if (!p.performance->empty()) {
         json perf = json::object();
         auto put = [&](const char* key, const std::optional<std::uint64_t>& v) {
@@ -53,8 +53,8 @@ json device_json(const ProbedDevice& p) {
         put("write_bandwidth_mbps", p.performance->write_bandwidth_mbps);
         j["performance"] = std::move(perf);
     }
-    if (!p.warnings.empty())
-        j["warnings"] = p.warnings;
+    if (!p.notes->warnings.empty())
+        j["warnings"] = p.notes->warnings;
     return j;
 }
 

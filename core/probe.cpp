@@ -33,7 +33,7 @@ std::optional<std::uint64_t> optional_u64(HostOs& os, const std::string& path) {
     return v ? std::optional<std::uint64_t>(*v) : std::nullopt;
 }
 
-Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
+Status read_nvdimm_tag(ProbedDevice& p, DeviceNotes& notes, HostOs& os) {
     // region path = the nd_dax device; its `namespace` names the namespace.
     const std::string& nd_dax = p.dev.region_path();
     auto ns = os.read_file(nd_dax + "/namespace");
@@ -43,7 +43,7 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
     if (!is_numbered_name(name, "namespace"))
         return make_error(EINVAL,
                           fmt::format("{}/namespace: not a namespace name: '{}'", nd_dax, name));
-    p.namespace_name = name;
+    notes.namespace_name = name;
     // Label-less NVDIMMs have "io" namespaces without a uuid attribute: such
     // memory carries no tag, and only the configuration can name it.
     std::string uuid_path = parent_dir(nd_dax) + "/" + name + "/uuid";
@@ -57,7 +57,7 @@ Status read_nvdimm_tag(ProbedDevice& p, HostOs& os) {
         p.source = TagSource::nvdimm;
     }
     if (auto info = read_attr(os, nd_dax + "/uuid", parse_uuid_attr); info && !info->is_nil())
-        p.infoblock_uuid = *info;
+        notes.infoblock_uuid = *info;
     return Ok{};
 }
 
@@ -235,6 +235,7 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
                           fmt::format("size unreadable: {}", size.error().message));
 
     ProbedDevice p;
+    DeviceNotes notes;
     p.dev = dev;
     p.dev.size = *size;
     if (auto n = read_attr(os, dev.sysfs_path() + "/numa_node", parse_i64))
@@ -253,17 +254,20 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
         }
         const auto& extents = cache.extents(dev.region_path());
         if (!extents)
-            p.warnings.push_back(fmt::format("extents unreadable: {}", extents.error().message));
+            notes.warnings.push_back(
+                fmt::format("extents unreadable: {}", extents.error().message));
         else if (p.tag)
             p.extents = cache.extents_of(dev.region_path(), *p.tag);
     } else {
         // 2. NVDIMM: the namespace behind the nd_dax device.
-        if (auto ok = read_nvdimm_tag(p, os); !ok)
+        if (auto ok = read_nvdimm_tag(p, notes, os); !ok)
             return make_error(ok.error().code,
                               fmt::format("malformed tag: {}", ok.error().message));
     }
 
     p.performance = cache.performance(dev.target_node);
+    if (!notes.empty())
+        p.notes = Shared(std::move(notes));
     return p;
 }
 

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,7 +17,7 @@ namespace tagmem {
 // system_ram: onlined as memory: zeroed by onlining, never the tag's data.
 // disabled: no driver bound. conflict: several devices claim the tag.
 // offered: DCD extents carry the tag but no dax device has claimed them.
-enum class TagState { ready, system_ram, disabled, conflict, offered };
+enum class TagState : std::uint8_t { ready, system_ram, disabled, conflict, offered };
 const char* to_string(TagState state);
 
 // Who may open the tag's data: the FUSE inode's owner and mode decide under
@@ -40,13 +41,13 @@ struct TagRecord {
     Interned name; // from configuration, may be empty
     TagSource source = TagSource::config;
     TagState state = TagState::ready;
+    bool shareable = false;
+    ShareableFrom shareable_from = ShareableFrom::default_value;
     std::string reason; // why it is not ready
     // Exactly one unless in conflict or offered. Shared with HostState, which
     // keeps every device it probed: a record costs no second copy.
-    std::vector<std::shared_ptr<const ProbedDevice>> devices;
+    SmallVec<std::shared_ptr<const ProbedDevice>> devices;
     std::vector<Extent> offered_extents; // offered: the extents carrying the tag
-    bool shareable = false;
-    ShareableFrom shareable_from = ShareableFrom::default_value;
     Access access;
 
     bool usable() const { return state == TagState::ready; }
@@ -67,7 +68,7 @@ struct UntaggedDevice {
     std::uint64_t size = 0;
     DevMode mode = DevMode::disabled;
     int target_node = -1;
-    std::vector<PhysRange> ranges;
+    SmallVec<PhysRange> ranges;
 };
 
 struct ScanResult {

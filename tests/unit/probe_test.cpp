@@ -136,9 +136,9 @@ TEST_F(Probe, DcdTaggedDeviceGetsOnlyItsExtentsSortedByOffset) {
     EXPECT_EQ(*p.tag, U(kTag));
     EXPECT_EQ(p.source, TagSource::dcd);
     EXPECT_EQ(p.numa_node, 3);
-    EXPECT_THAT(p.warnings, IsEmpty());
-    EXPECT_TRUE(p.namespace_name.empty());
-    EXPECT_FALSE(p.infoblock_uuid.has_value());
+    EXPECT_THAT(p.notes->warnings, IsEmpty());
+    EXPECT_TRUE(p.notes->namespace_name.empty());
+    EXPECT_FALSE(p.notes->infoblock_uuid.has_value());
     ASSERT_THAT(p.extents, SizeIs(3));
     EXPECT_EQ(p.extents[0], (Extent{{2, 5}, 0x30000000, 0x08000000, U(kTag)}));
     EXPECT_EQ(p.extents[1], (Extent{{2, 4}, 0x40000000, 0x10000000, U(kTag)}));
@@ -160,7 +160,7 @@ TEST_F(Probe, DcdTaggedDeviceWithoutExtentsIsFine) {
     EXPECT_EQ(p.tag, U(kTag));
     EXPECT_EQ(p.source, TagSource::dcd);
     EXPECT_THAT(p.extents, IsEmpty());
-    EXPECT_THAT(p.warnings, IsEmpty());
+    EXPECT_THAT(p.notes->warnings, IsEmpty());
 }
 
 TEST_F(Probe, DcdAllZeroUuidIsUntagged) {
@@ -171,7 +171,7 @@ TEST_F(Probe, DcdAllZeroUuidIsUntagged) {
     EXPECT_FALSE(p.tag.has_value());
     EXPECT_NE(p.source, TagSource::dcd);
     EXPECT_THAT(p.extents, IsEmpty());
-    EXPECT_THAT(p.warnings, IsEmpty());
+    EXPECT_THAT(p.notes->warnings, IsEmpty());
 }
 
 TEST_F(Probe, DcdZeroOfOlderSeriesIsUntagged) {
@@ -189,8 +189,8 @@ TEST_F(Probe, DcdExtentsUnreadableIsAWarningNotARejection) {
     EXPECT_EQ(p.tag, U(kTag));
     EXPECT_EQ(p.source, TagSource::dcd);
     EXPECT_THAT(p.extents, IsEmpty());
-    ASSERT_THAT(p.warnings, SizeIs(1));
-    EXPECT_THAT(p.warnings[0], HasSubstr("extents unreadable"));
+    ASSERT_THAT(p.notes->warnings, SizeIs(1));
+    EXPECT_THAT(p.notes->warnings[0], HasSubstr("extents unreadable"));
 }
 
 TEST_F(Probe, DcdOneBrokenExtentIsAWarning) {
@@ -217,8 +217,8 @@ TEST_F(Probe, DcdOneBrokenExtentIsAWarning) {
         auto p = probe_device(d, host, cache);
         ASSERT_TRUE(p.ok()) << b.what << ": " << p.error().message;
         EXPECT_EQ(p->tag, U(kTag)) << b.what;
-        ASSERT_THAT(p->warnings, SizeIs(1)) << b.what;
-        EXPECT_THAT(p->warnings[0],
+        ASSERT_THAT(p->notes->warnings, SizeIs(1)) << b.what;
+        EXPECT_THAT(p->notes->warnings[0],
                     AllOf(HasSubstr("extents unreadable"), HasSubstr("extent0.1/" + b.file)))
             << b.what;
     }
@@ -259,8 +259,8 @@ TEST_F(Probe, ScanCacheKeepsTheErrorForEveryDeviceOfTheRegion) {
     auto pb = probe_device(b, os, cache);
     ASSERT_TRUE(pa.ok() && pb.ok());
     EXPECT_EQ(os.list_count(a.region_path()), 1);
-    EXPECT_THAT(pa->warnings, ElementsAre(HasSubstr("extents unreadable")));
-    EXPECT_THAT(pb->warnings, ElementsAre(HasSubstr("extents unreadable")));
+    EXPECT_THAT(pa->notes->warnings, ElementsAre(HasSubstr("extents unreadable")));
+    EXPECT_THAT(pb->notes->warnings, ElementsAre(HasSubstr("extents unreadable")));
 }
 
 TEST_F(Probe, ScanCacheReturnsTheRegionsExtents) {
@@ -288,9 +288,9 @@ TEST_F(Probe, HmemDeviceHasNoTag) {
     ProbedDevice p = probe_ok(d);
     EXPECT_FALSE(p.tag.has_value());
     EXPECT_THAT(p.extents, IsEmpty());
-    EXPECT_TRUE(p.namespace_name.empty());
-    EXPECT_FALSE(p.infoblock_uuid.has_value());
-    EXPECT_THAT(p.warnings, IsEmpty());
+    EXPECT_TRUE(p.notes->namespace_name.empty());
+    EXPECT_FALSE(p.notes->infoblock_uuid.has_value());
+    EXPECT_THAT(p.notes->warnings, IsEmpty());
     EXPECT_EQ(p.numa_node, 0);
     EXPECT_EQ(p.dev.name, d.name);
     EXPECT_EQ(p.dev.ranges, d.ranges);
@@ -406,11 +406,11 @@ TEST_F(ProbeNvdimm, NamespaceTagAndInfoblockAsTheKernelPrintsThem) {
     ProbedDevice p = probe_ok(d);
     EXPECT_EQ(p.tag, U(kTag));
     EXPECT_EQ(p.source, TagSource::nvdimm);
-    EXPECT_EQ(p.namespace_name, "namespace1.0");
-    EXPECT_EQ(p.infoblock_uuid, U(kInfo));
+    EXPECT_EQ(p.notes->namespace_name, "namespace1.0");
+    EXPECT_EQ(p.notes->infoblock_uuid, U(kInfo));
     EXPECT_EQ(p.numa_node, 1);
     EXPECT_THAT(p.extents, IsEmpty());
-    EXPECT_THAT(p.warnings, IsEmpty());
+    EXPECT_THAT(p.notes->warnings, IsEmpty());
 }
 
 TEST_F(ProbeNvdimm, UuidFilesWithoutNewlineToo) {
@@ -419,7 +419,7 @@ TEST_F(ProbeNvdimm, UuidFilesWithoutNewlineToo) {
     os.add_file(infoblock_uuid_path(d), kInfo);
     ProbedDevice p = probe_ok(d);
     EXPECT_EQ(p.tag, U(kTag));
-    EXPECT_EQ(p.infoblock_uuid, U(kInfo));
+    EXPECT_EQ(p.notes->infoblock_uuid, U(kInfo));
 }
 
 TEST_F(ProbeNvdimm, UpperCaseNamespaceUuidIsCanonical) {
@@ -434,8 +434,8 @@ TEST_F(ProbeNvdimm, NilNamespaceUuidIsUntagged) {
     ProbedDevice p = probe_ok(d);
     EXPECT_FALSE(p.tag.has_value());
     EXPECT_NE(p.source, TagSource::nvdimm);
-    EXPECT_EQ(p.namespace_name, "namespace0.0");
-    EXPECT_EQ(p.infoblock_uuid, U(kInfo));
+    EXPECT_EQ(p.notes->namespace_name, "namespace0.0");
+    EXPECT_EQ(p.notes->infoblock_uuid, U(kInfo));
 }
 
 TEST_F(ProbeNvdimm, BadOrNilInfoblockUuidIsLeftOut) {
@@ -450,7 +450,7 @@ TEST_F(ProbeNvdimm, BadOrNilInfoblockUuidIsLeftOut) {
         auto p = probe_device(d, host, cache);
         ASSERT_TRUE(p.ok()) << info << ": " << p.error().message;
         EXPECT_EQ(p->tag, U(kTag)) << info;
-        EXPECT_FALSE(p->infoblock_uuid.has_value()) << info;
+        EXPECT_FALSE(p->notes->infoblock_uuid.has_value()) << info;
     }
 }
 
@@ -476,7 +476,7 @@ TEST_F(ProbeNvdimm, LabelLessNamespaceWithoutUuidIsUntagged) {
     ProbedDevice p = probe_ok(d);
     EXPECT_FALSE(p.tag.has_value());
     EXPECT_NE(p.source, TagSource::nvdimm);
-    EXPECT_EQ(p.namespace_name, "namespace0.0");
+    EXPECT_EQ(p.notes->namespace_name, "namespace0.0");
 }
 
 TEST_F(ProbeNvdimm, UnreadableNamespaceUuidRejects) {
@@ -508,7 +508,7 @@ TEST_F(ProbeNvdimm, NamespaceNameWithNewlineIsTrimmed) {
     DaxDevice d = os.add_nvdimm_device(DaxSpec{}.at(12, 0), kTag, kInfo, 34);
     EXPECT_EQ(os.read_file(d.region_path() + "/namespace").value_or(""), "namespace12.34\n");
     ProbedDevice p = probe_ok(d);
-    EXPECT_EQ(p.namespace_name, "namespace12.34");
+    EXPECT_EQ(p.notes->namespace_name, "namespace12.34");
     EXPECT_EQ(p.tag, U(kTag));
 }
 

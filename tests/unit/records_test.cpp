@@ -563,8 +563,7 @@ TEST_F(Records, JsonReasonOnlyWhenNotReady) {
 TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     ProbedDevice nv = device(0, 0, U(kA), TagSource::nvdimm);
     nv.extents = {Extent{{0, 0}, 0, 0x1000, U(kA)}}; // must not be shown
-    nv.namespace_name = "namespace0.0";
-    nv.infoblock_uuid = U(kC);
+    nv.notes = Shared(DeviceNotes{U(kC), "namespace0.0", {}});
     ProbedDevice cfg = device(1, 0, U(kB), TagSource::config);
     ProbedDevice empty_dcd = dcd(2, 0, kC);
     ScanResult r = build({nv, cfg, empty_dcd}, empty);
@@ -594,7 +593,7 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
 TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
     ProbedDevice d = dcd(0, 0, kA);
     d.performance = Shared(Performance{250, std::nullopt, std::nullopt, 9000});
-    d.warnings = {"extents unreadable: x"};
+    d.notes = Shared(DeviceNotes{std::nullopt, "", {"extents unreadable: x"}});
     ScanResult r = build({d, dcd(1, 0, kB)}, empty);
     json with = tag_to_json(*r.find(U(kA)))["devices"][0];
     ASSERT_TRUE(with.contains("performance"));
