@@ -57,8 +57,10 @@ std::vector<PhysRange> read_ranges(const std::string& sysfs_path, std::uint64_t 
     for (int i = 0;; ++i) {
         std::string dir = fmt::format("{}/mapping{}", sysfs_path, i);
         auto start = read_u64(os, dir + "/start");
+        if (!start)
+            break;
         auto end = read_u64(os, dir + "/end");
-        if (!start || !end)
+        if (!end)
             break;
         if (*end >= *start)
             ranges.push_back(PhysRange{*start, *end});
@@ -75,11 +77,12 @@ DevMode read_dev_mode(const std::string& sysfs_path, HostOs& os) {
     // What libdaxctl's daxctl_dev_is_enabled() and daxctl_dev_get_memory()
     // decide, from the driver link alone: those resolve several deep paths
     // per device, which dominates a scan of thousands.
-    auto driver = os.lstat_node(sysfs_path + "/driver");
-    if (!driver || driver->type != NodeType::symlink)
-        return DevMode::disabled;
+    // One readlink: it fails (ENOENT, or EINVAL for a non-link) when no
+    // driver is bound.
     auto target = os.link_target(sysfs_path + "/driver");
-    return target && base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
+    if (!target)
+        return DevMode::disabled;
+    return base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
 }
 
 Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {

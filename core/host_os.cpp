@@ -48,6 +48,11 @@ class RealHostOs final : public HostOs {
             if (n == 0)
                 break;
             out.append(buf, static_cast<std::size_t>(n));
+            // A short read is the end: a sysfs attribute comes whole from one
+            // show() of at most a page, and a regular file reads short only
+            // at its end. Not asking again saves a third of a scan's reads.
+            if (static_cast<std::size_t>(n) < sizeof buf)
+                break;
             // sysfs attributes are at most a page; anything larger is not one.
             if (out.size() > 64 * 1024)
                 return make_error(EFBIG, fmt::format("{}: larger than a sysfs attribute", path));
