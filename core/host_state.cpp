@@ -8,8 +8,46 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <thread>
 
 namespace tagmem {
+namespace {
+
+constexpr const char* kDaxBus = "/sys/bus/dax/devices";
+
+// What a full scan reads of each device, read from the bus listing on a
+// second thread while libdaxctl enumerates on the first: libdaxctl works
+// alone (and, in add_dax_dev's duplicate check, in time quadratic in a
+// region's devices), and none of tagmem's reads need its answers.
+// libdaxctl's list stays authoritative: a reading is used only for a device
+// libdaxctl lists, at the same sysfs path.
+struct ReadAhead {
+    std::unordered_map<std::string, Result<DeviceReading>> devices;
+    std::map<std::string, Result<std::vector<Extent>>> extents; // of DC regions
+};
+
+ReadAhead read_ahead(HostOs& os, std::optional<unsigned> dax_major) {
+    ReadAhead out;
+    auto names = os.list_dir(kDaxBus);
+    if (!names)
+        return out;
+    for (const auto& name : *names) {
+        // One readlink: the bus link is relative into /sys/devices.
+        auto path = os.link_target(fmt::format("{}/{}", kDaxBus, name));
+        if (!path || path->size() <= name.size() + 1 || !path->ends_with("/" + name))
+            continue;
+        DaxDevice d;
+        d.name = name;
+        d.set_region_path(std::string_view(*path).substr(0, path->size() - name.size() - 1));
+        auto reading = read_device(d, os, dax_major);
+        if (reading && reading->dc_region && !out.extents.contains(d.region_path()))
+            out.extents.emplace(d.region_path(), read_region_extents(d.region_path(), os));
+        out.devices.emplace(name, std::move(reading));
+    }
+    return out;
+}
+
+} // namespace
 
 HostState::HostState(HostOs& os) : os_(os), cache_(os) {}
 
@@ -29,18 +67,28 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
     devices_.erase(it);
 }
 
-void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched) {
+void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched,
+                            Result<DeviceReading>* early) {
     forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
     // A device with a uuid attribute sits in a DC region, whose extents count
     // (as offered tags) even when this device is rejected.
     if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
         (void)cache_.extents(dev.region_path());
-    auto probed = probe_device(dev, os_, cache_);
-    if (!probed) {
-        rejected_[dev.name] = {dev.name, probed.error().message};
+    // A reading taken ahead (see read_ahead) stands if it is of this very
+    // sysfs device; a failed one is confirmed by reading again.
+    Result<DeviceReading> reading =
+        early && *early && (*early)->probed.dev.sysfs_path() == dev.sysfs_path()
+            ? std::move(*early)
+            : read_device(dev, os_, cache_.dax_major());
+    if (!reading) {
+        rejected_[dev.name] = {dev.name, reading.error().message};
         return;
     }
-    ProbedDevice p = std::move(*probed);
+    // libdaxctl's facts, with the size as read_device checked it.
+    const std::uint64_t size = reading->probed.dev.size;
+    reading->probed.dev = dev;
+    reading->probed.dev.size = size;
+    ProbedDevice p = complete_probe(std::move(*reading), cache_);
     if (!p.tag) {
         auto configured = config_tag_for(p.dev, config_);
         if (!configured) {
@@ -109,7 +157,22 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
 }
 
 Result<TagDelta> HostState::rescan(const Config& config) {
+    ReadAhead ahead;
+    std::thread reader;
+    try {
+        reader = std::thread([&ahead, this, major = os_.dax_char_major()] {
+            try {
+                ahead = read_ahead(os_, major);
+            } catch (...) {
+                ahead = {}; // out of memory: the scan reads each device itself
+            }
+        });
+    } catch (const std::system_error&) {
+        // No thread to be had: the scan reads each device itself.
+    }
     auto scan = scan_dax_devices(os_);
+    if (reader.joinable())
+        reader.join();
     if (!scan)
         return scan.error();
     std::set<Uuid> touched;
@@ -123,8 +186,12 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     rejected_.clear();
     for (const auto& issue : scan->unreadable)
         rejected_[issue.device] = issue;
-    for (const auto& dev : scan->devices)
-        load_device(dev, touched);
+    for (auto& [region, extents] : ahead.extents)
+        cache_.set_extents(region, std::move(extents));
+    for (const auto& dev : scan->devices) {
+        auto early = ahead.devices.find(dev.name);
+        load_device(dev, touched, early == ahead.devices.end() ? nullptr : &early->second);
+    }
     for (const auto& [region, extents] : cache_.regions())
         if (extents)
             touch_tags_of(*extents, touched);

@@ -54,7 +54,9 @@ class HostState {
 
   private:
     void forget_device(const std::string& name, std::set<Uuid>& touched);
-    void load_device(const DaxDevice& dev, std::set<Uuid>& touched);
+    // early: this device's reading taken ahead of libdaxctl, if any.
+    void load_device(const DaxDevice& dev, std::set<Uuid>& touched,
+                     Result<DeviceReading>* early = nullptr);
     static void touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched);
     TagDelta finish(const std::set<Uuid>& touched);
     void refresh_one(const std::string& name, std::set<Uuid>& touched,

@@ -17,15 +17,21 @@ std::string parent_dir(const std::string& path) {
 
 // An attribute that must be present and well formed.
 template <typename Parse>
+auto parse_attr(const std::string& path, std::string_view text, Parse parse)
+    -> decltype(parse(std::string_view())) {
+    auto value = parse(text);
+    if (!value)
+        return make_error(value.error().code, fmt::format("{}: {}", path, value.error().message));
+    return value;
+}
+
+template <class Parse>
 auto read_attr(HostOs& os, const std::string& path, Parse parse)
     -> decltype(parse(std::string_view())) {
     auto text = os.read_file(path);
     if (!text)
         return text.error();
-    auto value = parse(*text);
-    if (!value)
-        return make_error(value.error().code, fmt::format("{}: {}", path, value.error().message));
-    return value;
+    return parse_attr(path, *text, parse);
 }
 
 std::optional<std::uint64_t> optional_u64(HostOs& os, const std::string& path) {
@@ -113,8 +119,10 @@ Result<Extent> read_extent(const std::string& region_path, const std::string& na
     e.length = *length;
     // The uuid file is absent for an untagged extent.
     auto text = os.read_file(dir + "/uuid");
-    if (text || text.error().code != ENOENT) {
-        auto tag = read_attr(os, dir + "/uuid", parse_tag_attr);
+    if (!text && text.error().code != ENOENT)
+        return text.error();
+    if (text) {
+        auto tag = parse_attr(dir + "/uuid", *text, parse_tag_attr);
         if (!tag)
             return tag.error();
         e.tag = *tag;
@@ -224,7 +232,15 @@ const Result<std::vector<Extent>>& ScanCache::extents(const std::string& region_
 }
 
 Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache) {
-    if (auto ok = verify_device_node(dev, os, cache.dax_major()); !ok)
+    auto reading = read_device(dev, os, cache.dax_major());
+    if (!reading)
+        return reading.error();
+    return complete_probe(std::move(*reading), cache);
+}
+
+Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
+                                  std::optional<unsigned> dax_major) {
+    if (auto ok = verify_device_node(dev, os, dax_major); !ok)
         return ok.error();
 
     // libdaxctl reads an empty or garbled size as 0; a device whose size
@@ -234,8 +250,9 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
         return make_error(size.error().code,
                           fmt::format("size unreadable: {}", size.error().message));
 
-    ProbedDevice p;
-    DeviceNotes notes;
+    DeviceReading r;
+    ProbedDevice& p = r.probed;
+    DeviceNotes& notes = r.notes;
     p.dev = dev;
     p.dev.size = *size;
     if (auto n = read_attr(os, dev.sysfs_path() + "/numa_node", parse_i64))
@@ -244,7 +261,8 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
     // 1. CXL DCD: the device's own uuid attribute.
     auto uuid_text = os.read_file(dev.sysfs_path() + "/uuid");
     if (uuid_text || uuid_text.error().code != ENOENT) {
-        auto tag = read_attr(os, dev.sysfs_path() + "/uuid", parse_tag_attr);
+        auto tag = uuid_text ? parse_attr(dev.sysfs_path() + "/uuid", *uuid_text, parse_tag_attr)
+                             : Result<std::optional<Uuid>>(uuid_text.error());
         if (!tag)
             return make_error(tag.error().code,
                               fmt::format("malformed tag: {}", tag.error().message));
@@ -252,12 +270,7 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
             p.tag = **tag;
             p.source = TagSource::dcd;
         }
-        const auto& extents = cache.extents(dev.region_path());
-        if (!extents)
-            notes.warnings.push_back(
-                fmt::format("extents unreadable: {}", extents.error().message));
-        else if (p.tag)
-            p.extents = cache.extents_of(dev.region_path(), *p.tag);
+        r.dc_region = true;
     } else {
         // 2. NVDIMM: the namespace behind the nd_dax device.
         if (auto ok = read_nvdimm_tag(p, notes, os); !ok)
@@ -265,10 +278,24 @@ Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& c
                               fmt::format("malformed tag: {}", ok.error().message));
     }
 
-    p.performance = cache.performance(dev.target_node);
-    if (!notes.empty())
-        p.notes = Shared(std::move(notes));
-    return p;
+    return r;
+}
+
+ProbedDevice complete_probe(DeviceReading reading, ScanCache& cache) {
+    ProbedDevice& p = reading.probed;
+    const std::string& region = p.dev.region_path();
+    if (reading.dc_region) {
+        const auto& extents = cache.extents(region);
+        if (!extents)
+            reading.notes.warnings.push_back(
+                fmt::format("extents unreadable: {}", extents.error().message));
+        else if (p.tag)
+            p.extents = cache.extents_of(region, *p.tag);
+    }
+    p.performance = cache.performance(p.dev.target_node);
+    if (!reading.notes.empty())
+        p.notes = Shared(std::move(reading.notes));
+    return std::move(p);
 }
 
 } // namespace tagmem

@@ -55,6 +55,19 @@ class ScanCache {
 // major, or its tag attribute is malformed.
 Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache);
 
+// probe_device in two steps. read_device does every per-device read and
+// check and touches no cache, so it may run on another thread (a full scan
+// reads devices while libdaxctl enumerates); complete_probe adds what the
+// devices of a region or node share, from the cache.
+struct DeviceReading {
+    ProbedDevice probed;
+    DeviceNotes notes;
+    bool dc_region = false; // the device has a uuid attribute: its region has extents
+};
+Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
+                                  std::optional<unsigned> dax_major);
+ProbedDevice complete_probe(DeviceReading reading, ScanCache& cache);
+
 // The checks alone, shared by probe_device and whoever re-validates a node.
 Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major);
 
