@@ -107,9 +107,13 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
         notify_kernel(se_, changes);
     for (const auto& name : stale)
         nodes_->remove(name);
+    // The first scan's tags are summed up by rescan(); one line each for
+    // 100,000 tags would flood the journal at every boot.
+    const bool first = std::string_view(why) == "start";
     for (const auto& e : changes.events)
-        log::info("tag {} {} ({}{}{}) [{}]", e.tag.str(), to_string(e.kind), e.state,
-                  e.device.empty() ? "" : ", ", e.device, why);
+        log::at(first ? log::Level::debug : log::Level::info, "tag {} {} ({}{}{}) [{}]",
+                e.tag.str(), to_string(e.kind), e.state, e.device.empty() ? "" : ", ", e.device,
+                why);
     if (watchers_)
         watchers_->publish(changes.events);
 }
@@ -121,7 +125,9 @@ void Daemon::rescan(const char* why) {
         config_ = std::move(fresh);
     else
         log::error("{}: keeping the previous configuration", config_path());
+    const auto t0 = std::chrono::steady_clock::now();
     auto delta = state_.rescan(config_);
+    const auto t1 = std::chrono::steady_clock::now();
     if (!delta) {
         log::error("rescan ({}) failed: {}; the namespace is unchanged", why,
                    delta.error().message);
@@ -133,7 +139,10 @@ void Daemon::rescan(const char* why) {
     // A scan allocates and frees a lot (libdaxctl's own objects among it):
     // give the freed heap back rather than keep it as resident memory.
     malloc_trim(0);
-    log::info("rescan ({}): {} tags", why, state_.tag_count());
+    auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+    log::info("rescan ({}): {} tags in {:.0f} ms (scan {:.0f} ms, publish {:.0f} ms)", why,
+              state_.tag_count(), ms(std::chrono::steady_clock::now() - t0), ms(t1 - t0),
+              ms(std::chrono::steady_clock::now() - t1));
 }
 
 void Daemon::on_uevents() {

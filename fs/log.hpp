@@ -33,5 +33,10 @@ template <typename... Args> void debug(fmt::format_string<Args...> f, Args&&... 
     if (enabled(Level::debug))
         write(Level::debug, fmt::format(f, std::forward<Args>(args)...));
 }
+// At a level chosen at run time; formatted only if it will be written.
+template <typename... Args> void at(Level level, fmt::format_string<Args...> f, Args&&... args) {
+    if (enabled(level))
+        write(level, fmt::format(f, std::forward<Args>(args)...));
+}
 
 } // namespace tagmem::log

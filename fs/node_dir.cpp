@@ -60,8 +60,15 @@ Result<NodeDir> NodeDir::mount(const std::string& path) {
     return NodeDir(std::move(rw), path);
 }
 
+NodeDir::NodeDir(Fd rw, std::string path)
+    : rw_(std::move(rw)), path_(std::move(path)), made_uid_(::geteuid()), made_gid_(::getegid()),
+      umask_(::umask(0)) {
+    ::umask(umask_); // read, not changed (startup: no other thread creates files yet)
+}
+
 NodeDir::NodeDir(NodeDir&& other) noexcept
-    : rw_(std::move(other.rw_)), path_(std::move(other.path_)) {}
+    : rw_(std::move(other.rw_)), path_(std::move(other.path_)), made_uid_(other.made_uid_),
+      made_gid_(other.made_gid_), umask_(other.umask_) {}
 
 NodeDir::~NodeDir() {
     if (!rw_)
@@ -73,16 +80,30 @@ NodeDir::~NodeDir() {
 }
 
 Status NodeDir::put(const std::string& name, DevNumber rdev, uid_t uid, gid_t gid, mode_t mode) {
-    const std::string tmp = "." + name + ".new";
-    ::unlinkat(rw_.get(), tmp.c_str(), 0);
-    // Root-only until it has its owner and mode; then renamed into place.
-    if (::mknodat(rw_.get(), tmp.c_str(), S_IFCHR | 0600, makedev(rdev.major, rdev.minor)) != 0)
-        return sys_error(fmt::format("mknod {}", path_of(tmp)));
-    if (::fchownat(rw_.get(), tmp.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0 ||
-        ::fchmodat(rw_.get(), tmp.c_str(), mode & 0777, 0) != 0 ||
-        ::renameat(rw_.get(), tmp.c_str(), rw_.get(), name.c_str()) != 0) {
+    // Root-only (0600) until it has its owner and mode. A new name is made in
+    // place: until the tree links it, it is reachable only here, and only
+    // more strictly than it will be. A node that exists is replaced whole by
+    // a rename, so an open() never meets a half-made one. At startup that is
+    // one syscall per tag instead of five.
+    const dev_t dev = makedev(rdev.major, rdev.minor);
+    std::string at = name;
+    bool replacing = false;
+    if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | 0600, dev) != 0) {
+        if (errno != EEXIST)
+            return sys_error(fmt::format("mknod {}", path_of(name)));
+        at = "." + name + ".new";
+        replacing = true;
+        ::unlinkat(rw_.get(), at.c_str(), 0);
+        if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | 0600, dev) != 0)
+            return sys_error(fmt::format("mknod {}", path_of(at)));
+    }
+    const bool chown = uid != made_uid_ || gid != made_gid_;
+    const bool chmod = (mode & 0777) != 0600 || (umask_ & 0600) != 0;
+    if ((chown && ::fchownat(rw_.get(), at.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0) ||
+        (chmod && ::fchmodat(rw_.get(), at.c_str(), mode & 0777, 0) != 0) ||
+        (replacing && ::renameat(rw_.get(), at.c_str(), rw_.get(), name.c_str()) != 0)) {
         auto err = sys_error(fmt::format("cannot set up {}", path_of(name)));
-        ::unlinkat(rw_.get(), tmp.c_str(), 0);
+        ::unlinkat(rw_.get(), at.c_str(), 0);
         return err;
     }
     return Ok{};

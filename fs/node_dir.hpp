@@ -12,9 +12,10 @@
 // The tmpfs is mounted nosuid,noexec and then bind-mounted read-only over
 // itself, so nobody (root included) can chmod, replace or add a node through
 // the path; tagmemfs keeps a descriptor of the writable mount underneath and
-// changes nodes only through it. A node is replaced atomically (created
-// root-only, given its owner and mode, renamed into place), so an open never
-// sees a half-made node.
+// changes nodes only through it. A node is made root-only and then given
+// its owner and mode; an existing node is replaced atomically (the new one
+// is made aside and renamed into place), so an open never sees a half-made
+// node.
 #pragma once
 
 #include "fd.hpp"
@@ -42,9 +43,14 @@ class NodeDir {
     const std::string& path() const { return path_; }
 
   private:
-    NodeDir(Fd rw, std::string path) : rw_(std::move(rw)), path_(std::move(path)) {}
+    NodeDir(Fd rw, std::string path);
     Fd rw_; // the writable tmpfs, under the read-only bind mount
     std::string path_;
+    // Who owns a node as mknod makes it, and what the umask takes from its
+    // mode: put() skips chown and chmod when they would change nothing.
+    uid_t made_uid_;
+    gid_t made_gid_;
+    mode_t umask_;
 };
 
 } // namespace tagmem
