@@ -26,16 +26,6 @@ using DaxctlCtx = std::unique_ptr<daxctl_ctx, CtxDeleter>;
 // tagmem reports those itself, in its own words.
 void quiet_log(daxctl_ctx*, int, const char*, int, const char*, const char*, va_list) {}
 
-std::string parent_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? std::string() : path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 std::optional<std::uint64_t> read_u64(HostOs& os, const std::string& path) {
     auto text = os.read_file(path);
     if (!text)
@@ -82,7 +72,7 @@ DevMode read_dev_mode(const std::string& sysfs_path, HostOs& os) {
     auto target = os.link_target(sysfs_path + "/driver");
     if (!target)
         return DevMode::disabled;
-    return base_of(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
+    return base_name(*target) == "kmem" ? DevMode::system_ram : DevMode::devdax;
 }
 
 Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
@@ -93,8 +83,8 @@ Result<DaxDevice> read_dax_device(const std::string& name, HostOs& os) {
     auto real = os.real_path(fmt::format("{}/{}", kDaxBusDevices, name));
     if (!real)
         return make_error(ENOENT, fmt::format("{}: gone from the dax bus", name));
-    d.set_region_path(parent_of(*real));
-    if (base_of(*real) != name)
+    d.set_region_path(parent_path(*real));
+    if (base_name(*real) != name)
         return make_error(EIO, fmt::format("{}: its bus link leads to {}", name, *real));
     auto node = os.lstat_node(d.dev_path());
     if (!node)

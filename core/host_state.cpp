@@ -34,11 +34,11 @@ ReadAhead read_ahead(HostOs& os, std::optional<unsigned> dax_major) {
     for (const auto& name : *names) {
         // One readlink: the bus link is relative into /sys/devices.
         auto path = os.link_target(fmt::format("{}/{}", kDaxBus, name));
-        if (!path || path->size() <= name.size() + 1 || !path->ends_with("/" + name))
+        if (!path || base_name(*path) != name || parent_path(*path).empty())
             continue;
         DaxDevice d;
         d.name = name;
-        d.set_region_path(std::string_view(*path).substr(0, path->size() - name.size() - 1));
+        d.set_region_path(parent_path(*path));
         auto reading = read_device(d, os, dax_major);
         if (reading && reading->dc_region && !out.extents.contains(d.region_path()))
             out.extents.emplace(d.region_path(), read_region_extents(d.region_path(), os));

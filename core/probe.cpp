@@ -10,11 +10,6 @@
 namespace tagmem {
 namespace {
 
-std::string parent_dir(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? std::string() : path.substr(0, slash);
-}
-
 // An attribute that must be present and well formed.
 template <typename Parse>
 auto parse_attr(const std::string& path, std::string_view text, Parse parse)
@@ -52,7 +47,7 @@ Status read_nvdimm_tag(ProbedDevice& p, DeviceNotes& notes, HostOs& os) {
     notes.namespace_name = name;
     // Label-less NVDIMMs have "io" namespaces without a uuid attribute: such
     // memory carries no tag, and only the configuration can name it.
-    std::string uuid_path = parent_dir(nd_dax) + "/" + name + "/uuid";
+    std::string uuid_path = fmt::format("{}/{}/uuid", parent_path(nd_dax), name);
     if (!os.exists(uuid_path))
         return Ok{};
     auto tag = read_attr(os, uuid_path, parse_uuid_attr);

@@ -68,6 +68,16 @@ Result<std::optional<Uuid>> parse_tag_attr(std::string_view raw) {
     return std::optional<Uuid>{*uuid};
 }
 
+std::string_view parent_path(std::string_view path) {
+    auto slash = path.rfind('/');
+    return slash == std::string_view::npos ? std::string_view() : path.substr(0, slash);
+}
+
+std::string_view base_name(std::string_view path) {
+    auto slash = path.rfind('/');
+    return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
 bool is_numbered_name(std::string_view name, std::string_view prefix) {
     if (!name.starts_with(prefix))
         return false;

@@ -38,6 +38,12 @@ Result<std::optional<Uuid>> parse_tag_attr(std::string_view text);
 // the kernel gives; anything else found in sysfs is not one of them.
 bool is_numbered_name(std::string_view name, std::string_view prefix);
 
+// A path's directory and last component, split at the last '/'
+// ("/a/b" -> "/a" and "b"; "b" -> "" and "b"). Lexical: sysfs paths here
+// are already resolved.
+std::string_view parent_path(std::string_view path);
+std::string_view base_name(std::string_view path);
+
 // A plain UUID attribute (NVDIMM namespace and info-block uuid).
 Result<Uuid> parse_uuid_attr(std::string_view text);
 

@@ -274,5 +274,14 @@ INSTANTIATE_TEST_SUITE_P(Malformed, ParseSizeRejects,
                          ::testing::Values("", "K", "G\n", "1B", "1KB", "1KiB", "1P", "1.5G", "-1K",
                                            "K1", "1 G x", "18446744073709551616", "one"));
 
+TEST(PathParts, SplitAtTheLastSlash) {
+    EXPECT_EQ(parent_path("/sys/devices/region0/dax0.1"), "/sys/devices/region0");
+    EXPECT_EQ(base_name("/sys/devices/region0/dax0.1"), "dax0.1");
+    EXPECT_EQ(parent_path("dax0.1"), "");
+    EXPECT_EQ(base_name("dax0.1"), "dax0.1");
+    EXPECT_EQ(parent_path("/dax0.1"), "");
+    EXPECT_EQ(base_name("/sys/bus/dax/"), "");
+}
+
 } // namespace
 } // namespace tagmem
