@@ -70,10 +70,6 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
 void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched,
                             Result<DeviceReading>* early) {
     forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
-    // A device with a uuid attribute sits in a DC region, whose extents count
-    // (as offered tags) even when this device is rejected.
-    if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
-        (void)cache_.extents(dev.region_path());
     // A reading taken ahead (see read_ahead) stands if it is of this very
     // sysfs device; a failed one is confirmed by reading again.
     Result<DeviceReading> reading =
@@ -81,6 +77,11 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched,
             ? std::move(*early)
             : read_device(dev, os_, cache_.dax_major());
     if (!reading) {
+        // A device with a uuid attribute sits in a DC region, whose extents
+        // count (as offered tags) even when this device is rejected. (An
+        // accepted device's reading says so itself: complete_probe reads them.)
+        if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
+            (void)cache_.extents(dev.region_path());
         rejected_[dev.name] = {dev.name, reading.error().message};
         return;
     }
