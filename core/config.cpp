@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "config.hpp"
 
+#include "account_text.hpp"
 #include "host_os.hpp"
 #include "sysfs_value.hpp"
 
@@ -8,6 +9,7 @@
 #include <ini.h>
 
 #include <algorithm>
+#include <charconv>
 #include <set>
 
 namespace tagmem {
@@ -41,7 +43,8 @@ struct ParseState {
         finish_section();
         current_section = section;
         if (!section.starts_with(kTagPrefix)) {
-            error(line, fmt::format("unknown section [{}] (expected [tag <uuid>])", section));
+            error(line, fmt::format("unknown section [{}] (expected [tag <uuid>])",
+                                    escaped_for_display(section)));
             current = TagConfig{};
             current_bad = true;
             return;
@@ -50,7 +53,8 @@ struct ParseState {
         current = TagConfig{};
         current->line = line;
         if (!uuid) {
-            error(line, fmt::format("section [{}]: {}", section, uuid.error().message));
+            error(line, fmt::format("section [{}]: {}", escaped_for_display(section),
+                                    escaped_for_display(uuid.error().message)));
             current_bad = true;
             return;
         }
@@ -71,33 +75,32 @@ struct ParseState {
     void key(const std::string& name, const std::string& value, int line) {
         TagConfig& t = *current;
         if (!keys_seen.insert(name).second) {
-            error(line, fmt::format("'{}' given twice in this section", name));
+            error(line, fmt::format("'{}' given twice in this section", escaped_for_display(name)));
             current_bad = true;
             return;
         }
         auto bad = [&](const std::string& why) {
-            error(line, fmt::format("{} = {}: {}", name, value, why));
+            error(line, fmt::format("{} = {}: {}", escaped_for_display(name),
+                                    escaped_for_display(value), why));
             current_bad = true;
         };
         if (name == "name") {
             if (value.empty() || value.size() > kMaxNameLength)
                 return bad(fmt::format("a name must be 1 to {} characters", kMaxNameLength));
-            if (value.find_first_of("\n\r\t") != std::string::npos)
-                return bad("a name must not hold control characters");
+            if (auto text = check_display_text(value); !text)
+                return bad("a name must be printable UTF-8: " + text.error().message);
             t.name = value;
         } else if (name == "shareable") {
             auto b = parse_bool(value);
             if (!b)
                 return bad(b.error().message);
             t.shareable = *b;
-        } else if (name == "owner") {
+        } else if (name == "owner" || name == "group") {
             if (value.empty())
-                return bad("empty owner");
-            t.owner = value;
-        } else if (name == "group") {
-            if (value.empty())
-                return bad("empty group");
-            t.group = value;
+                return bad(fmt::format("empty {}", name));
+            if (auto ok = check_account_name(value); !ok)
+                return bad(ok.error().message);
+            (name == "owner" ? t.owner : t.group) = value;
         } else if (name == "mode") {
             auto m = parse_mode(value);
             if (!m)
@@ -152,6 +155,12 @@ char* read_ini_line(char* out, int size, void* stream) noexcept {
             if (st.current)
                 st.current_bad = true;
             line = {};
+        } else if (line.find('\0') != std::string_view::npos) {
+            // inih reads C strings: the rest of the line would silently vanish.
+            st.error(st.lines_read, "a NUL byte in the line");
+            if (st.current)
+                st.current_bad = true;
+            line = {};
         } else if (line.starts_with('[')) {
             auto close = line.find(']');
             if (close != std::string_view::npos)
@@ -172,7 +181,8 @@ int on_ini_entry(void* user, const char*, const char* name, const char* value) n
         auto& st = *static_cast<ParseState*>(user);
         const int line = st.lines_read;
         if (!st.current) {
-            st.error(line, fmt::format("'{}' outside of any [tag <uuid>] section", name));
+            st.error(line, fmt::format("'{}' outside of any [tag <uuid>] section",
+                                       escaped_for_display(name)));
             return 1;
         }
         if (!st.current_bad) // a bad section's keys would only repeat its error
@@ -189,7 +199,8 @@ Result<mode_t> parse_mode(std::string_view raw) {
     auto text = trim_attr(raw);
     if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos)
         return make_error(EINVAL, fmt::format("not an octal mode such as 0600: '{}'", text));
-    unsigned long v = std::stoul(std::string(text), nullptr, 8);
+    unsigned v = 0; // at most 4 octal digits: no overflow
+    std::from_chars(text.data(), text.data() + text.size(), v, 8);
     if (v > 0777)
         return make_error(EINVAL, fmt::format("mode {} has setuid/setgid/sticky bits; only "
                                               "permission bits (0000-0777) are allowed",

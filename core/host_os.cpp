@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "host_os.hpp"
 
+#include "account_text.hpp"
 #include "fd.hpp"
 
 #include <fmt/format.h>
@@ -24,10 +25,6 @@ namespace {
 
 Error errno_error(int err, std::string_view what, const std::string& path) {
     return make_error(err, fmt::format("{} {}: {}", what, path, std::strerror(err)));
-}
-
-bool all_digits(const std::string& s) {
-    return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
 }
 
 class RealHostOs final : public HostOs {
@@ -174,27 +171,69 @@ class RealHostOs final : public HostOs {
     }
 
     Result<uid_t> user_id(const std::string& name) override {
-        if (all_digits(name))
-            return static_cast<uid_t>(std::stoul(name));
+        if (is_account_number(name))
+            return parse_account_id(name);
+        if (auto ok = check_account_name(name); !ok)
+            return make_error(
+                ok.error().code,
+                fmt::format("user '{}': {}", escaped_for_display(name), ok.error().message));
         struct passwd pw {};
-        struct passwd* found = nullptr;
-        std::vector<char> buf(16384);
-        int rc = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
-        if (rc != 0 || !found)
-            return make_error(ENOENT, fmt::format("unknown user '{}'", name));
-        return found->pw_uid;
+        std::vector<char> buf; // pw's strings live here
+        auto found = lookup_entry(
+            [&](passwd* out, char* space, std::size_t size, passwd** result) {
+                return ::getpwnam_r(name.c_str(), out, space, size, result);
+            },
+            pw, buf, "user", name);
+        if (!found)
+            return found.error();
+        return (*found)->pw_uid;
     }
 
     Result<gid_t> group_id(const std::string& name) override {
-        if (all_digits(name))
-            return static_cast<gid_t>(std::stoul(name));
+        if (is_account_number(name))
+            return parse_account_id(name);
+        if (auto ok = check_account_name(name); !ok)
+            return make_error(
+                ok.error().code,
+                fmt::format("group '{}': {}", escaped_for_display(name), ok.error().message));
         struct group gr {};
-        struct group* found = nullptr;
-        std::vector<char> buf(16384);
-        int rc = ::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found);
-        if (rc != 0 || !found)
-            return make_error(ENOENT, fmt::format("unknown group '{}'", name));
-        return found->gr_gid;
+        std::vector<char> buf; // gr's strings live here
+        auto found = lookup_entry(
+            [&](group* out, char* space, std::size_t size, group** result) {
+                return ::getgrnam_r(name.c_str(), out, space, size, result);
+            },
+            gr, buf, "group", name);
+        if (!found)
+            return found.error();
+        return (*found)->gr_gid;
+    }
+
+  private:
+    // getpwnam_r/getgrnam_r need a buffer for the whole entry, and a group
+    // of thousands of members outgrows any fixed one (ERANGE): grow it.
+    template <typename Entry, typename Lookup>
+    static Result<Entry*> lookup_entry(Lookup&& lookup, Entry& entry, std::vector<char>& buf,
+                                       const char* what, const std::string& name) {
+        constexpr std::size_t kMaxBuffer = std::size_t{64} << 20;
+        buf.resize(16384);
+        for (;;) {
+            Entry* found = nullptr;
+            int rc = lookup(&entry, buf.data(), buf.size(), &found);
+            if (rc == EINTR)
+                continue;
+            if (rc == ERANGE && buf.size() < kMaxBuffer) {
+                buf.resize(buf.size() * 2);
+                continue;
+            }
+            // POSIX says "not found" is 0 and no entry; some NSS modules
+            // say ENOENT or ESRCH instead.
+            if ((rc == 0 && !found) || rc == ENOENT || rc == ESRCH)
+                return make_error(ENOENT, fmt::format("unknown {} '{}'", what, name));
+            if (rc != 0)
+                return make_error(
+                    rc, fmt::format("cannot look up {} '{}': {}", what, name, std::strerror(rc)));
+            return found;
+        }
     }
 };
 

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "config.hpp"
 
+#include "account_text.hpp"
 #include "fake_host_os.hpp"
+#include "host_os.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -235,33 +237,56 @@ TEST_P(ConfigBadValue, ReportedWithFileLineAndOnlyItsSectionIsDropped) {
 
 INSTANTIATE_TEST_SUITE_P(
     Values, ConfigBadValue,
-    ::testing::Values(BadLine{"unknown key", "colour = red", "unknown key"},
-                      BadLine{"key in wrong case", "Name = x", "unknown key"},
-                      BadLine{"duplicate key", "shareable = no", "'shareable' given twice"},
-                      BadLine{"mode with non-octal digit", "mode = 0999", "not an octal mode"},
-                      BadLine{"mode with setuid", "mode = 4755", "setuid"},
-                      BadLine{"mode with sticky bit", "mode = 1777", "setuid/setgid/sticky"},
-                      BadLine{"mode as letters", "mode = rw", "not an octal mode"},
-                      BadLine{"mode as symbolic", "mode = u+rw", "not an octal mode"},
-                      BadLine{"mode too long", "mode = 00600", "not an octal mode"},
-                      BadLine{"mode empty", "mode =", "not an octal mode"},
-                      BadLine{"mode with a # comment", "mode = 0600 # rw", "not an octal mode"},
-                      BadLine{"range end before start", "match-range = 0x2000-0x1000",
-                              "ends before"},
-                      BadLine{"range without dash", "match-range = 0x1000", "not a range"},
-                      BadLine{"range with junk end", "match-range = 0x1000-zz", "not a range"},
-                      BadLine{"range missing start", "match-range = -0x1000", "not a range"},
-                      BadLine{"range missing end", "match-range = 0x1000-", "not a range"},
-                      BadLine{"range as size", "match-range = 0x1000+4096", "not a range"},
-                      BadLine{"negative node", "match-node = -1", "NUMA node number"},
-                      BadLine{"node too large", "match-node = 4096", "NUMA node number"},
-                      BadLine{"node not a number", "match-node = two", "NUMA node number"},
-                      BadLine{"node in hex", "match-node = 0x1", "NUMA node number"},
-                      BadLine{"node empty", "match-node =", "NUMA node number"},
-                      BadLine{"empty owner", "owner =", "empty owner"},
-                      BadLine{"empty group", "group =", "empty group"},
-                      BadLine{"empty name", "name =", "1 to 128 characters"},
-                      BadLine{"name with a tab", "name = a\tb", "control characters"}),
+    ::testing::Values(
+        BadLine{"unknown key", "colour = red", "unknown key"},
+        BadLine{"key in wrong case", "Name = x", "unknown key"},
+        BadLine{"duplicate key", "shareable = no", "'shareable' given twice"},
+        BadLine{"mode with non-octal digit", "mode = 0999", "not an octal mode"},
+        BadLine{"mode with setuid", "mode = 4755", "setuid"},
+        BadLine{"mode with sticky bit", "mode = 1777", "setuid/setgid/sticky"},
+        BadLine{"mode as letters", "mode = rw", "not an octal mode"},
+        BadLine{"mode as symbolic", "mode = u+rw", "not an octal mode"},
+        BadLine{"mode too long", "mode = 00600", "not an octal mode"},
+        BadLine{"mode empty", "mode =", "not an octal mode"},
+        BadLine{"mode with a # comment", "mode = 0600 # rw", "not an octal mode"},
+        BadLine{"range end before start", "match-range = 0x2000-0x1000", "ends before"},
+        BadLine{"range without dash", "match-range = 0x1000", "not a range"},
+        BadLine{"range with junk end", "match-range = 0x1000-zz", "not a range"},
+        BadLine{"range missing start", "match-range = -0x1000", "not a range"},
+        BadLine{"range missing end", "match-range = 0x1000-", "not a range"},
+        BadLine{"range as size", "match-range = 0x1000+4096", "not a range"},
+        BadLine{"negative node", "match-node = -1", "NUMA node number"},
+        BadLine{"node too large", "match-node = 4096", "NUMA node number"},
+        BadLine{"node not a number", "match-node = two", "NUMA node number"},
+        BadLine{"node in hex", "match-node = 0x1", "NUMA node number"},
+        BadLine{"node empty", "match-node =", "NUMA node number"},
+        BadLine{"empty owner", "owner =", "empty owner"},
+        BadLine{"empty group", "group =", "empty group"},
+        BadLine{"empty name", "name =", "1 to 128 characters"},
+        BadLine{"name with a tab", "name = a\tb", "U+0009"},
+        BadLine{"name with an escape sequence", "name = a\x1b[31mred", "control character U+001B"},
+        BadLine{"name with DEL", "name = a\x7f", "U+007F"},
+        BadLine{"name with a C1 control", "name = a\xc2\x9b", "U+009B"},
+        BadLine{"name with a bidi override",
+                "name = a\xe2\x80\xae"
+                "b",
+                "U+202E"},
+        BadLine{"name with invalid UTF-8", "name = caf\xe9", "not valid UTF-8"},
+        BadLine{"name with an overlong '/'", "name = \xc0\xaf", "not valid UTF-8"},
+        BadLine{"name with a surrogate", "name = \xed\xa0\x80", "not valid UTF-8"},
+        BadLine{"name cut mid-character", "name = \xe2\x82", "not valid UTF-8"},
+        BadLine{"owner with invalid UTF-8", "owner = r\xffot", "not valid UTF-8"},
+        BadLine{"owner with an escape", "owner = \x1b]0;x", "U+001B"},
+        BadLine{"owner with a colon", "owner = a:b", "':'"},
+        BadLine{"owner with a blank", "owner = a b", "blank"},
+        BadLine{"owner as an option", "owner = -x", "'-'"},
+        BadLine{"owner uid -1", "owner = 4294967295", "out of range"},
+        BadLine{"owner uid beyond 32 bits", "owner = 4294967296", "out of range"},
+        BadLine{"owner uid beyond 64 bits", "owner = 99999999999999999999999", "out of range"},
+        BadLine{"owner uid with a leading zero", "owner = 0100", "leading zero"},
+        BadLine{"owner uid negative", "owner = -1", "'-'"},
+        BadLine{"group gid -1", "group = 4294967295", "out of range"},
+        BadLine{"group with a comma", "group = a,b", "','"}),
     [](const auto& param_info) { return "case" + std::to_string(param_info.index); });
 
 // shareable is the section's first key in the table above, so here:
@@ -490,6 +515,81 @@ INSTANTIATE_TEST_SUITE_P(Lines, ConfigSyntaxError,
                          ::testing::Values("just words", "[tag unterminated", "name",
                                            "[tag 6f1c2d3e-0000-4000-8000-000000000009"));
 
+TEST(ParseConfig, RefusedValuesAreQuotedWithoutTheirControlCharacters) {
+    auto c = parse_config(std::string("[tag ") + kA + "]\nname = x\x1b[2Jy\\z\xff\n", "f.conf");
+    ASSERT_THAT(c.errors, SizeIs(1));
+    EXPECT_THAT(c.errors[0], HasSubstr("name = x\\x1b[2Jy\\\\z\\xff:"));
+    EXPECT_EQ(c.errors[0].find('\x1b'), std::string::npos);
+}
+
+TEST(ParseConfig, ANulByteInALineIsAnErrorNotATruncation) {
+    std::string text = std::string("[tag ") + kA + "]\nowner = root";
+    text += '\0';
+    text += "evil\n[tag " + std::string(kB) + "]\nname = b\n";
+    auto c = parse_config(text, "f.conf");
+    ASSERT_THAT(c.errors, SizeIs(1)) << joined(c.errors);
+    EXPECT_THAT(c.errors[0], AllOf(StartsWith("f.conf:2: "), HasSubstr("NUL byte")));
+    EXPECT_THAT(tags_of(c), ElementsAre(U(kB)));
+}
+
+TEST(ParseConfig, PrintableUnicodeNamesAndOrdinaryAccountsAreAccepted) {
+    auto c = parse_config(std::string("[tag ") + kA +
+                              "]\nname = Speicher \xc3\xbc\xe2\x82\xac \xf0\x9f\x98\x80\n"
+                              "owner = svc-famfs_01\ngroup = 4294967294\n",
+                          "f.conf");
+    EXPECT_THAT(c.errors, IsEmpty()) << joined(c.errors);
+    ASSERT_NE(c.find(U(kA)), nullptr);
+    EXPECT_EQ(c.find(U(kA))->group, "4294967294");
+}
+
+// --- account_text ------------------------------------------------------
+
+TEST(AccountId, TheWholeRangeButMinusOne) {
+    EXPECT_EQ(parse_account_id("0").value(), 0u);
+    EXPECT_EQ(parse_account_id("65534").value(), 65534u);
+    EXPECT_EQ(parse_account_id("4294967294").value(), 4294967294u);
+}
+
+TEST(AccountId, Rejects) {
+    for (const char* text :
+         {"", "4294967295", "4294967296", "18446744073709551616", "99999999999999999999999999",
+          "-1", "+1", " 1", "1 ", "01", "00", "0x10", "1e3", "١"}) {
+        auto id = parse_account_id(text);
+        ASSERT_FALSE(id.ok()) << "'" << text << "' accepted as " << *id;
+        EXPECT_FALSE(id.error().message.empty());
+    }
+}
+
+TEST(AccountName, LengthAndShape) {
+    // Longer than a tagmem.conf line can be, but HostOs is asked by others too.
+    EXPECT_TRUE(check_account_name(std::string(256, 'g')).ok());
+    EXPECT_FALSE(check_account_name(std::string(257, 'g')).ok());
+    EXPECT_FALSE(check_account_name("").ok());
+    EXPECT_TRUE(check_account_name("famfs.svc-01_x$").ok());
+    EXPECT_TRUE(check_account_name("4294967294").ok());
+    EXPECT_FALSE(check_account_name("4294967295").ok());
+}
+
+TEST(DisplayText, RefusesEveryControlCharacterAndBadEncoding) {
+    for (char c = 1; c < 0x20; ++c)
+        EXPECT_FALSE(check_display_text(std::string("a") + c).ok()) << int(c);
+    for (std::string bad :
+         {std::string(1, '\0'), std::string("\x7f"), std::string("\xc2\x80"),
+          std::string("\xc2\x9f"), std::string("\xe2\x80\xa8"), std::string("\xe2\x81\xa6"),
+          std::string("\x80"), std::string("\xc3"), std::string("\xc1\xbf"),
+          std::string("\xf4\x90\x80\x80"), std::string("\xf8\x88\x80\x80\x80")})
+        EXPECT_FALSE(check_display_text("ok" + bad).ok()) << escaped_for_display(bad);
+    for (const char* good : {"", "plain", "caf\xc3\xa9", "\xc2\xa0", "\xf4\x8f\xbf\xbf"})
+        EXPECT_TRUE(check_display_text(good).ok()) << good;
+}
+
+TEST(DisplayText, EscapingShowsWhatWasRefused) {
+    EXPECT_EQ(escaped_for_display("a\tb\xff"
+                                  "c\\"),
+              "a\\x09b\\xffc\\\\");
+    EXPECT_EQ(escaped_for_display("caf\xc3\xa9"), "caf\xc3\xa9");
+}
+
 // --- parse_mode / parse_phys_range directly ----------------------------
 
 TEST(ParseMode, PermissionBitsOnly) {
@@ -502,8 +602,9 @@ TEST(ParseMode, PermissionBitsOnly) {
 }
 
 TEST(ParseMode, Rejects) {
-    for (const char* text : {"", "0999", "08", "4755", "04755", "1000", "7777", "07777", "rw",
-                             "0x1ff", "-600", "+600", "06 00", "0o600", "00000"}) {
+    for (const char* text :
+         {"", "0999", "08", "4755", "04755", "1000", "7777", "07777", "rw", "0x1ff", "-600", "+600",
+          "06 00", "0o600", "00000", "99999999999999999999", "0600x", "\xd9\xa0"}) {
         auto m = parse_mode(text);
         ASSERT_FALSE(m.ok()) << "'" << text << "' accepted as " << std::oct << *m;
         EXPECT_EQ(m.error().code, EINVAL) << text;
@@ -622,6 +723,30 @@ TEST_F(LoadConfig, ParseErrorsAreCarriedAlongWithUserErrors) {
     EXPECT_THAT(c.errors[0], StartsWith(path + ":2: "));
     EXPECT_THAT(c.errors[1], HasSubstr("unknown user 'ghost'"));
     EXPECT_THAT(tags_of(c), ElementsAre(U(kC)));
+}
+
+TEST_F(LoadConfig, NumericOwnersAreCheckedStrictlyAtLoad) {
+    // parse_config refuses these already; the host's lookup refuses them
+    // again for callers that skip it (records.cpp resolves at every scan).
+    EXPECT_FALSE(os.user_id("4294967295").ok());
+    EXPECT_FALSE(os.user_id("4294967296").ok());
+    EXPECT_FALSE(os.group_id("18446744073709551617").ok());
+    EXPECT_EQ(os.user_id("4294967294").value_or(0), 4294967294u);
+}
+
+TEST(RealHostOs, AccountNumbersAndNamesAreStrict) {
+    HostOs& os = real_host_os();
+    EXPECT_EQ(os.user_id("0").value_or(1), 0u);
+    EXPECT_EQ(os.user_id("root").value_or(1), 0u);
+    EXPECT_EQ(os.group_id("root").value_or(1), 0u);
+    for (const char* bad : {"4294967295", "4294967296", "99999999999999999999999", "ro\x1bot",
+                            "r\xffoot", "a:b", "-root"}) {
+        EXPECT_FALSE(os.user_id(bad).ok()) << escaped_for_display(bad);
+        EXPECT_FALSE(os.group_id(bad).ok()) << escaped_for_display(bad);
+    }
+    auto ghost = os.user_id("no-such-user-tagmem");
+    ASSERT_FALSE(ghost.ok());
+    EXPECT_EQ(ghost.error().code, ENOENT);
 }
 
 TEST_F(LoadConfig, SyntaxErrorInTheFileLeavesNoTags) {

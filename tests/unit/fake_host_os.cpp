@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "fake_host_os.hpp"
 
+#include "account_text.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -40,10 +42,6 @@ std::string join(const std::string& dir, const std::string& name) {
 
 Error errno_error(int err, std::string_view what, const std::string& path) {
     return make_error(err, fmt::format("{} {}: {}", what, path, std::strerror(err)));
-}
-
-bool all_digits(const std::string& s) {
-    return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
 }
 
 std::string hex(std::uint64_t v) {
@@ -260,8 +258,8 @@ bool FakeHostOs::exists(const std::string& path) {
 }
 
 Result<uid_t> FakeHostOs::user_id(const std::string& name) {
-    if (all_digits(name))
-        return static_cast<uid_t>(std::stoul(name));
+    if (is_account_number(name))
+        return parse_account_id(name); // the real parser: numbers are not faked
     auto it = users_.find(name);
     if (it == users_.end())
         return make_error(ENOENT, fmt::format("unknown user '{}'", name));
@@ -269,8 +267,8 @@ Result<uid_t> FakeHostOs::user_id(const std::string& name) {
 }
 
 Result<gid_t> FakeHostOs::group_id(const std::string& name) {
-    if (all_digits(name))
-        return static_cast<gid_t>(std::stoul(name));
+    if (is_account_number(name))
+        return parse_account_id(name);
     auto it = groups_.find(name);
     if (it == groups_.end())
         return make_error(ENOENT, fmt::format("unknown group '{}'", name));
