@@ -13,6 +13,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <optional>
 
@@ -34,6 +36,12 @@ Result<ScanResult> scan(const Options& opt) {
     return scan_host(config, os);
 }
 
+// What the kernel shows only to root (physical ranges) is shown only to
+// root, also when this process could read it some other way.
+bool privileged() {
+    return ::geteuid() == 0;
+}
+
 int fail(int code, const std::string& message) {
     fmt::print(stderr, "tagmem: {}\n", message);
     return code;
@@ -44,7 +52,7 @@ int cmd_list(const Options& opt) {
     if (!result)
         return fail(kExitError, result.error().message);
     if (opt.json)
-        fmt::print("{}\n", scan_to_json(*result).dump(2));
+        fmt::print("{}\n", scan_to_json(*result, privileged()).dump(2));
     else
         fmt::print("{}", format_table(*result));
     return kExitOk;
@@ -81,7 +89,7 @@ int cmd_show(const Options& opt) {
     if (!l.record)
         return l.code;
     if (opt.json)
-        fmt::print("{}\n", tag_to_json(*l.record).dump(2));
+        fmt::print("{}\n", tag_to_json(*l.record, privileged()).dump(2));
     else
         fmt::print("{}", format_tag(*l.record));
     return kExitOk;

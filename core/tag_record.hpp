@@ -20,8 +20,10 @@ namespace tagmem {
 enum class TagState : std::uint8_t { ready, system_ram, disabled, conflict, offered };
 const char* to_string(TagState state);
 
-// Who may open the tag's data: the FUSE inode's owner and mode decide under
-// default_permissions, so the default is as strict as /dev/dax.
+// Who may open the tag's data: `data` is a symlink to a device node on
+// tagmemfs's own read-only tmpfs (fs/node_dir.hpp), made with this owner,
+// group and mode, and the kernel checks them at open() like any device
+// node's. The default is as strict as /dev/dax*.
 struct Access {
     uid_t uid = 0;
     gid_t gid = 0;

@@ -75,7 +75,7 @@ const char* to_string(TagEventKind kind) {
 }
 
 std::string metadata_text(const TagRecord& record) {
-    return tag_to_json(record).dump(2) + "\n";
+    return tag_to_json(record, /*privileged=*/false).dump(2) + "\n"; // world-readable
 }
 
 TagTree::TagTree(std::string data_dir) : data_dir_(std::move(data_dir)), root_changed_(now()) {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
-from conftest import TAGMEMFS, mount_options, run_as, run_tagmem, write_config
+from conftest import TAGMEM, TAGMEMFS, mount_options, run_as, run_tagmem, write_config
 
 NOBODY = 65534
 
@@ -72,7 +72,7 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
         assert (t / "size").read_text() == f"{shown['size']}\n"
         assert (t / "shareable").read_text() == "0\n"
         meta = (t / "metadata").read_text()
-        assert json.loads(meta) == shown
+        assert json.loads(meta) == without_ranges(shown)
         for name, content in (("size", (t / "size").read_text()), ("metadata", meta)):
             fst = (t / name).stat()
             assert stat.S_ISREG(fst.st_mode) and stat.S_IMODE(fst.st_mode) == 0o444
@@ -85,6 +85,46 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
         assert (os.major(data.st_rdev), os.minor(data.st_rdev)) == (
             shown["devices"][0]["major"], shown["devices"][0]["minor"])
         assert os.major(data.st_rdev) == hg.dax_major()
+
+
+def without_ranges(shown: dict) -> dict:
+    """What `metadata` shows: `tagmem show --json` as root minus what the
+    kernel shows only to root (physical ranges)."""
+    out = json.loads(json.dumps(shown))
+    for d in out["devices"]:
+        del d["ranges"]
+    return out
+
+
+def test_metadata_hides_what_the_kernel_shows_only_to_root(make_host, tagmemfs):
+    host = make_host("mixed")
+    mnt = tagmemfs().mount_point
+    # The synthetic sysfs files are world-readable; on a real kernel
+    # mappingN/{start,end} and resource are 0400. Either way only root sees.
+    for tag in (hg.TAG_A, hg.TAG_NV0):
+        shown = json.loads(run_tagmem("show", "--json", tag).stdout)
+        starts = [r["start"] for d in shown["devices"] for r in d["ranges"]]
+        assert starts and all(starts)
+        r = run_as(NOBODY, NOBODY, f"print(open({str(mnt / tag / 'metadata')!r}).read())")
+        assert r.returncode == 0, r.stderr
+        meta = json.loads(r.stdout)
+        assert meta == without_ranges(shown)
+        for start in starts:
+            assert str(start) not in r.stdout and f"{start:x}" not in r.stdout
+        # tagmem run by that user shows no more than the mount.
+        r = run_as(NOBODY, NOBODY, f"""
+import subprocess, sys
+sys.stdout.write(subprocess.run([{str(TAGMEM)!r}, "show", "--json", {tag!r}],
+                                capture_output=True, text=True).stdout)""")
+        assert json.loads(r.stdout) == meta
+    r = run_as(NOBODY, NOBODY, f"""
+import subprocess, sys
+sys.stdout.write(subprocess.run([{str(TAGMEM)!r}, "list", "--json"], capture_output=True,
+                                text=True).stdout)""")
+    listed = json.loads(r.stdout)
+    assert listed["untagged"] and all("ranges" not in u for u in listed["untagged"])
+    assert all("ranges" not in d for t in listed["tags"] for d in t["devices"])
+    assert host
 
 
 def test_common_tools_work(make_host, tagmemfs, tmp_path):

@@ -4,6 +4,9 @@
 
 #include "fake_host_os.hpp"
 #include "json_output.hpp"
+#include "tag_tree.hpp"
+
+#include <fmt/format.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -472,7 +475,7 @@ TEST_F(Records, JsonOfAReadyTag) {
     d.extents = {Extent{{0, 1}, 0x1000, 0x2000, U(kA)}};
     ScanResult r = build({d}, c);
     ASSERT_THAT(r.tags, SizeIs(1));
-    json j = tag_to_json(r.tags[0]);
+    json j = tag_to_json(r.tags[0], true);
 
     EXPECT_THAT(keys(j), IsSupersetOf(kTagKeys)) << j.dump(2);
     EXPECT_FALSE(j.contains("reason"));
@@ -527,14 +530,14 @@ TEST_F(Records, JsonModeIsFourOctalDigits) {
         t.tag = U(kA);
         t.access.mode = mode;
         t.devices = {std::make_shared<const ProbedDevice>(dcd(0, 0, kA))};
-        EXPECT_EQ(tag_to_json(t)["access"]["mode"], text);
+        EXPECT_EQ(tag_to_json(t, true)["access"]["mode"], text);
     }
 }
 
 TEST_F(Records, JsonOfAConflictHasNoTopLevelDevice) {
     ScanResult r = build({dcd(0, 0, kA), dcd(1, 0, kA)}, empty);
     ASSERT_THAT(r.tags, SizeIs(1));
-    json j = tag_to_json(r.tags[0]);
+    json j = tag_to_json(r.tags[0], true);
     Keys want = kTagKeys;
     for (const char* k : {"device", "path", "size", "align"}) {
         want.erase(k);
@@ -552,8 +555,8 @@ TEST_F(Records, JsonOfAConflictHasNoTopLevelDevice) {
 
 TEST_F(Records, JsonReasonOnlyWhenNotReady) {
     ScanResult r = build({dcd(0, 0, kA, DevMode::system_ram), dcd(1, 0, kB)}, empty);
-    json ram = tag_to_json(*r.find(U(kA)));
-    json ok = tag_to_json(*r.find(U(kB)));
+    json ram = tag_to_json(*r.find(U(kA)), true);
+    json ok = tag_to_json(*r.find(U(kB)), true);
     EXPECT_EQ(ram["state"], "system-ram");
     EXPECT_TRUE(ram.contains("reason"));
     EXPECT_EQ(ram["devices"][0]["mode"], "system-ram");
@@ -569,7 +572,7 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     ScanResult r = build({nv, cfg, empty_dcd}, empty);
     ASSERT_THAT(r.tags, SizeIs(3));
 
-    json jn = tag_to_json(*r.find(U(kA)))["devices"][0];
+    json jn = tag_to_json(*r.find(U(kA)), true)["devices"][0];
     Keys want = kDeviceKeys;
     want.insert({"namespace", "infoblock_uuid"});
     EXPECT_THAT(keys(jn), IsSupersetOf(want)) << jn.dump(2);
@@ -578,13 +581,13 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     EXPECT_EQ(jn["namespace"], "namespace0.0");
     EXPECT_EQ(jn["infoblock_uuid"], kC);
 
-    json jc = tag_to_json(*r.find(U(kB)))["devices"][0];
+    json jc = tag_to_json(*r.find(U(kB)), true)["devices"][0];
     EXPECT_THAT(keys(jc), IsSupersetOf(kDeviceKeys)) << jc.dump(2);
     for (const char* absent : {"extents", "namespace", "infoblock_uuid"})
         EXPECT_FALSE(jc.contains(absent)) << absent;
     EXPECT_EQ(jc["source"], "config");
 
-    json jd = tag_to_json(*r.find(U(kC)))["devices"][0];
+    json jd = tag_to_json(*r.find(U(kC)), true)["devices"][0];
     ASSERT_TRUE(jd.contains("extents"));
     EXPECT_TRUE(jd["extents"].is_array());
     EXPECT_TRUE(jd["extents"].empty());
@@ -595,12 +598,12 @@ TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
     d.performance = Shared(Performance{250, std::nullopt, std::nullopt, 9000});
     d.notes = Shared(DeviceNotes{std::nullopt, "", {"extents unreadable: x"}});
     ScanResult r = build({d, dcd(1, 0, kB)}, empty);
-    json with = tag_to_json(*r.find(U(kA)))["devices"][0];
+    json with = tag_to_json(*r.find(U(kA)), true)["devices"][0];
     ASSERT_TRUE(with.contains("performance"));
     EXPECT_EQ(with["performance"],
               (json{{"read_latency_ns", 250}, {"write_bandwidth_mbps", 9000}}));
     EXPECT_EQ(with["warnings"], (json{"extents unreadable: x"}));
-    json without = tag_to_json(*r.find(U(kB)))["devices"][0];
+    json without = tag_to_json(*r.find(U(kB)), true)["devices"][0];
     EXPECT_FALSE(without.contains("performance"));
     EXPECT_FALSE(without.contains("warnings"));
     EXPECT_FALSE(without.contains("namespace"));
@@ -612,12 +615,12 @@ TEST_F(Records, JsonOfAWholeScan) {
     ProbedDevice untagged = device(5, 0);
     ScanResult r = build({dcd(0, 0, kB), dcd(1, 0, kA), untagged}, c,
                          {{"dax9.9", "no device node /dev/dax9.9"}});
-    json j = scan_to_json(r);
+    json j = scan_to_json(r, true);
     EXPECT_THAT(keys(j), IsSupersetOf(Keys{"tags", "untagged", "rejected", "config_errors"}));
     ASSERT_EQ(j["tags"].size(), 2u);
     EXPECT_EQ(j["tags"][0]["tag"], kA); // sorted
     EXPECT_EQ(j["tags"][1]["tag"], kB);
-    EXPECT_EQ(j["tags"][0], tag_to_json(r.tags[0]));
+    EXPECT_EQ(j["tags"][0], tag_to_json(r.tags[0], true));
     ASSERT_EQ(j["untagged"].size(), 1u);
     EXPECT_THAT(keys(j["untagged"][0]),
                 IsSupersetOf(Keys{"device", "size", "mode", "target_node", "ranges"}));
@@ -632,8 +635,36 @@ TEST_F(Records, JsonOfAWholeScan) {
     EXPECT_THAT(j["config_errors"][0].get<std::string>(), HasSubstr("x.conf:2:"));
 }
 
+// Physical addresses are root-only in the kernel (dax mappingN/start, end and
+// resource are 0400); `metadata` is world-readable and is the unprivileged form.
+TEST_F(Records, UnprivilegedJsonHasNoPhysicalAddress) {
+    ProbedDevice nv = dcd(2, 0, kC);
+    nv.dev.ranges.push_back({kBase + 7 * kGiB, kBase + 8 * kGiB - 1}); // two ranges
+    ScanResult r = build({dcd(0, 0, kB), nv, device(5, 0)}, empty);
+    json full = scan_to_json(r, true);
+    json world = scan_to_json(r, false);
+    std::string text = world.dump();
+    for (std::uint64_t addr : {kBase, kBase + 2 * kGiB, kBase + 5 * kGiB, kBase + 8 * kGiB - 1}) {
+        EXPECT_EQ(text.find(std::to_string(addr)), std::string::npos) << addr << "\n" << text;
+        EXPECT_EQ(text.find(fmt::format("{:x}", addr)), std::string::npos) << addr;
+    }
+    // Nothing else is lost: the unprivileged form is the full one without ranges.
+    for (auto& t : full["tags"])
+        for (auto& d : t["devices"]) {
+            EXPECT_TRUE(d.contains("ranges"));
+            d.erase("ranges");
+        }
+    for (auto& u : full["untagged"]) {
+        EXPECT_TRUE(u.contains("ranges"));
+        u.erase("ranges");
+    }
+    EXPECT_EQ(world, full);
+    EXPECT_EQ(tag_to_json(r.tags[0], false), world["tags"][0]);
+    EXPECT_EQ(metadata_text(r.tags[0]), tag_to_json(r.tags[0], false).dump(2) + "\n");
+}
+
 TEST_F(Records, JsonOfAnEmptyScanHasEmptyArrays) {
-    json j = scan_to_json(build({}, empty));
+    json j = scan_to_json(build({}, empty), true);
     for (const char* k : {"tags", "untagged", "rejected", "config_errors"}) {
         ASSERT_TRUE(j.contains(k)) << k;
         EXPECT_TRUE(j[k].is_array()) << k;
