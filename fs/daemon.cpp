@@ -6,6 +6,7 @@
 #include "host_os.hpp"
 #include "host_state.hpp"
 #include "mount.hpp"
+#include "mount_lock.hpp"
 #include "node_dir.hpp"
 #include "notify.hpp"
 #include "tag_tree.hpp"
@@ -31,11 +32,32 @@
 namespace tagmem {
 namespace {
 
+// Exit status when another tagmemfs serves the mount point (tagmemfs(8)).
+constexpr int kExitMountPointTaken = 3;
+
 // Written by the SIGHUP handler (async-signal-safe), read by the event thread.
 std::atomic<int> g_rescan_fd{-1};
 
 void on_sighup(int) {
     int fd = g_rescan_fd.load();
+    if (fd >= 0) {
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(fd, &one, sizeof one);
+    }
+}
+
+// SIGTERM/SIGINT: ours rather than libfuse's. libfuse 3.14's session loop
+// checks "exited" and then waits on a semaphore; a signal between the two
+// (seen when a stop arrives as the daemon starts serving) is lost and the
+// daemon serves on. The handler ends the session and tells the event
+// thread, which interrupts the main thread until the loop has returned.
+std::atomic<fuse_session*> g_session{nullptr};
+std::atomic<int> g_stop_fd{-1};
+
+void on_stop(int) {
+    if (fuse_session* se = g_session.load())
+        fuse_session_exit(se); // a plain store, as libfuse's own handler does
+    int fd = g_stop_fd.load();
     if (fd >= 0) {
         std::uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(fd, &one, sizeof one);
@@ -70,6 +92,8 @@ class Daemon {
     void event_loop();
 
     DaemonOptions opt_;
+    // First: released last, once the mount and the nodes are gone.
+    std::optional<MountLock> lock_;
     Config config_;
     HostState state_; // owned by the event thread once serving
     std::optional<NodeDir> nodes_;
@@ -80,7 +104,9 @@ class Daemon {
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
     Fd rescan_event_;
-    Fd stop_event_;
+    Fd stop_event_;   // main -> event thread: the loop is over, return
+    Fd stop_request_; // signal handler -> event thread: stop the loop
+    pthread_t main_thread_{};
 };
 
 // Applies a delta to the tree, then tells the kernel, then the watchers: a
@@ -179,11 +205,13 @@ void Daemon::event_loop() {
     using clock = std::chrono::steady_clock;
     auto next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
     std::vector<pollfd> fds;
+    bool stopping = false;
     for (;;) {
         fds.clear();
         fds.push_back({stop_event_.get(), POLLIN, 0});
         fds.push_back({rescan_event_.get(), POLLIN, 0});
         fds.push_back({uevents_ ? uevents_->fd() : -1, POLLIN, 0});
+        fds.push_back({stop_request_.get(), POLLIN, 0});
         std::size_t first_watch_fd = fds.size();
         if (watchers_)
             watchers_->poll_fds(fds);
@@ -193,6 +221,12 @@ void Daemon::event_loop() {
             auto left =
                 std::chrono::duration_cast<std::chrono::milliseconds>(next_poll - clock::now());
             timeout = static_cast<int>(std::max<long long>(0, left.count()));
+        }
+        if (stopping) {
+            // Until the main thread says the loop is over (fds[0]): a
+            // signal wakes it from the semaphore it may be stuck on.
+            pthread_kill(main_thread_, SIGTERM);
+            timeout = timeout < 0 ? 20 : std::min(timeout, 20);
         }
         if (::poll(fds.data(), fds.size(), timeout) < 0) {
             if (errno == EINTR)
@@ -209,6 +243,10 @@ void Daemon::event_loop() {
             }
             if (fds[2].revents)
                 on_uevents();
+            if (fds[3].revents) {
+                drain_eventfd(stop_request_.get());
+                stopping = true;
+            }
             if (watchers_)
                 watchers_->handle(std::vector<pollfd>(fds.begin() + first_watch_fd, fds.end()));
             if (polling && clock::now() >= next_poll) {
@@ -221,7 +259,31 @@ void Daemon::event_loop() {
     }
 }
 
+// SIGTERM, SIGINT and SIGHUP wait (blocked) from the start until their
+// handlers are in place: one that arrived between the mount and
+// fuse_set_signal_handlers() used to kill the daemon and leave a dead mount.
+sigset_t stop_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    return set;
+}
+
+bool stop_requested() {
+    sigset_t pending;
+    sigemptyset(&pending);
+    return ::sigpending(&pending) == 0 &&
+           (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1);
+}
+
 int Daemon::run() {
+    // Every thread made from here on inherits the blocked set; only the
+    // main thread and the FUSE workers (made after the unblock) take them.
+    const sigset_t block = stop_signals();
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &block, &old);
     bool ok = false;
     config_ = load(&ok);
     if (!ok) {
@@ -242,6 +304,12 @@ int Daemon::run() {
         else
             uevents_.emplace(std::move(*mon));
     }
+    auto lock = MountLock::acquire(opt_.mount_point);
+    if (!lock) {
+        log::error("{}", lock.error().message);
+        return lock.error().code == EWOULDBLOCK ? kExitMountPointTaken : 1;
+    }
+    lock_.emplace(std::move(*lock));
     if (auto rec = recover_mount_point(opt_.mount_point); !rec) {
         log::error("{}", rec.error().message);
         return 1;
@@ -258,6 +326,10 @@ int Daemon::run() {
     tree_ = std::make_unique<TagTree>(nodes_->path());
     rescan("start");
 
+    if (stop_requested()) {
+        log::info("stopped by a signal before mounting");
+        return 0;
+    }
     context_.tree = tree_.get();
     auto mount = FuseMount::mount(opt_.mount_point, *options, &context_);
     if (!mount) {
@@ -298,31 +370,35 @@ int Daemon::run() {
             return 1;
         }
         log::use_syslog();
+        lock_->record_pid();
     }
 
     rescan_event_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     stop_event_ = Fd(::eventfd(0, EFD_CLOEXEC));
+    stop_request_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     g_rescan_fd = rescan_event_.get();
+    g_stop_fd = stop_request_.get();
+    g_session = se_;
+    main_thread_ = pthread_self();
 
-    // Only the FUSE workers and the main thread take signals; the event
-    // thread must never be interrupted inside libdaxctl.
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGHUP);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
+    // Made while the signals are blocked, and they stay blocked in it: the
+    // event thread must never be interrupted inside libdaxctl.
     std::thread events([this] { event_loop(); });
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 
-    struct sigaction hup {};
-    hup.sa_handler = on_sighup;
-    sigemptyset(&hup.sa_mask);
-    hup.sa_flags = SA_RESTART;
-    sigaction(SIGHUP, &hup, nullptr);
-    // SIGTERM/SIGINT end the session loop (libfuse's handlers; SIGHUP is
-    // ours already, and libfuse leaves handlers it did not install alone).
-    fuse_set_signal_handlers(se_);
+    auto handle = [](int sig, void (*handler)(int), int flags) {
+        struct sigaction sa {};
+        sa.sa_handler = handler;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = flags;
+        sigaction(sig, &sa, nullptr);
+    };
+    handle(SIGHUP, on_sighup, SA_RESTART);
+    // No SA_RESTART: the main thread's wait in the session loop must end.
+    handle(SIGTERM, on_stop, 0);
+    handle(SIGINT, on_stop, 0);
+    handle(SIGPIPE, SIG_IGN, 0); // as libfuse's handlers did: a closed peer is an error
+    // Handlers in place: signals that waited are delivered now.
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     if (opt_.threads > 0)
@@ -330,16 +406,19 @@ int Daemon::run() {
     int rc = fuse_session_loop_mt(se_, cfg);
     fuse_loop_cfg_destroy(cfg);
 
-    fuse_remove_signal_handlers(se_);
+    // Blocked again, to the end: a second SIGTERM during the unmount must
+    // not kill the daemon half-way (and leave a dead mount).
+    pthread_sigmask(SIG_BLOCK, &block, nullptr);
+    g_session = nullptr;
     g_rescan_fd = -1;
+    g_stop_fd = -1;
     std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(stop_event_.get(), &one, sizeof one);
     events.join();
     se_ = nullptr;
     watchers_.reset();
     log::info("unmounting {}", opt_.mount_point);
-    // libfuse reports the signal that ended the loop as its result.
-    return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;
+    return rc == 0 ? 0 : 1;
 }
 
 } // namespace

@@ -376,8 +376,110 @@ def test_a_live_mount_is_never_replaced(make_host, tagmemfs):
     d = tagmemfs()
     r = subprocess.run([str(TAGMEMFS), "-f", str(d.mount_point)], capture_output=True,
                        text=True, timeout=30)
-    assert r.returncode == 1 and "already a live tagmemfs mount" in r.stderr
+    assert r.returncode == 3, r.stderr
+    assert f"served by another tagmemfs, pid {d.proc.pid}" in r.stderr
     assert sorted(os.listdir(d.mount_point)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
+
+
+def _second_daemon(path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TAGMEMFS), "-f", "--uevents", "none", str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_one_daemon_per_mount_point_whatever_the_path(make_host, tagmemfs, tmp_path):
+    """The lock, not a comparison of paths, refuses a second daemon: through
+    a symlink, a bind mount of the parent, a relative path, a trailing slash."""
+    make_host("dcd")
+    d = tagmemfs()
+    mp = d.mount_point
+    link = mp.parent / "link"
+    link.symlink_to(mp)
+    parent_link = tmp_path / "parent-link"
+    parent_link.symlink_to(mp.parent)
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    subprocess.run(["mount", "--bind", str(mp.parent), str(bind)], check=True)
+    try:
+        for path in (link, parent_link / mp.name, bind / mp.name, f"{mp}/",
+                     os.path.relpath(mp)):
+            r = _second_daemon(path)
+            assert r.returncode == 3, (path, r.stderr)
+            assert f"pid {d.proc.pid}" in r.stderr and f"{mp.name}.lock" in r.stderr, r.stderr
+        # The bind path is a different mount point for the kernel: nothing may
+        # have been mounted there, and the first daemon still serves.
+        assert mount_options(bind / mp.name) is None
+    finally:
+        subprocess.run(["umount", "-l", str(bind)], check=False)
+    assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
+    assert d.stop() == 0
+    # The lock died with its holder: the mount point is free again.
+    d2 = tagmemfs(mount_point=mp)
+    assert d2.stop() == 0
+
+
+def test_the_lock_survives_daemonizing(make_host, tmp_path):
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    r = subprocess.run([str(TAGMEMFS), str(mp)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    try:
+        pids = subprocess.run(["pgrep", "-f", f"tagmemfs {mp}"], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1
+        # The parent that took the lock has exited; its child holds it.
+        r = _second_daemon(mp)
+        assert r.returncode == 3 and f"pid {pids[0]}" in r.stderr, r.stderr
+        assert (mp.parent / "mnt.lock").read_text() == f"{pids[0]}\n"
+    finally:
+        subprocess.run(["umount", str(mp)], check=False)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "not-root"])
+def test_a_planted_lock_file_is_refused(make_host, tmp_path, plant):
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    lock = tmp_path / "mnt.lock"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.write_text("")
+        os.chown(lock, NOBODY, NOBODY)
+    r = _second_daemon(mp)
+    assert r.returncode == 1 and "mnt.lock" in r.stderr, r.stderr
+    assert victim.read_text() == "precious\n"
+    assert mount_options(mp) is None
+
+
+def test_signals_during_startup_leave_no_mount(make_host, tmp_path):
+    """SIGTERM, SIGINT or SIGHUP at any moment of startup: the daemon either
+    dies before mounting or unmounts cleanly; never a dead mount."""
+    make_host("mixed")
+    mp = tmp_path / "mnt"
+    nodes = Path(f"{mp}.nodes")
+    sigs = [signal.SIGTERM, signal.SIGINT]
+    for i in range(60):
+        sig = sigs[i % 2]
+        log = open(tmp_path / "start.log", "w")
+        p = subprocess.Popen([str(TAGMEMFS), "-f", "--uevents", "none", str(mp)], stdout=log,
+                             stderr=subprocess.STDOUT)
+        time.sleep((i % 20) * 0.004)
+        if i % 3 == 0:
+            p.send_signal(signal.SIGHUP)  # a rescan request must not kill it either
+        p.send_signal(sig)
+        rc = p.wait(30)
+        log.close()
+        text = (tmp_path / "start.log").read_text()
+        # Killed by the default action before main() blocked the signal, or
+        # a clean exit.
+        assert rc in (0, -sig, -signal.SIGHUP), (i, rc, text)
+        assert mount_options(mp) is None, (i, text)
+        assert mount_options(nodes) is None, (i, text)
+        if "mounted" in text:
+            assert "unmounting" in text, text
 
 
 def test_invalid_config_at_start_refuses_to_mount(make_host, tmp_path):
