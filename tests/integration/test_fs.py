@@ -541,28 +541,119 @@ def test_nodes_go_with_the_daemon_and_come_back(make_host, tagmemfs):
     assert mount_options(nodes) is None and mount_options(d.mount_point) is None
 
 
-HELPER = Path(__file__).resolve().parents[2] / "mount-helper" / "mount.tagmem"
+# The build tree's copy of the configured helper: it starts the build tree's
+# tagmemfs, a path fixed at configure time (mount-helper/CMakeLists.txt).
+HELPER = TAGMEMFS.parents[1] / "mount-helper" / "mount.tagmem"
+INSTALLED_HELPER = HELPER.parent / "install" / "mount.tagmem"
+
+
+def helper(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(HELPER), *map(str, args)], capture_output=True, text=True,
+                          timeout=30, env=env, **kw)
 
 
 def test_mount_helper_translates_mount_options(make_host, tmp_path):
     make_host("dcd")
-    env = {**os.environ, "TAGMEMFS": str(TAGMEMFS)}
     mp = tmp_path / "mnt"
     conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
-    fake = subprocess.run([str(HELPER), "tagmem", str(mp), "-f", "-o",
-                           f"rw,defaults,noexec,config={conf},x-systemd.automount,log-level=debug"],
-                          env=env, capture_output=True, text=True, check=True)
+    fake = helper("tagmem", mp, "-f", "-o",
+                  f"rw,defaults,noexec,config={conf},x-systemd.automount,log-level=debug,"
+                  "nofail,_netdev,comment=x,auto,noauto,nouser", check=True)
     assert fake.stdout.split() == [str(TAGMEMFS), "--config", str(conf), "--log-level", "debug",
                                    "-o", "noexec", str(mp)]
-    r = subprocess.run([str(HELPER), "tagmem", str(mp), "-o", f"noexec,config={conf}"], env=env,
-                       capture_output=True, text=True, timeout=30)
+    r = helper("tagmem", mp, "-o", f"noexec,config={conf}")
     assert r.returncode == 0, r.stderr
     fstype, opts, _ = mount_options(mp)
     assert fstype == "fuse.tagmem" and "noexec" in opts
     assert (mp / hg.TAG_A / "data").stat().st_uid == NOBODY
     subprocess.run(["umount", str(mp)], check=True)
     # What tagmemfs refuses, the helper does not smuggle through.
-    r = subprocess.run([str(HELPER), "tagmem", str(mp), "-o", "nodev"], env=env,
-                       capture_output=True, text=True, timeout=30)
+    r = helper("tagmem", mp, "-o", "nodev")
     assert r.returncode == 2 and "not allowed" in r.stderr
-    assert subprocess.run([str(HELPER), "tagmem"], capture_output=True).returncode == 1
+    assert mount_options(mp) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["tagmem", "MP", "-o", "noexec", "-f"],
+    ["tagmem", "MP", "-f", "-n", "-s", "-v", "-o", "noexec"],
+    ["tagmem", "MP", "-sfnv", "-o", "noexec"],
+    ["tagmem", "MP", "-fonoexec"],
+    ["tagmem", "MP", "-vfo", "noexec"],
+    ["tagmem", "MP", "-ft", "tagmem", "-o", "noexec"],
+    ["tagmem", "MP", "-f", "-onoexec", "-t", "tagmem"],
+    ["tagmem", "MP", "-f", "-o", "noexec", "-ttagmem"],
+    ["tagmem", "MP", "-f", "-t", "fuse.tagmem", "-o", "noexec"],
+    ["-f", "-o", "noexec", "tagmem", "MP"],
+    ["/dev/whatever", "MP", "-o", "rw", "-o", "noexec", "-f"],
+])
+def test_mount_helper_takes_every_form_mount_passes(tmp_path, argv):
+    mp = tmp_path / "mnt"
+    r = helper(*[str(mp) if a == "MP" else a for a in argv])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].split() == [str(TAGMEMFS), "-o", "noexec", str(mp)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tagmem"], "usage"),
+    ([], "usage"),
+    (["tagmem", "MP", "extra"], "usage"),
+    (["tagmem", "MP", "-o"], "usage"),
+    (["tagmem", "MP", "-x"], "usage"),
+    (["tagmem", "MP", "-fx"], "usage"),
+    (["tagmem", "MP", "-t"], "usage"),
+    (["tagmem", "MP", "-sN1"], "-N"),
+    (["tagmem", "MP", "-t", "ext4"], "not tagmem"),
+    (["tagmem", "MP", "-N", "/proc/1/ns/mnt"], "-N"),
+    (["tagmem", "MP", "-o", "user"], "root only"),
+    (["tagmem", "MP", "-o", "noexec,users"], "root only"),
+    (["tagmem", "MP", "-o", "owner"], "root only"),
+    (["tagmem", "MP", "-o", "group,noexec"], "root only"),
+])
+def test_mount_helper_refuses_what_it_cannot_honour(tmp_path, argv, message):
+    mp = tmp_path / "mnt"
+    r = helper("-f", *[str(mp) if a == "MP" else a for a in argv])
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert r.stdout == "" and mount_options(mp) is None
+
+
+def test_mount_helper_runs_only_its_own_tagmemfs(tmp_path):
+    """Neither $TAGMEMFS nor a tagmemfs earlier in PATH is what mount(8),
+    running as root, starts."""
+    mp = tmp_path / "mnt"
+    evil = tmp_path / "bin"
+    evil.mkdir()
+    (evil / "tagmemfs").write_text("#!/bin/sh\ntouch " + str(tmp_path / "pwned") + "\n")
+    (evil / "tagmemfs").chmod(0o755)
+    env = {**os.environ, "TAGMEMFS": str(evil / "tagmemfs"), "PATH": f"{evil}:/usr/bin:/bin"}
+    r = helper("tagmem", mp, "-f", "-o", "noexec", env=env)
+    assert r.stdout.split()[0] == str(TAGMEMFS)
+    r = helper("tagmem", mp, "-o", "nodev", env=env)  # runs tagmemfs, which refuses
+    assert r.returncode == 2 and not (tmp_path / "pwned").exists()
+    installed = INSTALLED_HELPER.read_text()
+    assert "TAGMEMFS='/" in installed and "/sbin/tagmemfs'" in installed
+    assert str(TAGMEMFS.parents[1]) not in installed and "${TAGMEMFS" not in installed
+
+
+def test_mount_helper_does_not_glob_options(tmp_path):
+    (tmp_path / "noexec").touch()  # a glob that matched would turn into options
+    (tmp_path / "config=x").touch()
+    mp = tmp_path / "mnt"
+    r = helper("tagmem", mp, "-f", "-o", "noatime,*,no?xec,[c]onfig=*", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(TAGMEMFS), "-o", "noatime,*,no?xec,[c]onfig=*", str(mp)]
+    # tagmemfs refuses them as options it does not know.
+    r = helper("tagmem", mp, "-o", "*", cwd=tmp_path)
+    assert r.returncode == 2 and "'*' is not allowed" in r.stderr, r.stderr
+    # -s (sloppy) drops what it does not know instead, never what it knows.
+    r = helper("tagmem", mp, "-s", "-f", "-o", "*,noexec,frobnicate", cwd=tmp_path)
+    assert r.stdout.split() == [str(TAGMEMFS), "-o", "noexec", str(mp)]
+    assert "ignoring option '*'" in r.stderr and "ignoring option 'frobnicate'" in r.stderr
+
+
+def test_mount_helper_keeps_odd_values_whole(tmp_path):
+    mp = tmp_path / "mnt point"
+    r = helper("tagmem", mp, "-f", "-o", "config=/etc/a b/c d.conf,socket=/run/x y")
+    assert r.returncode == 0, r.stderr
+    # The fake run echoes; the real command line is checked through -v's
+    # twin: every value stays one argument (the shell splits only on ',').
+    assert "--config /etc/a b/c d.conf --socket /run/x y" in r.stdout
