@@ -59,7 +59,13 @@ fuse_entry_param to_entry(const NodeAttr& a, double timeout) {
 }
 
 void op_init(void* userdata, fuse_conn_info* conn) {
-    (void)userdata;
+    auto& c = *static_cast<FsContext*>(userdata);
+    c.no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+    c.no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
+    if (!c.no_open || !c.no_opendir)
+        log::info("this kernel asks before every {}{}{}; each is answered",
+                  !c.no_open ? "open" : "", !c.no_open && !c.no_opendir ? " and every " : "",
+                  !c.no_opendir ? "opendir" : "");
     // READDIRPLUS always (not _AUTO): `ls -l` then needs no LOOKUP per entry.
     if (conn->capable & FUSE_CAP_READDIRPLUS)
         conn->want |= FUSE_CAP_READDIRPLUS;
@@ -129,12 +135,20 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino) {
     });
 }
 
-void op_opendir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+void op_opendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    auto& c = ctx(req);
+    ++c.counters.opendir;
     // ENOSYS once, and the kernel opens directories by itself from then on,
     // caching their listings (FOPEN_CACHE_DIR) until a notification drops
-    // them: no OPENDIR/RELEASEDIR round trip per `ls`.
-    ++ctx(req).counters.opendir;
-    fuse_reply_err(req, ENOSYS);
+    // them: no OPENDIR/RELEASEDIR round trip per `ls`. Only where the
+    // kernel says it can: elsewhere ENOSYS fails the opendir.
+    if (c.no_opendir) {
+        fuse_reply_err(req, ENOSYS);
+        return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
 }
 
 void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
@@ -187,7 +201,12 @@ void op_open(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     // As for directories: ENOSYS once, and opens cost no round trip; the
     // kernel keeps file pages (FOPEN_KEEP_CACHE) until a change invalidates
     // them. Each READ renders the file afresh; metadata fits in one page.
-    fuse_reply_err(req, ENOSYS);
+    if (c.no_open) {
+        fuse_reply_err(req, ENOSYS);
+        return;
+    }
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {

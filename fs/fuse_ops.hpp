@@ -27,6 +27,13 @@ struct FsContext {
     // change is pushed with a notification: the kernel may cache them long.
     double timeout_s = 86400.0;
     RequestCounters counters;
+    // Whether the kernel opens files and directories without asking once
+    // told ENOSYS (FUSE_CAP_NO_OPEN_SUPPORT, 4.20; _NO_OPENDIR_, 5.1). Set
+    // by init from what the kernel offers; until then, and on kernels
+    // without it, open and opendir get real replies: ENOSYS there would
+    // fail every open and every ls.
+    std::atomic<bool> no_open{false};
+    std::atomic<bool> no_opendir{false};
 };
 
 const fuse_lowlevel_ops& tagmem_fuse_ops();

@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -657,3 +659,68 @@ def test_mount_helper_keeps_odd_values_whole(tmp_path):
     # The fake run echoes; the real command line is checked through -v's
     # twin: every value stays one argument (the shell splits only on ',').
     assert "--config /etc/a b/c d.conf --socket /run/x y" in r.stdout
+
+
+def _stats(sock: Path) -> dict:
+    import socket as so
+    c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    c.connect(str(sock))
+    c.sendall(b'{"op":"stats"}\n')
+    c.settimeout(5)
+    data = b""
+    while chunk := c.recv(65536):
+        data += chunk
+    c.close()
+    return json.loads(data)["requests"]
+
+
+def _open_requests(mnt: Path, rounds=3) -> tuple[int, int]:
+    """(OPENDIR, OPEN) requests for `rounds` listings and reads of one tag."""
+    sock = Path(f"{mnt}.sock")
+    before = _stats(sock)
+    for _ in range(rounds):
+        assert "size" in os.listdir(mnt / hg.TAG_A)
+        assert (mnt / hg.TAG_A / "size").read_text() == f"{hg.GiB + 512 * hg.MiB}\n"
+    after = _stats(sock)
+    return after["opendir"] - before["opendir"], after["open"] - before["open"]
+
+
+def test_opens_cost_no_request_where_the_kernel_allows(make_host, tagmemfs):
+    make_host("dcd")
+    d = tagmemfs()
+    _open_requests(d.mount_point, 1)  # the first of each is answered ENOSYS
+    assert _open_requests(d.mount_point) == (0, 0)
+    assert "asks before every" not in d.text()
+
+
+def test_opens_are_answered_on_a_kernel_without_zero_message_opens(make_host, tmp_path):
+    """Before 4.20 (files) and 5.1 (directories) an ENOSYS from open fails
+    the open: tagmemfs replies for real when init does not offer the
+    capabilities. The shim hides them from this kernel's offer."""
+    make_host("dcd")
+    shim = TAGMEMFS.parents[1] / "tests" / "libold_kernel_shim.so"
+    mp = Path(tempfile.mkdtemp(prefix="tagmem-old-", dir="/tmp"))
+    os.chmod(mp, 0o755)
+    log_path = tmp_path / "old.log"
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([str(TAGMEMFS), "-f", "--uevents", "none", str(mp)], stdout=log,
+                             stderr=subprocess.STDOUT, env={**os.environ, "LD_PRELOAD": str(shim)})
+    try:
+        deadline = time.monotonic() + 30
+        while " mounted " not in log_path.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.02)
+        os.listdir(mp)  # the INIT exchange is over once a request was served
+        assert "asks before every open and every opendir" in log_path.read_text()
+        assert _open_requests(mp) == (3, 3)
+        subprocess.run(["ls", "-lR", str(mp)], capture_output=True, check=True)
+        found = subprocess.run(["find", str(mp)], capture_output=True, text=True, check=True)
+        assert len(found.stdout.splitlines()) == 1 + 2 * 6 + 3
+        r = run_as(NOBODY, NOBODY, f"import os; print(os.listdir({str(mp / hg.TAG_A)!r}), "
+                                   f"open({str(mp / hg.TAG_A / 'shareable')!r}).read())")
+        assert r.returncode == 0 and "metadata" in r.stdout and "0" in r.stdout, r.stderr
+        assert open_errno(mp / hg.TAG_A / "metadata", os.O_WRONLY) == errno.EROFS
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        shutil.rmtree(mp, ignore_errors=True)
