@@ -724,3 +724,54 @@ def test_opens_are_answered_on_a_kernel_without_zero_message_opens(make_host, tm
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
         shutil.rmtree(mp, ignore_errors=True)
+
+
+def test_owners_from_huge_user_database_entries(make_host, tagmemfs, tmp_path):
+    """A group of thousands of members, a user with a huge gecos: both
+    outgrow getgrnam_r/getpwnam_r's first buffer (ERANGE) and must still
+    resolve. Fake /etc/group and /etc/passwd are bind-mounted in this
+    private mount namespace only."""
+    make_host("dcd")
+    members = ",".join(f"member{i:05d}" for i in range(6000))  # ~70 KB
+    group = tmp_path / "group"
+    group.write_text(Path("/etc/group").read_text() + f"hugegroup:x:4343:{members}\n")
+    passwd = tmp_path / "passwd"
+    passwd.write_text(Path("/etc/passwd").read_text() +
+                      f"hugeuser:x:4242:4343:{'g' * 60000}:/nonexistent:/usr/sbin/nologin\n")
+    mounted = []
+    try:
+        for fake, real in ((group, "/etc/group"), (passwd, "/etc/passwd")):
+            subprocess.run(["mount", "--bind", str(fake), real], check=True)
+            mounted.append(real)
+        conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = hugeuser\n"
+                                      f"group = hugegroup\nmode = 0060\n")
+        d = tagmemfs("-c", conf)
+        data = (d.mount_point / hg.TAG_A / "data").stat()
+        assert (data.st_uid, data.st_gid) == (4242, 4343), d.text()
+        assert open_errno_as(1234, 4343, d.mount_point / hg.TAG_A / "data") == "ENXIO"
+        shown = json.loads(run_tagmem("show", "--json", hg.TAG_A, config=conf).stdout)
+        assert shown["access"]["uid"] == 4242 and shown["access"]["gid"] == 4343
+    finally:
+        for real in reversed(mounted):
+            subprocess.run(["umount", real], check=False)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("owner = 4294967296", "out of range"),
+    ("owner = 4294967295", "out of range"),
+    ("group = 99999999999999999999999", "out of range"),
+    ("owner = ro\x1b[2Jot", "U+001B"),
+    ("name = caf\udce9", "not valid UTF-8"),
+])
+def test_malformed_owners_and_names_stop_the_daemon_with_a_clear_message(make_host, tmp_path,
+                                                                          line, message):
+    make_host("dcd")
+    conf = tmp_path / "tagmem.conf"
+    conf.write_bytes(f"[tag {hg.TAG_A}]\n{line}\n".encode("utf-8", "surrogateescape"))
+    mp = tmp_path / "mnt"
+    r = subprocess.run([str(TAGMEMFS), "-f", "-c", str(conf), str(mp)], capture_output=True,
+                       timeout=30)
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 1 and message in err and "not mounting" in err, err
+    assert b"\x1b" not in r.stderr
+    assert mount_options(mp) is None
