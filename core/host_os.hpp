@@ -61,6 +61,9 @@ class HostOs {
     // The character major the running kernel registered for "dax".
     virtual std::optional<unsigned> dax_char_major() = 0;
 
+    // A number is taken as parse_account_id() takes it (0..4294967294, no
+    // sign or leading zero); a name must pass check_account_name(). ENOENT
+    // for an unknown name, never a wrapped or default id.
     virtual Result<uid_t> user_id(const std::string& name_or_number) = 0;
     virtual Result<gid_t> group_id(const std::string& name_or_number) = 0;
 };
