@@ -314,6 +314,15 @@ def section(res: vmkit.BootResult, name: str) -> str:
     return res.section(name)
 
 
+def without_ranges(shown: dict) -> dict:
+    """`tagmem show --json` as root minus what only root sees (the physical
+    ranges, 0400 in sysfs): exactly what the world-readable metadata holds."""
+    out = json.loads(json.dumps(shown))
+    for d in out.get("devices", []):
+        d.pop("ranges", None)
+    return out
+
+
 def section_stderr(res: vmkit.BootResult, name: str) -> str:
     """What the command of tm_section NAME printed on stderr."""
     return "\n".join(re.findall(rf"^\[stderr {re.escape(name)}\] (.*)$", res.console, re.M))
