@@ -10,7 +10,6 @@
 // side channels), which is why the kernel hides them. Pass true only for a
 // reader known to be root (euid 0, or SO_PEERCRED uid 0 on a socket).
 #pragma once
-#pragma once
 
 #include "tag_record.hpp"
 
