@@ -4,6 +4,7 @@
 #include "format.hpp"
 #include "watch_client.hpp"
 
+#include "cdi.hpp"
 #include "config.hpp"
 #include "discovery.hpp"
 #include "host_os.hpp"
@@ -102,6 +103,24 @@ int cmd_resolve(const Options& opt) {
     return kExitError;
 }
 
+// The spec tagmemfs keeps in /var/run/cdi, for /etc/cdi or a host without
+// the daemon: the same tags, the same paths (those of a tagmemfs mounted as
+// given).
+int cmd_cdi(const Options& opt, const CdiPaths& paths) {
+    auto result = scan(opt);
+    if (!result)
+        return fail(kExitError, result.error().message);
+    CdiDevices devices;
+    for (const auto& t : result->tags)
+        if (auto d = cdi_device_of(t))
+            devices.emplace(t.tag, std::move(*d));
+    auto spec = cdi_spec(devices, paths);
+    if (!spec)
+        return fail(kExitNotUsable, "no usable tag, and CDI refuses a spec without devices");
+    fmt::print("{}\n", spec->dump(2));
+    return kExitOk;
+}
+
 } // namespace
 
 int run(int argc, char** argv) {
@@ -123,6 +142,14 @@ int run(int argc, char** argv) {
     auto* resolve = app.add_subcommand(
         "resolve", "print the device path of a tag; exit 3 unknown, 4 conflict, 5 not usable");
     resolve->add_option("tag", opt.tag_text, "the tag (UUID)")->required();
+
+    CdiPaths cdi_paths;
+    auto* cdi = app.add_subcommand(
+        "cdi", fmt::format("print the CDI spec of the usable tags ({}); exit 5 if none", kCdiKind));
+    cdi->add_option("-m,--mount-point", cdi_paths.mount_point, "where tagmemfs is mounted")
+        ->capture_default_str();
+    cdi->add_option("--nodes-dir", cdi_paths.nodes_dir,
+                    "tagmemfs's --nodes-dir (default: <mount point>.nodes)");
 
     WatchOptions wopt;
     auto* wait = app.add_subcommand(
@@ -156,6 +183,8 @@ int run(int argc, char** argv) {
         return cmd_show(opt);
     if (*resolve)
         return cmd_resolve(opt);
+    if (*cdi)
+        return cmd_cdi(opt, cdi_paths);
     if (*wait)
         return cmd_wait(wopt);
     if (*watch)

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "daemon.hpp"
 
+#include "cdi.hpp"
+#include "cdi_file.hpp"
 #include "config.hpp"
 #include "fd.hpp"
 #include "host_os.hpp"
@@ -67,6 +69,7 @@ class Daemon {
     void rescan(const char* why);
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
+    void write_cdi();
     void event_loop();
 
     DaemonOptions opt_;
@@ -79,6 +82,8 @@ class Daemon {
     std::optional<UeventMonitor> uevents_;
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
+    CdiSet cdi_devices_;         // follows every delta, from the first scan on
+    std::optional<CdiFile> cdi_; // open once the mount serves
     Fd rescan_event_;
     Fd stop_event_;
 };
@@ -105,6 +110,10 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     auto changes = tree_->apply(delta);
     if (se_)
         notify_kernel(se_, changes);
+    // After the tree (a new tag's directory exists before an engine can
+    // bind it), before its node goes (a removed tag leaves the spec first).
+    if (cdi_devices_.apply(delta) && cdi_)
+        write_cdi();
     for (const auto& name : stale)
         nodes_->remove(name);
     // The first scan's tags are summed up by rescan(); one line each for
@@ -116,6 +125,23 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 why);
     if (watchers_)
         watchers_->publish(changes.events);
+}
+
+// The whole spec, each time: engines read one file, and at 10,000 tags it
+// is rewritten in milliseconds (docs/containers.md).
+void Daemon::write_cdi() {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto spec = cdi_spec(cdi_devices_.devices(), CdiPaths{opt_.mount_point, nodes_->path()});
+    std::string text = spec ? spec->dump() : std::string();
+    auto done = spec ? cdi_->write(text) : cdi_->remove();
+    if (!done) {
+        log::error("CDI spec: {}", done.error().message);
+        return;
+    }
+    log::debug(
+        "CDI spec {}: {} tags, {} bytes in {:.1f} ms", cdi_->path(), cdi_devices_.devices().size(),
+        text.size(),
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
 void Daemon::rescan(const char* why) {
@@ -288,6 +314,18 @@ int Daemon::run() {
         return 1;
     }
     watchers_.emplace(std::move(*server));
+    // Published only now that the mount serves: a container an engine starts
+    // from the spec finds every tag directory it binds.
+    if (!opt_.cdi_dir.empty()) {
+        // Without it containers cannot request tags, but the host's own
+        // programs can still use them: serve, and say so.
+        if (auto cdi = CdiFile::open(opt_.cdi_dir); !cdi)
+            log::error("{}; no CDI spec will be written", cdi.error().message);
+        else {
+            cdi_.emplace(std::move(*cdi));
+            write_cdi();
+        }
+    }
     log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_->tag_count(),
               opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
               socket_path);
@@ -336,6 +374,7 @@ int Daemon::run() {
     [[maybe_unused]] auto n = ::write(stop_event_.get(), &one, sizeof one);
     events.join();
     se_ = nullptr;
+    cdi_.reset(); // no engine may start a container on a mount about to go
     watchers_.reset();
     log::info("unmounting {}", opt_.mount_point);
     // libfuse reports the signal that ended the loop as its result.
