@@ -117,7 +117,7 @@ int cmd_cdi(const Options& opt, const CdiPaths& paths) {
     auto spec = cdi_spec(devices, paths);
     if (!spec)
         return fail(kExitNotUsable, "no usable tag, and CDI refuses a spec without devices");
-    fmt::print("{}\n", spec->dump(2));
+    fmt::print("{}\n", nlohmann::json::parse(*spec).dump(2)); // for people editing /etc/cdi
     return kExitOk;
 }
 

@@ -14,8 +14,6 @@
 
 #include "tag_record.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <sys/types.h>
 
 #include <map>
@@ -74,10 +72,10 @@ class CdiSet {
     CdiDevices devices_;
 };
 
-// The spec: one device named by each tag, and one by its configured name
-// where that name is a valid CDI device name, not a UUID and not shared by
-// another usable tag. nullopt when no tag is usable: CDI rejects a spec
-// without devices.
-std::optional<nlohmann::json> cdi_spec(const CdiDevices& devices, const CdiPaths& paths);
+// The spec, as compact JSON text: one device named by each tag, and one by
+// its configured name where that name is a valid CDI device name, not a UUID
+// and not shared by another usable tag. nullopt when no tag is usable: CDI
+// rejects a spec without devices.
+std::optional<std::string> cdi_spec(const CdiDevices& devices, const CdiPaths& paths);
 
 } // namespace tagmem

@@ -128,19 +128,18 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
 }
 
 // The whole spec, each time: engines read one file, and at 10,000 tags it
-// is rewritten in milliseconds (docs/containers.md).
+// is formatted and rewritten in tens of milliseconds (docs/containers.md).
 void Daemon::write_cdi() {
     const auto t0 = std::chrono::steady_clock::now();
     auto spec = cdi_spec(cdi_devices_.devices(), CdiPaths{opt_.mount_point, nodes_->path()});
-    std::string text = spec ? spec->dump() : std::string();
-    auto done = spec ? cdi_->write(text) : cdi_->remove();
+    auto done = spec ? cdi_->write(*spec) : cdi_->remove();
     if (!done) {
         log::error("CDI spec: {}", done.error().message);
         return;
     }
     log::debug(
         "CDI spec {}: {} tags, {} bytes in {:.1f} ms", cdi_->path(), cdi_devices_.devices().size(),
-        text.size(),
+        spec ? spec->size() : 0,
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 

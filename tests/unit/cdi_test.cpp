@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <set>
 #include <string>
@@ -42,6 +43,12 @@ TagDelta upsert(std::shared_ptr<const TagRecord> r) {
     return d;
 }
 
+// The spec as JSON (it is made as text), or null when there is none.
+json spec_of(const CdiDevices& devices, const CdiPaths& paths = {}) {
+    auto text = cdi_spec(devices, paths);
+    return text ? json::parse(*text) : json();
+}
+
 std::vector<std::string> names(const json& spec) {
     std::vector<std::string> out;
     for (const auto& d : spec["devices"])
@@ -60,13 +67,13 @@ TEST(CdiSpec, OneDevicePerUsableTagWithExactlyItsPieces) {
     CdiSet set;
     Access famfs{.uid = 1234, .gid = 99, .mode = 0640, .owner = "famfs", .group = "g"};
     ASSERT_TRUE(set.apply(upsert(record(1, TagState::ready, "", famfs))));
-    auto spec = cdi_spec(set.devices(), CdiPaths{"/run/tagmem", ""});
-    ASSERT_TRUE(spec);
-    EXPECT_EQ((*spec)["cdiVersion"], "0.5.0");
-    EXPECT_EQ((*spec)["kind"], "tagmem.io/tag");
-    ASSERT_EQ((*spec)["devices"].size(), 1u);
+    json spec = spec_of(set.devices(), CdiPaths{"/run/tagmem", ""});
+    ASSERT_FALSE(spec.is_null());
+    EXPECT_EQ(spec["cdiVersion"], "0.5.0");
+    EXPECT_EQ(spec["kind"], "tagmem.io/tag");
+    ASSERT_EQ(spec["devices"].size(), 1u);
     const std::string tag = tag_n(1).str();
-    const json& d = (*spec)["devices"][0];
+    const json& d = spec["devices"][0];
     EXPECT_EQ(d["name"], tag);
     const json& e = d["containerEdits"];
     ASSERT_EQ(e["deviceNodes"].size(), 2u);
@@ -94,10 +101,10 @@ TEST(CdiSpec, PathsFollowTheMountAndNodesDirectory) {
     CdiSet set;
     set.apply(upsert(record(2)));
     const std::string tag = tag_n(2).str();
-    auto e = (*cdi_spec(set.devices(), CdiPaths{"/srv/tm", ""}))["devices"][0]["containerEdits"];
+    auto e = (spec_of(set.devices(), CdiPaths{"/srv/tm", ""}))["devices"][0]["containerEdits"];
     EXPECT_EQ(e["deviceNodes"][0]["path"], "/srv/tm.nodes/" + tag);
     EXPECT_EQ(e["mounts"][0]["hostPath"], "/srv/tm/" + tag);
-    e = (*cdi_spec(set.devices(), CdiPaths{"/srv/tm", "/n"}))["devices"][0]["containerEdits"];
+    e = (spec_of(set.devices(), CdiPaths{"/srv/tm", "/n"}))["devices"][0]["containerEdits"];
     EXPECT_EQ(e["deviceNodes"][0]["path"], "/n/" + tag);
 }
 
@@ -109,10 +116,10 @@ TEST(CdiSpec, OnlyUsableTags) {
     EXPECT_FALSE(cdi_spec(set.devices(), {})); // CDI refuses a spec without devices
     EXPECT_TRUE(set.apply(upsert(record(3))));
     EXPECT_TRUE(set.apply(upsert(record(4))));
-    EXPECT_THAT(names(*cdi_spec(set.devices(), {})), ElementsAre(tag_n(3).str(), tag_n(4).str()));
+    EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(3).str(), tag_n(4).str()));
     // A tag that becomes unusable leaves the spec; so does one that is gone.
     EXPECT_TRUE(set.apply(upsert(record(3, TagState::system_ram))));
-    EXPECT_THAT(names(*cdi_spec(set.devices(), {})), ElementsAre(tag_n(4).str()));
+    EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(4).str()));
     TagDelta gone;
     gone.removals = {tag_n(4)};
     EXPECT_TRUE(set.apply(gone));
@@ -137,7 +144,7 @@ TEST(CdiSpec, ConfiguredNamesWhereCdiAllowsAndUnambiguous) {
     set.apply(upsert(record(9, TagState::ready, "twin")));
     set.apply(upsert(record(10, TagState::ready, tag_n(11).str()))); // looks like a tag
     set.apply(upsert(record(11)));
-    auto spec = *cdi_spec(set.devices(), {});
+    json spec = spec_of(set.devices());
     EXPECT_THAT(names(spec),
                 ElementsAre("scratch-pool", tag_n(6).str(), tag_n(7).str(), tag_n(8).str(),
                             tag_n(9).str(), tag_n(10).str(), tag_n(11).str()));
@@ -150,11 +157,18 @@ TEST(CdiSpec, NamesAreEscapedAsJson) {
     // env values are JSON strings: a quote cannot break the document.
     CdiSet set;
     set.apply(upsert(record(12, TagState::ready, "a\"b")));
-    auto text = cdi_spec(set.devices(), CdiPaths{"/run/tag\"mem", ""})->dump();
-    auto back = json::parse(text);
+    json back = spec_of(set.devices(), CdiPaths{"/run/tag\"mem", ""});
     EXPECT_THAT(names(back), ElementsAre(tag_n(12).str()));
     EXPECT_EQ(back["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
               "/run/tag\"mem/" + tag_n(12).str());
+}
+
+TEST(CdiSpec, BytesThatAreNotUtf8DoNotBreakIt) {
+    CdiSet set;
+    set.apply(upsert(record(13)));
+    json back = spec_of(set.devices(), CdiPaths{"/run/\xff", ""});
+    EXPECT_EQ(back["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
+              "/run/\xef\xbf\xbd/" + tag_n(13).str());
 }
 
 } // namespace
