@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
                                    "for container engines; empty: none")
                         ->capture_default_str();
     bool no_cdi = false;
-    app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")->excludes(cdi_dir);
+    app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")
+        ->excludes(cdi_dir);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

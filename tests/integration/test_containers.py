@@ -176,7 +176,7 @@ def test_spec_in_var_run_cdi_follows_the_tags(make_host, tagmemfs, tmp_path):
                    check=True)
     try:
         make_host("dcd")  # TAG_A and TAG_B ready, TAG_C only offered
-        d = tagmemfs()
+        d = tagmemfs(cdi=True)  # no CDI option: the default directory
         path = Path("/var/run/cdi/tagmem.json")
         spec = json.loads(path.read_text())
         validate(spec)
@@ -200,7 +200,7 @@ def test_cdi_dir_options(make_host, tagmemfs, tmp_path):
     tagmemfs("--cdi-dir", elsewhere)
     validate(spec_of(elsewhere))
     for off in (["--no-cdi"], ["--cdi-dir", ""]):
-        d = tagmemfs(*off)
+        d = tagmemfs(*off, cdi=True)
         assert "CDI spec" not in d.text()
     assert sorted(os.listdir(elsewhere)) == ["tagmem.json"]
 
