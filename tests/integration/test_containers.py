@@ -216,6 +216,13 @@ def test_tagmem_cdi_with_names(make_host, tmp_path):
     assert device_names(spec) == ["scratch-pool", hg.TAG_A, hg.TAG_B]
     nodes = [n["path"] for n in spec["devices"][0]["containerEdits"]["deviceNodes"]]
     assert nodes == [f"/srv/n/{hg.TAG_A}", "/dev/dax0.0"]
+    # Only the tags named; an unknown or unusable one is refused.
+    r = run_tagmem("cdi", hg.TAG_B)
+    assert r.returncode == 0, r.stderr
+    assert device_names(json.loads(r.stdout)) == [hg.TAG_B]
+    assert run_tagmem("cdi", "7e570000-0000-4000-8000-0000000000e1").returncode == 3
+    r = run_tagmem("cdi", hg.TAG_A, hg.TAG_C)  # TAG_C: offered, no device
+    assert r.returncode == 5 and r.stdout == "" and hg.TAG_C in r.stderr
 
 
 def test_tagmem_cdi_without_usable_tags(make_host):
