@@ -4,6 +4,7 @@
 #include "format.hpp"
 #include "watch_client.hpp"
 
+#include "cdi.hpp"
 #include "config.hpp"
 #include "discovery.hpp"
 #include "host_os.hpp"
@@ -17,6 +18,8 @@
 
 #include <cstdio>
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace tagmem::cli {
 namespace {
@@ -110,6 +113,40 @@ int cmd_resolve(const Options& opt) {
     return kExitError;
 }
 
+// The spec tagmemfs keeps in /var/run/cdi, for /etc/cdi or a host without
+// the daemon: the same tags, the same paths (those of a tagmemfs mounted as
+// given). With tags named, only those: engines parse every spec at every
+// container start, so a host with thousands of tags is better served by a
+// spec of the few its containers use (docs/containers.md).
+int cmd_cdi(const Options& opt, const CdiPaths& paths, const std::vector<std::string>& only) {
+    auto result = scan(opt);
+    if (!result)
+        return fail(kExitError, result.error().message);
+    CdiDevices devices;
+    for (const auto& text : only) {
+        auto tag = Uuid::parse(text);
+        if (!tag)
+            return fail(kExitUsage, tag.error().message);
+        const TagRecord* t = result->find(*tag);
+        if (!t)
+            return fail(kExitUnknownTag, fmt::format("no device carries tag {}", tag->str()));
+        auto d = cdi_device_of(*t);
+        if (!d)
+            return fail(t->state == TagState::conflict ? kExitConflict : kExitNotUsable,
+                        fmt::format("tag {} is not usable: {}", tag->str(), t->reason));
+        devices.emplace(t->tag, std::move(*d));
+    }
+    if (only.empty())
+        for (const auto& t : result->tags)
+            if (auto d = cdi_device_of(t))
+                devices.emplace(t.tag, std::move(*d));
+    auto spec = cdi_spec(devices, paths);
+    if (!spec)
+        return fail(kExitNotUsable, "no usable tag, and CDI refuses a spec without devices");
+    fmt::print("{}\n", nlohmann::json::parse(*spec).dump(2)); // for people editing /etc/cdi
+    return kExitOk;
+}
+
 } // namespace
 
 int run(int argc, char** argv) {
@@ -131,6 +168,16 @@ int run(int argc, char** argv) {
     auto* resolve = app.add_subcommand(
         "resolve", "print the device path of a tag; exit 3 unknown, 4 conflict, 5 not usable");
     resolve->add_option("tag", opt.tag_text, "the tag (UUID)")->required();
+
+    CdiPaths cdi_paths;
+    auto* cdi = app.add_subcommand(
+        "cdi", fmt::format("print the CDI spec of the usable tags ({}); exit 5 if none", kCdiKind));
+    std::vector<std::string> cdi_tags;
+    cdi->add_option("tag", cdi_tags, "only these tags (UUIDs); exit 3 unknown, 4, 5 not usable");
+    cdi->add_option("-m,--mount-point", cdi_paths.mount_point, "where tagmemfs is mounted")
+        ->capture_default_str();
+    cdi->add_option("--nodes-dir", cdi_paths.nodes_dir,
+                    "tagmemfs's --nodes-dir (default: <mount point>.nodes)");
 
     WatchOptions wopt;
     auto* wait = app.add_subcommand(
@@ -164,6 +211,8 @@ int run(int argc, char** argv) {
         return cmd_show(opt);
     if (*resolve)
         return cmd_resolve(opt);
+    if (*cdi)
+        return cmd_cdi(opt, cdi_paths, cdi_tags);
     if (*wait)
         return cmd_wait(wopt);
     if (*watch)

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "daemon.hpp"
 
+#include "cdi.hpp"
+#include "cdi_file.hpp"
 #include "config.hpp"
 #include "fd.hpp"
 #include "host_os.hpp"
@@ -89,6 +91,7 @@ class Daemon {
     void rescan(const char* why);
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
+    void write_cdi();
     void event_loop();
 
     DaemonOptions opt_;
@@ -103,6 +106,8 @@ class Daemon {
     std::optional<UeventMonitor> uevents_;
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
+    CdiSet cdi_devices_;         // follows every delta, from the first scan on
+    std::optional<CdiFile> cdi_; // open once the mount serves
     Fd rescan_event_;
     Fd stop_event_;   // main -> event thread: the loop is over, return
     Fd stop_request_; // signal handler -> event thread: stop the loop
@@ -131,6 +136,10 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     auto changes = tree_->apply(delta);
     if (se_)
         notify_kernel(se_, changes);
+    // After the tree (a new tag's directory exists before an engine can
+    // bind it), before its node goes (a removed tag leaves the spec first).
+    if (cdi_devices_.apply(delta) && cdi_)
+        write_cdi();
     for (const auto& name : stale)
         nodes_->remove(name);
     // The first scan's tags are summed up by rescan(); one line each for
@@ -142,6 +151,22 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 why);
     if (watchers_)
         watchers_->publish(changes.events);
+}
+
+// The whole spec, each time: engines read one file, and at 10,000 tags it
+// is formatted and rewritten in tens of milliseconds (docs/containers.md).
+void Daemon::write_cdi() {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto spec = cdi_spec(cdi_devices_.devices(), CdiPaths{opt_.mount_point, nodes_->path()});
+    auto done = spec ? cdi_->write(*spec) : cdi_->remove();
+    if (!done) {
+        log::error("CDI spec: {}", done.error().message);
+        return;
+    }
+    log::debug(
+        "CDI spec {}: {} tags, {} bytes in {:.1f} ms", cdi_->path(), cdi_devices_.devices().size(),
+        spec ? spec->size() : 0,
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
 void Daemon::rescan(const char* why) {
@@ -360,6 +385,18 @@ int Daemon::run() {
         return 1;
     }
     watchers_.emplace(std::move(*server));
+    // Published only now that the mount serves: a container an engine starts
+    // from the spec finds every tag directory it binds.
+    if (!opt_.cdi_dir.empty()) {
+        // Without it containers cannot request tags, but the host's own
+        // programs can still use them: serve, and say so.
+        if (auto cdi = CdiFile::open(opt_.cdi_dir); !cdi)
+            log::error("{}; no CDI spec will be written", cdi.error().message);
+        else {
+            cdi_.emplace(std::move(*cdi));
+            write_cdi();
+        }
+    }
     log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_->tag_count(),
               opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
               socket_path);
@@ -416,6 +453,7 @@ int Daemon::run() {
     [[maybe_unused]] auto n = ::write(stop_event_.get(), &one, sizeof one);
     events.join();
     se_ = nullptr;
+    cdi_.reset(); // no engine may start a container on a mount about to go
     watchers_.reset();
     log::info("unmounting {}", opt_.mount_point);
     return rc == 0 ? 0 : 1;

@@ -21,7 +21,8 @@ struct DaemonOptions {
     std::string socket_path; // empty: <mount point>.sock
     std::string nodes_dir;   // empty: <mount point>.nodes (the tmpfs behind each data)
     UeventSource uevents = UeventSource::automatic;
-    unsigned extent_poll_ms = 1000; // DCD extents raise no uevent; 0: never poll
+    unsigned extent_poll_ms = 1000;       // DCD extents raise no uevent; 0: never poll
+    std::string cdi_dir = "/var/run/cdi"; // where the CDI spec goes; empty: none
 };
 
 // Returns the process exit code.

@@ -43,6 +43,13 @@ int main(int argc, char** argv) {
     app.add_option("--extent-poll-ms", opt.extent_poll_ms,
                    "how often DCD extent lists are re-read (they raise no event); 0: never")
         ->capture_default_str();
+    auto* cdi_dir = app.add_option("--cdi-dir", opt.cdi_dir,
+                                   "where to keep the CDI spec of the usable tags (tagmem.json) "
+                                   "for container engines; empty: none")
+                        ->capture_default_str();
+    bool no_cdi = false;
+    app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")
+        ->excludes(cdi_dir);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -54,6 +61,8 @@ int main(int argc, char** argv) {
         return 2;
     }
     opt.log_level = *log::parse_level(level);
+    if (no_cdi)
+        opt.cdi_dir.clear();
     opt.uevents = uevents == "udev"     ? UeventSource::udev
                   : uevents == "kernel" ? UeventSource::kernel
                   : uevents == "none"   ? UeventSource::none

@@ -12,6 +12,11 @@ build_pkgs=(
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
 # python3 for the FUSE/fixture tests, clang-format for the style check.
 test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
+# Containers (tests/integration/test_containers.py): Debian's podman with
+# runc (crun fails on hybrid cgroups), a static busybox and libc for the test
+# image, and the CDI schema with a validator for the spec tagmemfs writes.
+test_pkgs+=(podman runc busybox-static libc6-dev python3-jsonschema
+  golang-github-container-orchestrated-devices-container-device-interface-dev)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 

@@ -222,7 +222,8 @@ class Daemon:
 
 @pytest.fixture
 def tagmemfs(tmp_path):
-    """tagmemfs(*args, mount_point=None) -> Daemon, mounted; stopped at teardown."""
+    """tagmemfs(*args, mount_point=None, cdi=False) -> Daemon, mounted; stopped at
+    teardown. Without --cdi-dir or cdi=True it writes no CDI spec."""
     daemons: list[Daemon] = []
 
     # Mount points other users can reach (pytest's tmp_path is root-only), so
@@ -230,9 +231,14 @@ def tagmemfs(tmp_path):
     public = Path(tempfile.mkdtemp(prefix="tagmem-it-", dir="/tmp"))
     public.chmod(0o755)
 
-    def start(*args, mount_point: Path | None = None, wait=True) -> Daemon:
+    def start(*args, mount_point: Path | None = None, wait=True, cdi=False) -> Daemon:
         mp = mount_point or (public / f"mnt{len(daemons)}")
-        d = Daemon(mp, [str(a) for a in args], tmp_path / f"tagmemfs{len(daemons)}.log")
+        args = [str(a) for a in args]
+        # No CDI spec in the machine's real /var/run/cdi (a shared tmpfs, not
+        # a mount of this namespace) unless a test asks for one.
+        if not cdi and not any(a.startswith("--cdi-dir") or a == "--no-cdi" for a in args):
+            args.insert(0, "--no-cdi")
+        d = Daemon(mp, args, tmp_path / f"tagmemfs{len(daemons)}.log")
         daemons.append(d)
         if wait:
             d.wait_mounted()

@@ -32,7 +32,8 @@ REPO = HERE.parents[1]
 #: The product binaries inside the CMake build directory.
 PRODUCT = {"tagmem": "cli/tagmem", "tagmemfs": "fs/tagmemfs"}
 #: Guest tools and their sources (tests/qemu/tools).
-TOOL_SOURCES = {"daxmap": "tools/daxmap.cpp", "tagmem-runas": "tools/runas.cpp"}
+TOOL_SOURCES = {"daxmap": "tools/daxmap.cpp", "tagmem-runas": "tools/runas.cpp",
+                "tagmem-cdi-run": "tools/cdi_run.cpp"}
 #: Host programs copied into every tagmem guest besides the product.
 HOST_EXTRAS = ("fusermount3",)
 

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Container Device Interface (CDI) spec of the usable tags: what podman,
+// CRI-O, containerd and Docker read from /etc/cdi and /var/run/cdi to hand a
+// device to a container (`--device tagmem.io/tag=<tag>`). Pure logic: tagmemfs
+// writes it (fs/cdi_file.hpp), `tagmem cdi` prints it; docs/containers.md
+// explains the shape.
+//
+// A CDI device per usable tag gives the container exactly what the host has
+// for that tag: the tag directory bind-mounted read-only at the same path,
+// the character node its `data` link leads to (and /dev/daxX.Y, where `dev`
+// leads), made with the tag's owner and mode, and the device-cgroup rule for
+// that one device number.
+#pragma once
+
+#include "tag_record.hpp"
+
+#include <sys/types.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tagmem {
+
+// The version Debian 12's podman 4.3 (CDI library 0.5) reads; 0.5.0 is the
+// first with uid/gid on device nodes, which the tag's owner needs.
+inline constexpr const char* kCdiVersion = "0.5.0";
+// vendor/class: the vendor must look like a domain name (CDI's rule).
+inline constexpr const char* kCdiKind = "tagmem.io/tag";
+// The spec's file name in a CDI directory.
+inline constexpr const char* kCdiFileName = "tagmem.json";
+
+// What a tag's CDI device is made of: the spec changes exactly when one of
+// these does, so the daemon compares these rather than whole records.
+struct CdiDevice {
+    Uuid tag;
+    std::string name;   // configured name, may be empty
+    std::string device; // daxX.Y
+    DevNumber devno;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    mode_t mode = 0600;
+    auto operator<=>(const CdiDevice&) const = default;
+};
+
+// Where tagmemfs publishes: the spec's paths are the host's, and the same
+// inside the container.
+struct CdiPaths {
+    std::string mount_point = "/run/tagmem";
+    std::string nodes_dir; // empty: <mount_point>.nodes
+    std::string nodes() const { return nodes_dir.empty() ? mount_point + ".nodes" : nodes_dir; }
+};
+
+// CDI's device-name rule: letters, digits, '_', '-', '.', ':', starting and
+// ending with a letter or digit.
+bool is_cdi_device_name(std::string_view name);
+
+// The tag's CDI device, or nothing when the tag is not usable.
+std::optional<CdiDevice> cdi_device_of(const TagRecord& record);
+
+using CdiDevices = std::map<Uuid, CdiDevice>;
+
+// Keeps the CDI view of the published tags up to date from deltas.
+class CdiSet {
+  public:
+    // Whether the spec changed.
+    bool apply(const TagDelta& delta);
+    const CdiDevices& devices() const { return devices_; }
+
+  private:
+    CdiDevices devices_;
+};
+
+// The spec, as compact JSON text: one device named by each tag, and one by
+// its configured name where that name is a valid CDI device name, not a UUID
+// and not shared by another usable tag. nullopt when no tag is usable: CDI
+// rejects a spec without devices.
+std::optional<std::string> cdi_spec(const CdiDevices& devices, const CdiPaths& paths);
+
+} // namespace tagmem

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CDI spec of the usable tags (core/cdi.hpp): names, what a device holds,
+// which tags appear, and when the daemon must rewrite it.
+#include "cdi.hpp"
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <set>
+#include <string>
+
+namespace tagmem {
+namespace {
+
+using nlohmann::json;
+using ::testing::ElementsAre;
+
+Uuid tag_n(unsigned n) {
+    return Uuid::parse(fmt::format("6f1c2d3e-0000-4000-8000-{:012x}", n)).value();
+}
+
+std::shared_ptr<const TagRecord> record(unsigned n, TagState state = TagState::ready,
+                                        std::string name = "", Access access = {}) {
+    auto p = std::make_shared<ProbedDevice>();
+    p->dev.name = fmt::format("dax0.{}", n);
+    p->dev.devno = DevNumber{252, n};
+    p->tag = tag_n(n);
+    TagRecord r;
+    r.tag = tag_n(n);
+    r.name = Interned(name);
+    r.state = state;
+    r.access = access;
+    if (state != TagState::offered)
+        r.devices = {p};
+    return std::make_shared<const TagRecord>(std::move(r));
+}
+
+TagDelta upsert(std::shared_ptr<const TagRecord> r) {
+    TagDelta d;
+    d.upserts.push_back(std::move(r));
+    return d;
+}
+
+// The spec as JSON (it is made as text), or null when there is none.
+json spec_of(const CdiDevices& devices, const CdiPaths& paths = {}) {
+    auto text = cdi_spec(devices, paths);
+    return text ? json::parse(*text) : json();
+}
+
+std::vector<std::string> names(const json& spec) {
+    std::vector<std::string> out;
+    for (const auto& d : spec["devices"])
+        out.push_back(d["name"]);
+    return out;
+}
+
+TEST(CdiName, FollowsTheCdiRule) {
+    for (const char* ok : {"a", "7", "scratch-pool", "pool_1", "a.b:c", "6f1c2d3e-0000-4000"})
+        EXPECT_TRUE(is_cdi_device_name(ok)) << ok;
+    for (const char* bad : {"", "-a", "a-", "_a", "a b", "a/b", "a=b", "pool\"", "é", ".a", "a:"})
+        EXPECT_FALSE(is_cdi_device_name(bad)) << bad;
+}
+
+TEST(CdiSpec, OneDevicePerUsableTagWithExactlyItsPieces) {
+    CdiSet set;
+    Access famfs{.uid = 1234, .gid = 99, .mode = 0640, .owner = "famfs", .group = "g"};
+    ASSERT_TRUE(set.apply(upsert(record(1, TagState::ready, "", famfs))));
+    json spec = spec_of(set.devices(), CdiPaths{"/run/tagmem", ""});
+    ASSERT_FALSE(spec.is_null());
+    EXPECT_EQ(spec["cdiVersion"], "0.5.0");
+    EXPECT_EQ(spec["kind"], "tagmem.io/tag");
+    ASSERT_EQ(spec["devices"].size(), 1u);
+    const std::string tag = tag_n(1).str();
+    const json& d = spec["devices"][0];
+    EXPECT_EQ(d["name"], tag);
+    const json& e = d["containerEdits"];
+    ASSERT_EQ(e["deviceNodes"].size(), 2u);
+    EXPECT_EQ(e["deviceNodes"][0]["path"], "/run/tagmem.nodes/" + tag);
+    EXPECT_EQ(e["deviceNodes"][1]["path"], "/dev/dax0.1");
+    for (const auto& n : e["deviceNodes"]) {
+        EXPECT_EQ(n["type"], "c");
+        EXPECT_EQ(n["major"], 252);
+        EXPECT_EQ(n["minor"], 1);
+        EXPECT_EQ(n["uid"], 1234);
+        EXPECT_EQ(n["gid"], 99);
+        EXPECT_EQ(n["fileMode"], 0640);
+        EXPECT_EQ(n["permissions"], "rw");    // no "m": nobody needs mknod of it
+        EXPECT_FALSE(n.contains("hostPath")); // runc makes the node from the numbers
+    }
+    ASSERT_EQ(e["mounts"].size(), 1u);
+    EXPECT_EQ(e["mounts"][0]["hostPath"], "/run/tagmem/" + tag);
+    EXPECT_EQ(e["mounts"][0]["containerPath"], "/run/tagmem/" + tag);
+    EXPECT_EQ(e["mounts"][0]["options"], json({"bind", "ro", "nosuid", "nodev"}));
+    EXPECT_EQ(e["env"], json({"TAGMEM_TAG=" + tag, "TAGMEM_DIR=/run/tagmem/" + tag,
+                              "TAGMEM_DATA=/run/tagmem/" + tag + "/data"}));
+}
+
+TEST(CdiSpec, PathsFollowTheMountAndNodesDirectory) {
+    CdiSet set;
+    set.apply(upsert(record(2)));
+    const std::string tag = tag_n(2).str();
+    auto e = (spec_of(set.devices(), CdiPaths{"/srv/tm", ""}))["devices"][0]["containerEdits"];
+    EXPECT_EQ(e["deviceNodes"][0]["path"], "/srv/tm.nodes/" + tag);
+    EXPECT_EQ(e["mounts"][0]["hostPath"], "/srv/tm/" + tag);
+    e = (spec_of(set.devices(), CdiPaths{"/srv/tm", "/n"}))["devices"][0]["containerEdits"];
+    EXPECT_EQ(e["deviceNodes"][0]["path"], "/n/" + tag);
+}
+
+TEST(CdiSpec, OnlyUsableTags) {
+    CdiSet set;
+    for (auto state :
+         {TagState::system_ram, TagState::disabled, TagState::conflict, TagState::offered})
+        EXPECT_FALSE(set.apply(upsert(record(3, state))));
+    EXPECT_FALSE(cdi_spec(set.devices(), {})); // CDI refuses a spec without devices
+    EXPECT_TRUE(set.apply(upsert(record(3))));
+    EXPECT_TRUE(set.apply(upsert(record(4))));
+    EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(3).str(), tag_n(4).str()));
+    // A tag that becomes unusable leaves the spec; so does one that is gone.
+    EXPECT_TRUE(set.apply(upsert(record(3, TagState::system_ram))));
+    EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(4).str()));
+    TagDelta gone;
+    gone.removals = {tag_n(4)};
+    EXPECT_TRUE(set.apply(gone));
+    EXPECT_FALSE(cdi_spec(set.devices(), {}));
+    EXPECT_FALSE(set.apply(gone));
+}
+
+TEST(CdiSpec, ChangesOnlyWhenWhatItHoldsChanges) {
+    CdiSet set;
+    ASSERT_TRUE(set.apply(upsert(record(5))));
+    EXPECT_FALSE(set.apply(upsert(record(5)))); // same again (e.g. its size changed)
+    EXPECT_TRUE(set.apply(upsert(record(5, TagState::ready, "pool"))));
+    EXPECT_TRUE(set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))));
+    EXPECT_FALSE(set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))));
+}
+
+TEST(CdiSpec, ConfiguredNamesWhereCdiAllowsAndUnambiguous) {
+    CdiSet set;
+    set.apply(upsert(record(6, TagState::ready, "scratch-pool")));
+    set.apply(upsert(record(7, TagState::ready, "has space")));
+    set.apply(upsert(record(8, TagState::ready, "twin")));
+    set.apply(upsert(record(9, TagState::ready, "twin")));
+    set.apply(upsert(record(10, TagState::ready, tag_n(11).str()))); // looks like a tag
+    set.apply(upsert(record(11)));
+    json spec = spec_of(set.devices());
+    EXPECT_THAT(names(spec),
+                ElementsAre("scratch-pool", tag_n(6).str(), tag_n(7).str(), tag_n(8).str(),
+                            tag_n(9).str(), tag_n(10).str(), tag_n(11).str()));
+    // The name's device is the tag's device.
+    EXPECT_EQ(spec["devices"][0]["containerEdits"], spec["devices"][1]["containerEdits"]);
+}
+
+TEST(CdiSpec, NamesAreEscapedAsJson) {
+    // A configured name never reaches the spec unless CDI allows it, and the
+    // env values are JSON strings: a quote cannot break the document.
+    CdiSet set;
+    set.apply(upsert(record(12, TagState::ready, "a\"b")));
+    json back = spec_of(set.devices(), CdiPaths{"/run/tag\"mem", ""});
+    EXPECT_THAT(names(back), ElementsAre(tag_n(12).str()));
+    EXPECT_EQ(back["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
+              "/run/tag\"mem/" + tag_n(12).str());
+}
+
+TEST(CdiSpec, BytesThatAreNotUtf8DoNotBreakIt) {
+    CdiSet set;
+    set.apply(upsert(record(13)));
+    json back = spec_of(set.devices(), CdiPaths{"/run/\xff", ""});
+    EXPECT_EQ(back["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
+              "/run/\xef\xbf\xbd/" + tag_n(13).str());
+}
+
+} // namespace
+} // namespace tagmem
