@@ -15,22 +15,16 @@ json ranges_json(const SmallVec<PhysRange>& ranges) {
     return out;
 }
 
-json device_json(const ProbedDevice& p) {
+json device_json(const ProbedDevice& p, bool privileged) {
     const DaxDevice& d = p.dev;
     json j = {
-        {"device", d.name},
-        {"path", d.dev_path()},
-        {"major", d.devno.major},
-        {"minor", d.devno.minor},
-        {"source", to_string(p.source)},
-        {"size", d.size},
-        {"align", d.align},
-        {"mode", to_string(d.mode)},
-        {"region", d.region_id},
-        {"numa_node", p.numa_node},
-        {"target_node", d.target_node},
-        {"ranges", ranges_json(d.ranges)},
+        {"device", d.name},         {"path", d.dev_path()},          {"major", d.devno.major},
+        {"minor", d.devno.minor},   {"source", to_string(p.source)}, {"size", d.size},
+        {"align", d.align},         {"mode", to_string(d.mode)},     {"region", d.region_id},
+        {"numa_node", p.numa_node}, {"target_node", d.target_node},
     };
+    if (privileged)
+        j["ranges"] = ranges_json(d.ranges);
     if (p.source == TagSource::dcd) {
         json ext = json::array();
         for (const auto& e : p.extents)
@@ -60,7 +54,7 @@ json device_json(const ProbedDevice& p) {
 
 } // namespace
 
-json tag_to_json(const TagRecord& t) {
+json tag_to_json(const TagRecord& t, bool privileged) {
     json j = {
         {"tag", t.tag.str()},
         {"name", t.name.str()},
@@ -91,22 +85,25 @@ json tag_to_json(const TagRecord& t) {
     }
     json devs = json::array();
     for (const auto& d : t.devices)
-        devs.push_back(device_json(*d));
+        devs.push_back(device_json(*d, privileged));
     j["devices"] = std::move(devs);
     return j;
 }
 
-json scan_to_json(const ScanResult& scan) {
+json scan_to_json(const ScanResult& scan, bool privileged) {
     json tags = json::array();
     for (const auto& t : scan.tags)
-        tags.push_back(tag_to_json(t));
+        tags.push_back(tag_to_json(t, privileged));
     json untagged = json::array();
-    for (const auto& u : scan.untagged)
-        untagged.push_back({{"device", u.device},
-                            {"size", u.size},
-                            {"mode", to_string(u.mode)},
-                            {"target_node", u.target_node},
-                            {"ranges", ranges_json(u.ranges)}});
+    for (const auto& u : scan.untagged) {
+        json entry = {{"device", u.device},
+                      {"size", u.size},
+                      {"mode", to_string(u.mode)},
+                      {"target_node", u.target_node}};
+        if (privileged)
+            entry["ranges"] = ranges_json(u.ranges);
+        untagged.push_back(std::move(entry));
+    }
     json rejected = json::array();
     for (const auto& r : scan.rejected)
         rejected.push_back({{"device", r.device}, {"reason", r.reason}});

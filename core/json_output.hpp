@@ -9,7 +9,10 @@
 
 namespace tagmem {
 
-nlohmann::json tag_to_json(const TagRecord& tag);
-nlohmann::json scan_to_json(const ScanResult& scan);
+// privileged: with what the kernel shows root alone (0400 sysfs attributes:
+// the physical address ranges of devices). tagmemfs renders for a
+// non-root reader without them; a local scan renders what it could read.
+nlohmann::json tag_to_json(const TagRecord& tag, bool privileged = true);
+nlohmann::json scan_to_json(const ScanResult& scan, bool privileged = true);
 
 } // namespace tagmem
