@@ -5,6 +5,7 @@
 
 #include "log.hpp"
 #include "uevents.hpp"
+#include "watch_limits.hpp"
 
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@ struct DaemonOptions {
     std::string nodes_dir;   // empty: <mount point>.nodes (the tmpfs behind each data)
     UeventSource uevents = UeventSource::automatic;
     unsigned extent_poll_ms = 1000; // DCD extents raise no uevent; 0: never poll
+    WatchLimits watch;              // what watch socket clients may cost
 };
 
 // Returns the process exit code.
