@@ -1,0 +1,237 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Hostile local users against the watch socket (mode 0666, so anyone's).
+
+A real tagmemfs on a synthetic host, started with a low fd limit, is
+flooded by `nobody` (connections beyond every limit, requests, slow readers,
+oversized and malformed requests, idle connections) while root adds and
+removes tags. Whatever the flood, the mount must keep showing exactly the
+host's tags, promptly; well-behaved clients, root and not, must be served;
+the daemon must not spin; and SIGTERM must still unmount at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import hostgen as hg
+import pytest
+from conftest import TAGMEM, run_as
+
+NOBODY = 65534
+USER = 4242  # a well-behaved user that is not root, owner of TAG_H
+TAG_H = "4e4e0000-0000-4000-8000-0000000000aa"  # hmem, tagged by configuration
+H_BASE, H_SIZE = 0x30_0000_0000, hg.GiB
+FD_LIMIT = 256  # the daemon's: a flood of 1,000 connections goes well past it
+
+
+def host_with(indices) -> hg.Host:
+    """Tagged DCD devices scale_tag(i) for the indices, and one untagged
+    soft-reserved device that the configuration tags TAG_H by its range."""
+    h = hg.Host()
+    h.node(1, **hg.CXL_NODE_PERF)
+    r = h.dcd_region(region_id=0, base=1 << 44, size=1000 * hg.SCALE_DEVICE_SIZE)
+    for i in indices:
+        r.extent(offset=i * hg.SCALE_DEVICE_SIZE, length=hg.SCALE_DEVICE_SIZE,
+                 uuid=hg.scale_tag(i), index=i)
+        r.dax(dev_id=i, uuid=hg.scale_tag(i))
+    h.hmem(region_id=5, base=H_BASE, size=H_SIZE)
+    return h
+
+
+def root_only_ranges(sys_root: Path) -> None:
+    """As the kernel has them: a dax device's resource and mapping ranges
+    are 0400, physical addresses being for root alone."""
+    for dirpath, _dirs, files in os.walk(sys_root / "devices"):
+        for f in files:
+            if f == "resource" or (Path(dirpath).name.startswith("mapping")
+                                   and f in ("start", "end")):
+                os.chmod(os.path.join(dirpath, f), 0o400)
+
+
+def set_host(h, host: hg.Host) -> None:
+    h.rewrite(host)
+    root_only_ranges(h.sys)
+
+
+def tags_of(indices) -> set[str]:
+    return {hg.scale_tag(i) for i in indices} | {TAG_H}
+
+
+@pytest.fixture
+def public_dir():
+    """Files other users may read (pytest's tmp_path is root's alone)."""
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="tagmem-abuse-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_daemon(tagmemfs, conf: Path, *extra):
+    """tagmemfs with FD_LIMIT descriptors (inherited through exec)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+    try:
+        d = tagmemfs("--uevents", "none", "-c", conf, *extra)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    d.socket = Path(str(d.mount_point) + ".sock")
+    return d
+
+
+def start_on_host(make_host, tagmemfs, public_dir, indices, *extra):
+    h = make_host(host_with(indices))
+    root_only_ranges(h.sys)
+    conf = public_dir / "tagmem.conf"
+    conf.write_text(f"[tag {TAG_H}]\nmatch-range = {H_BASE:#x}-{H_BASE + H_SIZE - 1:#x}\n"
+                    f"owner = {USER}\nmode = 0600\n")
+    conf.chmod(0o644)
+    return h, start_daemon(tagmemfs, conf, *extra), conf
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_share(pid: int, seconds: float) -> float:
+    """The daemon's CPU use over a while, in CPUs (1.0: one CPU busy)."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+def eventually(check, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def as_user(uid: int, code: str) -> subprocess.Popen:
+    """Python code in the background as another user (no groups)."""
+    return subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                             sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tagmem_as(uid: int | None, *args, timeout=30) -> subprocess.CompletedProcess:
+    argv = [str(TAGMEM), *[str(a) for a in args]]
+    if uid is not None:
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def ask(sock: Path, request: bytes, uid: int | None = None) -> list[dict]:
+    """One request; every line until the server closes."""
+    code = f"""
+        import socket, sys
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect({str(sock)!r})
+        c.sendall({request!r})
+        c.settimeout(10)
+        data = b""
+        try:
+            while chunk := c.recv(1 << 20):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        sys.stdout.write(data.decode())
+    """
+    if uid is None:
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                             text=True, timeout=30).stdout
+    else:
+        out = run_as(uid, uid, textwrap.dedent(code)).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def stats(sock: Path) -> dict:
+    [s] = ask(sock, b'{"op":"stats"}\n')
+    return s
+
+
+FLOOD_IDLE = """
+    import socket, sys, time
+    held, connected = [], 0
+    for _ in range({n}):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        for attempt in range(20):
+            try:
+                c.connect({sock!r})
+                connected += 1
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError:
+                break
+        held.append(c)
+    print(connected, flush=True)
+    time.sleep(600)
+"""
+
+
+def wait_line(proc: subprocess.Popen, timeout=60.0) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the flooder did not report"
+    return proc.stdout.readline()
+
+
+def mount_tags(d) -> set[str]:
+    return set(os.listdir(d.mount_point))
+
+
+def stop_promptly(d) -> None:
+    t0 = time.monotonic()
+    assert d.stop(timeout=10) == 0
+    took = time.monotonic() - t0
+    assert took < 5, f"SIGTERM took {took:.1f} s"
+    mi = Path("/proc/self/mountinfo").read_text()
+    assert f" {d.mount_point} " not in mi
+
+
+def test_an_idle_connection_flood_neither_spins_nor_locks_anyone_out(make_host, tagmemfs,
+                                                                     public_dir):
+    """The flood found in issue 9: 1,000 connections that send nothing."""
+    first, second = range(0, 40), range(20, 60)
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, first)
+    assert mount_tags(d) == tags_of(first)
+    flood = as_user(NOBODY, FLOOD_IDLE.format(n=1000, sock=str(d.socket)))
+    try:
+        connected = int(wait_line(flood))
+        assert connected >= 200, connected  # past every limit (and, for a server without
+        # limits, past its fd limit)
+        time.sleep(0.5)
+        share = cpu_share(d.proc.pid, 3.0)
+        print(f"idle flood: {connected} connections, tagmemfs CPU {share:.1%}")
+        assert share < 0.2, f"tagmemfs used {share:.0%} of a CPU under an idle flood"
+        # Changes still reach the mount promptly.
+        set_host(h, host_with(second))
+        t0 = time.monotonic()
+        d.rescan()
+        eventually(lambda: mount_tags(d) == tags_of(second), what="the mount to follow")
+        assert time.monotonic() - t0 < 5
+        # Well-behaved clients are served: root, and a user that is not root.
+        r = tagmem_as(None, "wait", hg.scale_tag(59), "--timeout", "10", "--socket", d.socket)
+        assert r.returncode == 0, r.stderr
+        r = tagmem_as(USER, "wait", TAG_H, "--timeout", "10", "--socket", d.socket)
+        assert (r.returncode, r.stdout) == (0, f"{d.mount_point / TAG_H / 'data'}\n"), r.stderr
+        listed = json.loads(tagmem_as(None, "list", "--json", "--socket", d.socket).stdout)
+        assert {t["tag"] for t in listed["tags"]} == mount_tags(d)
+        assert flood.poll() is None  # the flood is still on
+    finally:
+        flood.kill()
+        flood.wait()
+    stop_promptly(d)
