@@ -29,6 +29,10 @@ namespace {
 constexpr std::size_t kReadChunk = 4096;
 constexpr std::size_t kWriteChunk = 64u << 10;
 constexpr int kAcceptsPerWakeup = 32;
+// The kernel's own buffer per client (SO_SNDBUF; Linux doubles it): a
+// client that reads nothing pins this much kernel memory, on top of what
+// WatchLimits allows it to queue in the daemon.
+constexpr int kSocketBuffer = 32 << 10;
 // Out of fds with none to give up: pending clients wait in the backlog for
 // this long instead of making the listener's readiness a busy loop.
 constexpr auto kListenerPause = std::chrono::milliseconds(100);
@@ -232,6 +236,7 @@ void WatchServer::accept_clients() {
             continue;
         }
         ++counters_.accepted;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &kSocketBuffer, sizeof kSocketBuffer);
         if (cred.uid == 0)
             ++root_clients_;
         else

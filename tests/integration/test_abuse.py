@@ -31,9 +31,10 @@ USER = 4242  # a well-behaved user that is not root, owner of TAG_H
 TAG_H = "4e4e0000-0000-4000-8000-0000000000aa"  # hmem, tagged by configuration
 H_BASE, H_SIZE = 0x30_0000_0000, hg.GiB
 FD_LIMIT = 256  # the daemon's: a flood of 1,000 connections goes well past it
+ALL_INDICES = 250  # DCD devices scale_tag(i) for i below this, some at a time
 
 
-def host_with(indices) -> hg.Host:
+def host_with(indices, hmem=True) -> hg.Host:
     """Tagged DCD devices scale_tag(i) for the indices, and one untagged
     soft-reserved device that the configuration tags TAG_H by its range."""
     h = hg.Host()
@@ -43,7 +44,8 @@ def host_with(indices) -> hg.Host:
         r.extent(offset=i * hg.SCALE_DEVICE_SIZE, length=hg.SCALE_DEVICE_SIZE,
                  uuid=hg.scale_tag(i), index=i)
         r.dax(dev_id=i, uuid=hg.scale_tag(i))
-    h.hmem(region_id=5, base=H_BASE, size=H_SIZE)
+    if hmem:
+        h.hmem(region_id=5, base=H_BASE, size=H_SIZE)
     return h
 
 
@@ -62,8 +64,8 @@ def set_host(h, host: hg.Host) -> None:
     root_only_ranges(h.sys)
 
 
-def tags_of(indices) -> set[str]:
-    return {hg.scale_tag(i) for i in indices} | {TAG_H}
+def tags_of(indices, hmem=True) -> set[str]:
+    return {hg.scale_tag(i) for i in indices} | ({TAG_H} if hmem else set())
 
 
 @pytest.fixture
@@ -90,11 +92,16 @@ def start_daemon(tagmemfs, conf: Path, *extra):
 
 
 def start_on_host(make_host, tagmemfs, public_dir, indices, *extra):
+    """The host, then tagmemfs on it, configured to tag the hmem device."""
     h = make_host(host_with(indices))
     root_only_ranges(h.sys)
     conf = public_dir / "tagmem.conf"
+    # The DCD tags are nobody's group's to open, so nobody's watchers hear
+    # of them (and can be slow to read them); TAG_H is USER's alone.
+    dcd = "".join(f"[tag {hg.scale_tag(i)}]\ngroup = {NOBODY}\nmode = 0660\n"
+                  for i in range(ALL_INDICES))
     conf.write_text(f"[tag {TAG_H}]\nmatch-range = {H_BASE:#x}-{H_BASE + H_SIZE - 1:#x}\n"
-                    f"owner = {USER}\nmode = 0600\n")
+                    f"owner = {USER}\nmode = 0600\n{dcd}")
     conf.chmod(0o644)
     return h, start_daemon(tagmemfs, conf, *extra), conf
 
@@ -234,4 +241,127 @@ def test_an_idle_connection_flood_neither_spins_nor_locks_anyone_out(make_host, 
     finally:
         flood.kill()
         flood.wait()
+    stop_promptly(d)
+
+
+CHURN = """
+    import socket, time
+    bad = [b"garbage\\n", b"x" * 5000, b'{{"op":"list"}}\\n', b'{{"op":"show","tag":"{tag}"}}\\n',
+           b'{{"op":"\\xff\\xfe"}}\\n', b'{{"op":"wait","tag":1e99999}}\\n',
+           b'{{"op":"wait","tag":' + b"9" * 400 + b'}}\\n', b'{{"op":"stats"}}\\n',
+           b'{{"op":"watch"}}\\n{{"op":"watch"}}\\n', b"[" * 1000 + b"\\n",
+           b'{{"op":"list"', b"\\n", b'{{"op":"watch"}}\\n' + b"x" * 100, b"\\0" * 64,
+           b'{{"op":"show","tag":"{tag}","op":"stats"}}\\n']
+    end, n = time.monotonic() + {seconds}, 0
+    while time.monotonic() < end:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(1)
+        try:
+            c.connect({sock!r})
+            c.sendall(bad[n % len(bad)])
+            if n % 3 == 0:
+                c.recv(100)
+        except OSError:
+            pass
+        c.close()
+        n += 1
+    print(n, flush=True)
+"""
+
+SLOW_WATCHERS = """
+    import socket, time
+    held = []
+    for _ in range({n}):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect({sock!r})
+        c.sendall(b'{{"op":"watch"}}\\n')
+        held.append(c)  # and never read
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+class Watcher:
+    """`tagmem watch --json --snapshot`, reading every line."""
+
+    def __init__(self, sock: Path, uid: int | None = None):
+        import threading
+        argv = [str(TAGMEM), "watch", "--json", "--snapshot", "--socket", str(sock)]
+        if uid is not None:
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[dict] = []
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def present(self) -> set[str]:
+        """The tags this watcher believes exist, from its snapshot and events."""
+        tags: set[str] = set()
+        for e in self.lines:
+            if e["event"] in ("exists", "added", "changed"):
+                tags.add(e["tag"])
+            elif e["event"] == "removed":
+                tags.discard(e["tag"])
+        return tags
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=10)
+        return err
+
+
+def test_floods_slow_readers_and_bad_requests_while_tags_change(make_host, tagmemfs,
+                                                                public_dir):
+    fixed, even, odd = range(200, 220), range(0, 100), range(100, 200)
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, [*fixed, *even],
+                               "--watch-max-queue", "65536", "--watch-idle-timeout-ms", "1000")
+    root_w, user_w = Watcher(d.socket), Watcher(d.socket, uid=USER)
+    eventually(lambda: any(e["event"] == "snapshot-end" for e in root_w.lines)
+               and any(e["event"] == "snapshot-end" for e in user_w.lines), what="snapshots")
+    slow = as_user(NOBODY, SLOW_WATCHERS.format(n=20, sock=str(d.socket)))
+    assert wait_line(slow).strip() == "ready"
+    idle = as_user(NOBODY, FLOOD_IDLE.format(n=5, sock=str(d.socket)))
+    churn = [as_user(NOBODY, CHURN.format(tag=TAG_H, seconds=15, sock=str(d.socket)))
+             for _ in range(2)]
+    try:
+        for rnd in range(10):
+            indices, hmem = [*fixed, *(odd if rnd % 2 == 0 else even)], rnd % 2 == 1
+            set_host(h, host_with(indices, hmem))
+            t0 = time.monotonic()
+            d.rescan()
+            eventually(lambda: mount_tags(d) == tags_of(indices, hmem),
+                       what=f"round {rnd} in the mount")
+            assert time.monotonic() - t0 < 5
+            if rnd == 5:  # served in the middle of it all, root and not
+                r = tagmem_as(USER, "wait", TAG_H, "--timeout", "10", "--socket", d.socket)
+                assert r.returncode == 0, r.stderr
+                r = tagmem_as(None, "wait", hg.scale_tag(210), "--timeout", "10", "--socket",
+                              d.socket)
+                assert r.returncode == 0, r.stderr
+        for p in churn:
+            out, err = p.communicate(timeout=60)
+            assert int(out) > 100, err  # the churn really ran
+    finally:
+        for p in (slow, idle, *churn):
+            p.kill()
+            p.wait()
+    # The well-behaved watchers saw everything, in order, without a gap.
+    final = mount_tags(d)
+    eventually(lambda: root_w.present() == final, what="the root watcher to catch up")
+    eventually(lambda: user_w.present() == {TAG_H} & final, what="the user watcher")
+    for w in (root_w, user_w):
+        assert [e["seq"] for e in w.lines] == list(range(1, len(w.lines) + 1))
+        assert not any(e["event"] == "overflow" for e in w.lines)
+    assert {e["tag"] for e in user_w.lines if "tag" in e} == {TAG_H}  # nothing it may not open
+    assert root_w.stop() == "" and user_w.stop() == ""
+    s = stats(d.socket)["watch"]
+    print("abuse counters:", s)
+    assert s["overflowed"] >= 20  # every slow watcher was dropped, with a reason
+    assert s["bad_requests"] > 0 and s["timed_out"] >= 5 and s["refused"] >= 0
     stop_promptly(d)
