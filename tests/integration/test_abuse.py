@@ -365,3 +365,116 @@ def test_floods_slow_readers_and_bad_requests_while_tags_change(make_host, tagme
     assert s["overflowed"] >= 20  # every slow watcher was dropped, with a reason
     assert s["bad_requests"] > 0 and s["timed_out"] >= 5 and s["refused"] >= 0
     stop_promptly(d)
+
+
+def test_non_root_callers_get_what_the_mount_shows_without_physical_addresses(
+        make_host, tagmemfs, public_dir):
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, range(0, 3))
+    sock = ["--socket", d.socket]
+    # A scan as a user cannot read the 0400 ranges the configuration
+    # matches by: it calls TAG_H unknown, though the mount shows it.
+    assert TAG_H in mount_tags(d)
+    assert tagmem_as(USER, "-c", conf, "resolve", TAG_H).returncode == 3
+    # The daemon answers instead, to anyone, as the mount does.
+    r = tagmem_as(USER, "resolve", TAG_H, *sock)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "/dev/dax5.0\n", "")
+    for uid in (USER, NOBODY):
+        shown = json.loads(tagmem_as(uid, "show", "--json", TAG_H, *sock).stdout)
+        assert shown["tag"] == TAG_H and shown["path"] == "/dev/dax5.0"
+        listed = tagmem_as(uid, "list", "--json", *sock)
+        assert {t["tag"] for t in json.loads(listed.stdout)["tags"]} == mount_tags(d)
+        # ...without what the kernel shows root alone.
+        for text in (json.dumps(shown), listed.stdout):
+            assert '"ranges"' not in text and str(H_BASE) not in text
+        human = tagmem_as(uid, "show", TAG_H, *sock).stdout
+        assert "/dev/dax5.0" in human and "range:" not in human
+        r = tagmem_as(uid, "show", "12345678-0000-4000-8000-000000000000", *sock)
+        assert r.returncode == 3 and "no device carries" in r.stderr
+    # Root is told everything.
+    shown = json.loads(tagmem_as(None, "show", "--json", TAG_H, *sock).stdout)
+    assert shown["devices"][0]["ranges"] == [{"start": H_BASE, "end": H_BASE + H_SIZE - 1,
+                                              "size": H_SIZE}]
+    assert f"range:       {H_BASE:#x}-" in tagmem_as(None, "show", TAG_H, *sock).stdout
+    # No daemon at that socket: a scan, said on stderr only if a socket is there.
+    r = tagmem_as(None, "-c", conf, "resolve", TAG_H, "--socket", public_dir / "none.sock")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "/dev/dax5.0\n", "")
+    stop_promptly(d)
+
+
+def test_watch_starts_with_a_snapshot_and_seq_counts_each_clients_lines(make_host, tagmemfs,
+                                                                         public_dir):
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, range(0, 3))
+    user_w, nobody_w = Watcher(d.socket, uid=USER), Watcher(d.socket, uid=NOBODY)
+    eventually(lambda: len(user_w.lines) == 2 and len(nobody_w.lines) == 4, what="snapshots")
+    assert [(e["event"], e.get("tag"), e["seq"]) for e in user_w.lines] == [
+        ("exists", TAG_H, 1), ("snapshot-end", None, 2)]
+    assert [(e["event"], e.get("tag")) for e in nobody_w.lines] == [
+        ("exists", hg.scale_tag(i)) for i in range(3)] + [("snapshot-end", None)]
+    set_host(h, host_with(range(1, 3), hmem=False))
+    d.rescan()
+    removed_0 = lambda: any(e["event"] == "removed" for e in nobody_w.lines)  # noqa: E731
+    eventually(lambda: len(user_w.lines) == 3 and removed_0(), what="events")
+    # Each learns only of its own tags, numbered on from its own last line
+    # (the devices left may change too: their region did).
+    assert (user_w.lines[-1]["event"], user_w.lines[-1]["tag"], user_w.lines[-1]["seq"]) == (
+        "removed", TAG_H, 3)
+    time.sleep(0.3)
+    later = nobody_w.lines[4:]
+    assert [e["seq"] for e in later] == list(range(5, 5 + len(later)))
+    assert ("removed", hg.scale_tag(0)) in [(e["event"], e["tag"]) for e in later]
+    assert {e["tag"] for e in later} <= {hg.scale_tag(i) for i in range(3)}
+    assert len(user_w.lines) == 3
+    assert user_w.stop() == "" and nobody_w.stop() == ""
+    stop_promptly(d)
+
+
+LIMITS_PROBE = """
+    import json, socket, time
+    def connect():
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(5)
+        c.connect({sock!r})
+        return c
+    def drain(c):
+        data = b""
+        try:
+            while chunk := c.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        return [json.loads(line) for line in data.decode().splitlines()]
+    held = [connect() for _ in range(4)]
+    time.sleep(0.1)
+    over = [drain(connect()) for _ in range(2)]
+    t0 = time.monotonic()
+    idle = [drain(c) for c in held]
+    idle_s = time.monotonic() - t0
+    big = connect()
+    big.sendall(b"{{" + b" " * 2000)
+    print(json.dumps({{"over": over, "idle": idle, "idle_s": idle_s, "big": drain(big)}}))
+"""
+
+
+def test_connection_limits_idle_timeout_and_oversized_requests(make_host, tagmemfs, public_dir):
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, range(0, 3),
+                               "--watch-max-clients-per-uid", "4", "--watch-idle-timeout-ms",
+                               "500")
+    probe = as_user(NOBODY, LIMITS_PROBE.format(sock=str(d.socket)))
+    time.sleep(0.3)  # nobody holds its 4 connections: others still get in
+    assert stats(d.socket)["watch"]["clients"] >= 4
+    r = tagmem_as(USER, "wait", TAG_H, "--timeout", "5", "--socket", d.socket)
+    assert r.returncode == 0, r.stderr
+    out, err = probe.communicate(timeout=30)
+    assert probe.returncode == 0, err
+    res = json.loads(out)
+    assert res["over"] == [[{"error": "too many connections"}]] * 2
+    assert res["idle"] == [[{"error": "no request within 500 ms"}]] * 4
+    assert res["idle_s"] < 3
+    assert res["big"] == [{"error": "request longer than 1024 bytes"}]
+    # Malformed requests of every kind get an error line and a close.
+    for bad in (b'{"op":"\xff"}\n', b'{"op":"wait","tag":1e99999}\n', b"[" * 1000 + b"\n",
+                b'{"op":"show"}\n', b'{"op":"list"}\n{"op":"list"}\n' + b"x" * 10,
+                b'{"op":"watch","tag":"' + b"a" * 1100 + b'"}\n'):
+        lines = ask(d.socket, bad, uid=NOBODY)
+        assert lines and (lines[0].get("error") or lines[0].get("tags") is not None), (bad, lines)
+    stop_promptly(d)
