@@ -111,11 +111,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_share(pid: int, seconds: float) -> float:
-    """The daemon's CPU use over a while, in CPUs (1.0: one CPU busy)."""
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+def cpu_shares(pids: list[int], seconds: float) -> list[float]:
+    """Each process's CPU use over the same while, in CPUs (1.0: one busy)."""
+    c0, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
     time.sleep(seconds)
-    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    return [(cpu_seconds(p) - c) / elapsed for p, c in zip(pids, c0)]
 
 
 def eventually(check, timeout=5.0, what="condition"):
@@ -221,9 +222,18 @@ def test_an_idle_connection_flood_neither_spins_nor_locks_anyone_out(make_host, 
         assert connected >= 200, connected  # past every limit (and, for a server without
         # limits, past its fd limit)
         time.sleep(0.5)
-        share = cpu_share(d.proc.pid, 3.0)
-        print(f"idle flood: {connected} connections, tagmemfs CPU {share:.1%}")
-        assert share < 0.2, f"tagmemfs used {share:.0%} of a CPU under an idle flood"
+        # Beside a busy loop: on a loaded machine a spinning daemon gets
+        # less than a whole CPU, but about as much as the busy loop does.
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            share, spin = cpu_shares([d.proc.pid, spinner.pid], 3.0)
+        finally:
+            spinner.kill()
+            spinner.wait()
+        print(f"idle flood: {connected} connections, tagmemfs CPU {share:.1%} "
+              f"(a busy loop: {spin:.1%})")
+        assert share < 0.2 and share < spin / 4, \
+            f"tagmemfs used {share:.0%} of a CPU under an idle flood (a busy loop: {spin:.0%})"
         # Changes still reach the mount promptly.
         set_host(h, host_with(second))
         t0 = time.monotonic()
