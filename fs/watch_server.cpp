@@ -354,7 +354,11 @@ void WatchServer::overflow(Client& c, const char* why) {
     if (!c.fd || c.phase == Phase::closing)
         return;
     ++counters_.overflowed;
-    log::warning("watch client of uid {} {}; disconnecting it", c.uid, why);
+    if (auto now = Clock::now(); now - last_overflow_log_ >= kRefusalLogInterval) {
+        last_overflow_log_ = now;
+        log::warning("watch client of uid {} {}; disconnecting it ({} so far)", c.uid, why,
+                     counters_.overflowed);
+    }
     // Keep the rest of a line already begun, so the client reads whole lines.
     std::string rest;
     if (c.out_off > 0 && c.out_off < c.out.size() && c.out[c.out_off - 1] != '\n') {

@@ -152,7 +152,8 @@ class WatchServer {
     std::optional<Clock::time_point> listener_paused_until_;
     Cache cache_;
     Counters counters_;
-    Clock::time_point last_refusal_log_{};
+    // Clients can cause warnings at will: one of each kind per interval.
+    Clock::time_point last_refusal_log_{}, last_overflow_log_{};
 };
 
 } // namespace tagmem

@@ -406,8 +406,14 @@ def test_non_root_callers_get_what_the_mount_shows_without_physical_addresses(
                                               "size": H_SIZE}]
     assert f"range:       {H_BASE:#x}-" in tagmem_as(None, "show", TAG_H, *sock).stdout
     # No daemon at that socket: a scan, said on stderr only if a socket is there.
-    r = tagmem_as(None, "-c", conf, "resolve", TAG_H, "--socket", public_dir / "none.sock")
-    assert (r.returncode, r.stdout, r.stderr) == (0, "/dev/dax5.0\n", "")
+    r = tagmem_as(None, "resolve", TAG_H, "--socket", public_dir / "none.sock")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "", f"tagmem: no device carries tag {TAG_H}\n")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(public_dir / "dead.sock"))  # a socket no daemon listens on
+    r = tagmem_as(None, "list", "--json", "--socket", public_dir / "dead.sock")
+    assert r.returncode == 0 and "scanning the host instead" in r.stderr
+    assert TAG_H not in r.stdout  # the scan uses the default configuration, not the daemon's
+    dead.close()
     stop_promptly(d)
 
 
