@@ -336,6 +336,7 @@ void WatchServer::write_some(Client& c) {
         }
         c.out_off += static_cast<std::size_t>(n);
         queued_total_ -= static_cast<std::size_t>(n);
+        c.mid_line = n > 0 && c.out[c.out_off - 1] != '\n';
         if (c.out_off == c.out.size()) {
             c.out.clear();
             c.out_off = 0;
@@ -361,7 +362,7 @@ void WatchServer::overflow(Client& c, const char* why) {
     }
     // Keep the rest of a line already begun, so the client reads whole lines.
     std::string rest;
-    if (c.out_off > 0 && c.out_off < c.out.size() && c.out[c.out_off - 1] != '\n') {
+    if (c.mid_line && c.out_off < c.out.size()) {
         auto nl = c.out.find('\n', c.out_off);
         rest = c.out.substr(c.out_off, nl - c.out_off + 1);
     }

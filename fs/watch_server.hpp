@@ -90,6 +90,7 @@ class WatchServer {
         std::string in;             // the request being read
         std::string out;            // output not yet written, from out_off
         std::size_t out_off = 0;
+        bool mid_line = false; // the last byte written was not a newline
         std::uint64_t seq = 0; // of the last line sent to this watcher
         std::optional<Uuid> waiting;
         // While a watcher's initial snapshot is sent: the records as they

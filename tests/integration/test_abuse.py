@@ -494,3 +494,44 @@ def test_connection_limits_idle_timeout_and_oversized_requests(make_host, tagmem
         lines = ask(d.socket, bad, uid=NOBODY)
         assert lines and (lines[0].get("error") or lines[0].get("tags") is not None), (bad, lines)
     stop_promptly(d)
+
+
+LAGGARD = """
+    import json, socket, sys
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect({sock!r})
+    c.sendall(b'{{"op":"watch"}}\\n')
+    print("ready", flush=True)
+    sys.stdin.readline()  # read nothing until told
+    c.settimeout(10)
+    data = b""
+    while chunk := c.recv(1 << 16):
+        data += chunk
+    print(json.dumps([json.loads(line) for line in data.decode().splitlines()]))
+"""
+
+
+def test_a_watcher_that_lags_is_told_before_it_is_dropped(make_host, tagmemfs, public_dir):
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, range(0, 100),
+                               "--watch-max-queue", "4096")
+    laggard = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                                "--clear-groups", sys.executable, "-c",
+                                textwrap.dedent(LAGGARD.format(sock=str(d.socket)))],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert wait_line(laggard).strip() == "ready"
+    for rnd in range(6):  # 1,200 changes nobody may hear of: far past 4 KiB and the socket's
+        indices = range(0, 100) if rnd % 2 else range(100, 200)
+        set_host(h, host_with(indices))
+        d.rescan()
+        eventually(lambda: mount_tags(d) == tags_of(indices), what=f"round {rnd}")
+    eventually(lambda: stats(d.socket)["watch"]["overflowed"] == 1, what="the overflow")
+    out, _ = laggard.communicate("go\n", timeout=30)
+    lines = json.loads(out)
+    # Whole lines, numbered without a gap, then the reason, whose seq counts
+    # the lines dropped from the queue as well.
+    *got, last = lines
+    assert [e["seq"] for e in got] == list(range(1, len(got) + 1))
+    assert last["event"] == "overflow" and last["reason"] == "reads too slowly"
+    assert last["seq"] > len(got) + 1
+    assert all(e["event"] != "overflow" for e in got)
+    stop_promptly(d)
