@@ -25,75 +25,106 @@ std::string human_size(std::uint64_t bytes) {
     return fmt::format("{} {}", static_cast<std::uint64_t>(v), units[u]);
 }
 
-std::string format_table(const ScanResult& scan) {
+namespace {
+
+using nlohmann::json;
+
+// Lenient readers: a key that is absent or of another type reads as empty,
+// so a reply from another version of tagmemfs still prints.
+std::string str(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+std::uint64_t num(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_number_unsigned() ? it->get<std::uint64_t>() : 0;
+}
+long long snum(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_number_integer() ? it->get<long long>() : -1;
+}
+const json& arr(const json& j, const char* key) {
+    static const json empty = json::array();
+    auto it = j.find(key);
+    return it != j.end() && it->is_array() ? *it : empty;
+}
+
+std::string extent_text(const json& e) {
+    return fmt::format("{} offset {:#x} length {:#x}", str(e, "extent"), num(e, "offset"),
+                       num(e, "length"));
+}
+
+} // namespace
+
+std::string format_table(const json& scan) {
     std::string out = fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", "TAG", "DEVICE",
                                   "SIZE", "SOURCE", "STATE", "NAME");
-    for (const auto& t : scan.tags) {
-        const auto* d = t.device();
-        std::string dev = d                   ? d->dev.name
-                          : t.devices.empty() ? std::string(1, '-')
-                                              : fmt::format("{} devices", t.devices.size());
-        std::string size = d ? human_size(d->dev.size) : std::string(1, '-');
-        out += fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", t.tag.str(), dev, size,
-                           to_string(t.source), to_string(t.state), t.name.str());
+    const json& tags = arr(scan, "tags");
+    for (const auto& t : tags) {
+        const auto ndev = arr(t, "devices").size();
+        const bool one = t.contains("device");
+        std::string dev = one         ? str(t, "device")
+                          : ndev == 0 ? std::string(1, '-')
+                                      : fmt::format("{} devices", ndev);
+        std::string size = one ? human_size(num(t, "size")) : std::string(1, '-');
+        out += fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", str(t, "tag"), dev, size,
+                           str(t, "source"), str(t, "state"), str(t, "name"));
     }
-    if (scan.tags.empty())
+    if (tags.empty())
         out += "(no tagged memory on this host)\n";
-    for (const auto& u : scan.untagged)
-        out +=
-            fmt::format("untagged: {} ({}, {})\n", u.device, human_size(u.size), to_string(u.mode));
-    for (const auto& r : scan.rejected)
-        out += fmt::format("rejected: {}: {}\n", r.device, r.reason);
-    for (const auto& e : scan.config_errors)
-        out += fmt::format("config error: {}\n", e);
+    for (const auto& u : arr(scan, "untagged"))
+        out += fmt::format("untagged: {} ({}, {})\n", str(u, "device"), human_size(num(u, "size")),
+                           str(u, "mode"));
+    for (const auto& r : arr(scan, "rejected"))
+        out += fmt::format("rejected: {}: {}\n", str(r, "device"), str(r, "reason"));
+    for (const auto& e : arr(scan, "config_errors"))
+        out += fmt::format("config error: {}\n", e.is_string() ? e.get<std::string>() : e.dump());
     return out;
 }
 
-std::string format_tag(const TagRecord& t) {
+std::string format_tag(const json& t) {
     std::string out;
     auto line = [&](std::string_view key, const std::string& value) {
         out += fmt::format("{:<14} {}\n", fmt::format("{}:", key), value);
     };
-    line("tag", t.tag.str());
-    if (!t.name.empty())
-        line("name", t.name.str());
-    line("state", to_string(t.state));
-    if (!t.reason.empty())
-        line("reason", t.reason);
-    line("source", to_string(t.source));
-    line("shareable",
-         fmt::format("{} ({})", t.shareable ? "yes" : "no", to_string(t.shareable_from)));
+    line("tag", str(t, "tag"));
+    if (!str(t, "name").empty())
+        line("name", str(t, "name"));
+    line("state", str(t, "state"));
+    if (!str(t, "reason").empty())
+        line("reason", str(t, "reason"));
+    line("source", str(t, "source"));
+    const bool shareable = t.value("shareable", false);
+    line("shareable", fmt::format("{} ({})", shareable ? "yes" : "no", str(t, "shareable_from")));
+    const json access = t.value("access", json::object());
     line("access",
-         fmt::format("{}:{} {:04o}", t.access.owner.str(), t.access.group.str(), t.access.mode));
-    for (const auto& e : t.offered_extents)
-        line("extent", fmt::format("{} offset {:#x} length {:#x} (offered)", e.name.str(), e.offset,
-                                   e.length));
-    for (const auto& shared : t.devices) {
-        const ProbedDevice& p = *shared;
-        const auto& d = p.dev;
-        line("device", fmt::format("{} ({}:{}, {})", d.dev_path(), d.devno.major, d.devno.minor,
-                                   to_string(d.mode)));
-        line("  size", fmt::format("{} ({} bytes)", human_size(d.size), d.size));
-        line("  align", human_size(d.align));
-        line("  numa", fmt::format("node {}, target node {}", p.numa_node, d.target_node));
-        for (const auto& r : d.ranges)
-            line("  range", fmt::format("{:#x}-{:#x}", r.start, r.end));
-        for (const auto& e : p.extents)
-            line("  extent",
-                 fmt::format("{} offset {:#x} length {:#x}", e.name.str(), e.offset, e.length));
-        if (!p.notes->namespace_name.empty())
-            line("  namespace", p.notes->namespace_name);
-        if (p.notes->infoblock_uuid)
-            line("  infoblock", p.notes->infoblock_uuid->str());
-        const auto& perf = *p.performance;
-        if (perf.read_latency_ns || perf.read_bandwidth_mbps)
+         fmt::format("{}:{} {}", str(access, "owner"), str(access, "group"), str(access, "mode")));
+    for (const auto& e : arr(t, "extents"))
+        line("extent", extent_text(e) + " (offered)");
+    for (const auto& d : arr(t, "devices")) {
+        line("device", fmt::format("{} ({}:{}, {})", str(d, "path"), num(d, "major"),
+                                   num(d, "minor"), str(d, "mode")));
+        line("  size", fmt::format("{} ({} bytes)", human_size(num(d, "size")), num(d, "size")));
+        line("  align", human_size(num(d, "align")));
+        line("  numa",
+             fmt::format("node {}, target node {}", snum(d, "numa_node"), snum(d, "target_node")));
+        for (const auto& r : arr(d, "ranges"))
+            line("  range", fmt::format("{:#x}-{:#x}", num(r, "start"), num(r, "end")));
+        for (const auto& e : arr(d, "extents"))
+            line("  extent", extent_text(e));
+        if (!str(d, "namespace").empty())
+            line("  namespace", str(d, "namespace"));
+        if (!str(d, "infoblock_uuid").empty())
+            line("  infoblock", str(d, "infoblock_uuid"));
+        if (auto p = d.find("performance");
+            p != d.end() && p->is_object() &&
+            (p->contains("read_latency_ns") || p->contains("read_bandwidth_mbps")))
             line("  performance",
                  fmt::format("read {} ns / {} MB/s, write {} ns / {} MB/s",
-                             perf.read_latency_ns.value_or(0), perf.read_bandwidth_mbps.value_or(0),
-                             perf.write_latency_ns.value_or(0),
-                             perf.write_bandwidth_mbps.value_or(0)));
-        for (const auto& w : p.notes->warnings)
-            line("  warning", w);
+                             num(*p, "read_latency_ns"), num(*p, "read_bandwidth_mbps"),
+                             num(*p, "write_latency_ns"), num(*p, "write_bandwidth_mbps")));
+        for (const auto& w : arr(d, "warnings"))
+            line("  warning", w.is_string() ? w.get<std::string>() : w.dump());
     }
     return out;
 }

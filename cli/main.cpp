@@ -2,14 +2,13 @@
 // tagmem(1): list tagged memory, show one tag, resolve a tag to its device.
 #include "exit_codes.hpp"
 #include "format.hpp"
+#include "query.hpp"
 #include "watch_client.hpp"
 
 #include "cdi.hpp"
 #include "config.hpp"
-#include "discovery.hpp"
-#include "host_os.hpp"
-#include "json_output.hpp"
 #include "tagmem/version.hpp"
+#include "uuid.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -25,25 +24,10 @@ namespace tagmem::cli {
 namespace {
 
 struct Options {
-    std::optional<std::string> config_path;
+    QueryOptions query;
     bool json = false;
     std::string tag_text;
 };
-
-// Scans the host with the configuration the options name. Config problems
-// are part of the result, never fatal: the scan must still say what it can.
-Result<ScanResult> scan(const Options& opt) {
-    HostOs& os = real_host_os();
-    Config config = opt.config_path ? load_config(*opt.config_path, false, os)
-                                    : load_config(kDefaultConfigPath, true, os);
-    return scan_host(config, os);
-}
-
-// What the kernel shows only to root (physical ranges) is shown only to
-// root, also when this process could read it some other way.
-bool privileged() {
-    return ::geteuid() == 0;
-}
 
 int fail(int code, const std::string& message) {
     fmt::print(stderr, "tagmem: {}\n", message);
@@ -51,20 +35,19 @@ int fail(int code, const std::string& message) {
 }
 
 int cmd_list(const Options& opt) {
-    auto result = scan(opt);
+    auto result = query_list(opt.query);
     if (!result)
         return fail(kExitError, result.error().message);
     if (opt.json)
-        fmt::print("{}\n", scan_to_json(*result, privileged()).dump(2));
+        fmt::print("{}\n", result->dump(2));
     else
         fmt::print("{}", format_table(*result));
     return kExitOk;
 }
 
-// Shared by show and resolve: the record for the tag, or the exit code.
+// Shared by show and resolve: the tag's JSON, or the exit code.
 struct Lookup {
-    std::optional<ScanResult> scan;
-    const TagRecord* record = nullptr;
+    std::optional<nlohmann::json> tag;
     int code = kExitOk;
 };
 
@@ -75,42 +58,42 @@ Lookup lookup(const Options& opt) {
         l.code = fail(kExitUsage, tag.error().message);
         return l;
     }
-    auto result = scan(opt);
+    auto result = query_tag(opt.query, *tag);
     if (!result) {
         l.code = fail(kExitError, result.error().message);
         return l;
     }
-    l.scan = std::move(*result);
-    l.record = l.scan->find(*tag);
-    if (!l.record)
+    l.tag = std::move(*result);
+    if (!l.tag)
         l.code = fail(kExitUnknownTag, fmt::format("no device carries tag {}", tag->str()));
     return l;
 }
 
 int cmd_show(const Options& opt) {
     auto l = lookup(opt);
-    if (!l.record)
+    if (!l.tag)
         return l.code;
     if (opt.json)
-        fmt::print("{}\n", tag_to_json(*l.record, privileged()).dump(2));
+        fmt::print("{}\n", l.tag->dump(2));
     else
-        fmt::print("{}", format_tag(*l.record));
+        fmt::print("{}", format_tag(*l.tag));
     return kExitOk;
 }
 
 int cmd_resolve(const Options& opt) {
     auto l = lookup(opt);
-    if (!l.record)
+    if (!l.tag)
         return l.code;
-    const TagRecord& t = *l.record;
-    switch (t.state) {
-    case TagState::ready: fmt::print("{}\n", t.device()->dev.dev_path()); return kExitOk;
-    case TagState::conflict: return fail(kExitConflict, t.reason);
-    case TagState::system_ram:
-    case TagState::disabled:
-    case TagState::offered: return fail(kExitNotUsable, t.reason);
+    const auto& t = *l.tag;
+    const std::string state = t.value("state", "");
+    const std::string reason = t.value("reason", "");
+    if (state == "ready" && t.contains("path") && t["path"].is_string()) {
+        fmt::print("{}\n", t["path"].get<std::string>());
+        return kExitOk;
     }
-    return kExitError;
+    if (state == "conflict")
+        return fail(kExitConflict, reason);
+    return fail(kExitNotUsable, reason.empty() ? fmt::format("state {}", state) : reason);
 }
 
 // The spec tagmemfs keeps in /var/run/cdi, for /etc/cdi or a host without
@@ -119,7 +102,7 @@ int cmd_resolve(const Options& opt) {
 // container start, so a host with thousands of tags is better served by a
 // spec of the few its containers use (docs/containers.md).
 int cmd_cdi(const Options& opt, const CdiPaths& paths, const std::vector<std::string>& only) {
-    auto result = scan(opt);
+    auto result = scan_locally(opt.query);
     if (!result)
         return fail(kExitError, result.error().message);
     CdiDevices devices;
@@ -155,8 +138,10 @@ int run(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", std::string("tagmem ") + kVersion);
     Options opt;
-    app.add_option("-c,--config", opt.config_path,
-                   fmt::format("configuration file (default {}, optional)", kDefaultConfigPath));
+    app.add_option("-c,--config", opt.query.config_path,
+                   fmt::format("configuration file (default {}, optional); list, show and "
+                               "resolve then scan the host",
+                               kDefaultConfigPath));
 
     auto* list = app.add_subcommand("list", "list every tag on this host");
     list->add_flag("-j,--json", opt.json, "JSON output with stable keys");
@@ -168,6 +153,15 @@ int run(int argc, char** argv) {
     auto* resolve = app.add_subcommand(
         "resolve", "print the device path of a tag; exit 3 unknown, 4 conflict, 5 not usable");
     resolve->add_option("tag", opt.tag_text, "the tag (UUID)")->required();
+    // Answers come from tagmemfs when it runs (what /run/tagmem shows),
+    // else from a scan of the host.
+    for (auto* sub : {list, show, resolve}) {
+        sub->add_flag("--scan", opt.query.scan, "scan the host even if tagmemfs runs");
+        sub->add_option("-m,--mount-point", opt.query.mount_point, "where tagmemfs is mounted")
+            ->capture_default_str();
+        sub->add_option("-s,--socket", opt.query.socket_path,
+                        "tagmemfs's socket (default: <mount point>.sock)");
+    }
 
     CdiPaths cdi_paths;
     auto* cdi = app.add_subcommand(
@@ -186,6 +180,8 @@ int run(int argc, char** argv) {
     wait->add_option("-t,--timeout", wopt.timeout_s, "give up after this many seconds");
     auto* watch = app.add_subcommand("watch", "print one line per change until interrupted");
     watch->add_flag("-j,--json", wopt.json, "the socket's JSON lines as they come");
+    watch->add_flag("--snapshot", wopt.snapshot,
+                    "first the tags that exist (event \"exists\"), then the changes");
     for (auto* sub : {wait, watch}) {
         sub->add_option("-m,--mount-point", wopt.mount_point, "where tagmemfs is mounted")
             ->capture_default_str();

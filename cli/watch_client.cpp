@@ -35,9 +35,11 @@ Result<Fd> connect_to(const std::string& path) {
         return make_error(errno, std::strerror(errno));
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-        return make_error(errno, fmt::format("cannot reach tagmemfs at {}: {} (is it running?)",
-                                             path, std::strerror(errno)));
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        const int err = errno;
+        return make_error(err, fmt::format("cannot reach tagmemfs at {}: {} (is it running?)", path,
+                                           std::strerror(err)));
+    }
     return fd;
 }
 
@@ -78,11 +80,15 @@ std::optional<bool> read_lines(const Fd& fd, std::optional<double> timeout_s, Fn
             continue;
         if (n <= 0)
             return false;
+        // Searched from where the last search ended: a list reply of many
+        // megabytes is one line.
+        std::size_t from = buf.size();
         buf.append(chunk, static_cast<std::size_t>(n));
         std::size_t nl;
-        while ((nl = buf.find('\n')) != std::string::npos) {
+        while ((nl = buf.find('\n', from)) != std::string::npos) {
             std::string line = buf.substr(0, nl);
             buf.erase(0, nl + 1);
+            from = 0;
             if (!fn(line))
                 return true;
         }
@@ -131,25 +137,68 @@ int cmd_watch(const WatchOptions& opt) {
     if (!send_line(*fd, {{"op", "watch"}}))
         return fail(kExitError, "tagmemfs closed the connection");
     std::setvbuf(stdout, nullptr, _IOLBF, 0); // one line per change, as it happens
+    // The daemon first sends the tags as they are ("exists" lines, then
+    // "snapshot-end"), then changes; each line's seq is one more than the
+    // last this watcher got, so a gap means lines were lost.
+    std::uint64_t last_seq = 0;
+    bool seq_checked = false; // daemons before the snapshot numbered all clients together
+    std::string ended;
     auto done = read_lines(*fd, std::nullopt, [&](const std::string& line) {
-        if (opt.json) {
-            fmt::print("{}\n", line);
-            return true;
-        }
         auto j = nlohmann::json::parse(line, nullptr, false);
         if (!j.is_object())
             return true;
-        if (j.contains("error")) {
-            fmt::print(stderr, "tagmem: tagmemfs: {}\n", j["error"].dump());
-            return false;
+        const std::string event = j.value("event", "");
+        if (j.contains("seq") && j["seq"].is_number_unsigned()) {
+            auto seq = j["seq"].get<std::uint64_t>();
+            if (seq_checked && seq != last_seq + 1)
+                fmt::print(stderr, "tagmem: {} changes were lost\n", seq - last_seq - 1);
+            last_seq = seq;
         }
-        fmt::print("{:<8} {} {} {}\n", j.value("event", "?"), j.value("tag", "?"),
-                   j.value("device", "") == "" ? "-" : j.value("device", ""),
-                   j.value("state", "?"));
-        return true;
+        if (event == "snapshot-end")
+            seq_checked = true;
+        const bool initial = event == "exists" || event == "snapshot-end";
+        if (event == "overflow") {
+            ended = fmt::format("tagmemfs dropped this watcher: {}", j.value("reason", "?"));
+        } else if (j.contains("error")) {
+            ended =
+                fmt::format("tagmemfs: {}", j["error"].is_string() ? j["error"].get<std::string>()
+                                                                   : j["error"].dump());
+        }
+        if (initial && !opt.snapshot)
+            return true;
+        if (opt.json)
+            fmt::print("{}\n", line);
+        else if (ended.empty() && event != "snapshot-end")
+            fmt::print("{:<8} {} {} {}\n", event.empty() ? "?" : event, j.value("tag", "?"),
+                       j.value("device", "") == "" ? "-" : j.value("device", ""),
+                       j.value("state", "?"));
+        return ended.empty();
     });
     (void)done;
-    return fail(kExitError, "tagmemfs closed the connection");
+    return fail(kExitError, ended.empty() ? "tagmemfs closed the connection" : ended);
+}
+
+Result<nlohmann::json> ask_daemon(const std::string& socket_path, const nlohmann::json& request,
+                                  double timeout_s) {
+    auto fd = connect_to(socket_path);
+    if (!fd)
+        return fd.error();
+    if (!send_line(*fd, request))
+        return make_error(EPIPE, fmt::format("tagmemfs at {} closed the connection", socket_path));
+    std::optional<nlohmann::json> reply;
+    auto done = read_lines(*fd, timeout_s, [&](const std::string& line) {
+        reply = nlohmann::json::parse(line, nullptr, false);
+        return false;
+    });
+    if (!done)
+        return make_error(ETIMEDOUT, fmt::format("tagmemfs at {} did not answer within {} s",
+                                                 socket_path, timeout_s));
+    if (!reply)
+        return make_error(EPIPE, fmt::format("tagmemfs at {} closed the connection", socket_path));
+    if (!reply->is_object())
+        return make_error(EPROTO,
+                          fmt::format("tagmemfs at {} answered no JSON object", socket_path));
+    return std::move(*reply);
 }
 
 } // namespace tagmem::cli

@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// tagmem wait and tagmem watch: clients of tagmemfs's watch socket
-// (docs/watch-protocol.md).
+// Clients of tagmemfs's watch socket (docs/watch-protocol.md): tagmem wait
+// and tagmem watch, and the one-shot questions list, show and resolve ask.
 #pragma once
+
+#include "result.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <optional>
 #include <string>
@@ -12,6 +16,7 @@ struct WatchOptions {
     std::string mount_point = "/run/tagmem";
     std::string socket_path; // empty: <mount point>.sock
     bool json = false;
+    bool snapshot = false; // watch: print the tags that exist before the changes
     std::optional<double> timeout_s;
     std::string tag_text;
 
@@ -19,6 +24,14 @@ struct WatchOptions {
 };
 
 int cmd_wait(const WatchOptions& opt);
+// Prints changes; with opt.snapshot, first the tags as they are.
 int cmd_watch(const WatchOptions& opt);
+
+// Sends one request and returns the one JSON line the daemon answers (which
+// may be {"error":...}). Error code ENOENT: no socket there, so no daemon
+// was ever started; any other error: a daemon should be there but did not
+// answer.
+Result<nlohmann::json> ask_daemon(const std::string& socket_path, const nlohmann::json& request,
+                                  double timeout_s);
 
 } // namespace tagmem::cli

@@ -187,6 +187,8 @@ void Daemon::rescan(const char* why) {
     for (const auto& r : state_.snapshot().rejected)
         log::warning("{}: rejected: {}", r.device, r.reason);
     publish(*delta, why);
+    if (watchers_)
+        watchers_->invalidate(); // rejected and untagged devices raise no tag event
     // A scan allocates and frees a lot (libdaxctl's own objects among it):
     // give the freed heap back rather than keep it as resident memory.
     malloc_trim(0);
@@ -224,6 +226,8 @@ void Daemon::on_uevents() {
     }
     if (!devices.empty())
         publish(state_.refresh(devices), "uevent");
+    if (watchers_)
+        watchers_->invalidate(); // rejected and untagged devices raise no tag event
 }
 
 void Daemon::event_loop() {
@@ -247,6 +251,8 @@ void Daemon::event_loop() {
                 std::chrono::duration_cast<std::chrono::milliseconds>(next_poll - clock::now());
             timeout = static_cast<int>(std::max<long long>(0, left.count()));
         }
+        if (int w = watchers_ ? watchers_->timeout_ms() : -1; w >= 0)
+            timeout = timeout < 0 ? w : std::min(timeout, w);
         if (stopping) {
             // Until the main thread says the loop is over (fds[0]): a
             // signal wakes it from the semaphore it may be stuck on.
@@ -272,8 +278,10 @@ void Daemon::event_loop() {
                 drain_eventfd(stop_request_.get());
                 stopping = true;
             }
-            if (watchers_)
+            if (watchers_) {
                 watchers_->handle(std::vector<pollfd>(fds.begin() + first_watch_fd, fds.end()));
+                watchers_->tick();
+            }
             if (polling && clock::now() >= next_poll) {
                 publish(state_.poll_extents(), "extent poll");
                 next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
@@ -379,7 +387,9 @@ int Daemon::run() {
                                 {"refused", c.refused.load()}}}}
             .dump();
     };
-    auto server = WatchServer::listen(socket_path, tree_.get(), opt_.mount_point, stats);
+    WatchSources sources{tree_.get(), opt_.mount_point, stats,
+                         [this] { return state_.snapshot(); }};
+    auto server = WatchServer::listen(socket_path, std::move(sources), opt_.watch);
     if (!server) {
         log::error("{}", server.error().message);
         return 1;

@@ -5,6 +5,7 @@
 
 #include "log.hpp"
 #include "uevents.hpp"
+#include "watch_limits.hpp"
 
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@ struct DaemonOptions {
     UeventSource uevents = UeventSource::automatic;
     unsigned extent_poll_ms = 1000;       // DCD extents raise no uevent; 0: never poll
     std::string cdi_dir = "/var/run/cdi"; // where the CDI spec goes; empty: none
+    WatchLimits watch;                    // what watch socket clients may cost
 };
 
 // Returns the process exit code.

@@ -50,6 +50,33 @@ int main(int argc, char** argv) {
     bool no_cdi = false;
     app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")
         ->excludes(cdi_dir);
+    // The watch socket is open to every local user: what each may cost.
+    auto& w = opt.watch;
+    app.add_option("--watch-max-clients", w.max_clients,
+                   "watch socket: most connections of non-root users in total")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--watch-max-clients-per-uid", w.max_clients_per_uid,
+                   "watch socket: most connections of one non-root user")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--watch-max-root-clients", w.max_root_clients,
+                   "watch socket: most connections of root (a budget of its own)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--watch-idle-timeout-ms", w.idle_timeout_ms,
+                   "watch socket: time to send the request, and to read a last reply")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--watch-max-queue", w.max_queue,
+                   "watch socket: bytes queued for one watcher before it is dropped")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40));
+    app.add_option("--watch-max-queue-total", w.max_queue_total,
+                   "watch socket: bytes queued for all clients; the largest queues are dropped "
+                   "first")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40));
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
+// Connections, limits and I/O of the watch socket. What the replies say is
+// in watch_replies.cpp.
 #include "watch_server.hpp"
 
 #include "log.hpp"
@@ -8,6 +10,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,10 +22,23 @@
 namespace tagmem {
 namespace {
 
-constexpr std::size_t kMaxRequest = 4096;
-// A watcher that reads nothing is cut off rather than allowed to grow the
-// daemon without bound; 64 MiB holds hundreds of thousands of events.
-constexpr std::size_t kMaxQueued = 64u << 20;
+// Work per wakeup: one read of at most this much per client, one write of
+// at most kWriteChunk, at most kAcceptsPerWakeup new connections. Every
+// ready client is served in each pass of the event loop, so a flooder gets
+// the same share as anyone else and never holds the thread.
+constexpr std::size_t kReadChunk = 4096;
+constexpr std::size_t kWriteChunk = 64u << 10;
+constexpr int kAcceptsPerWakeup = 32;
+// The kernel's own buffer per client (SO_SNDBUF; Linux doubles it): a
+// client that reads nothing pins this much kernel memory, on top of what
+// WatchLimits allows it to queue in the daemon.
+constexpr int kSocketBuffer = 32 << 10;
+// Out of fds with none to give up: pending clients wait in the backlog for
+// this long instead of making the listener's readiness a busy loop.
+constexpr auto kListenerPause = std::chrono::milliseconds(100);
+// fds the daemon needs besides watch clients (FUSE, nodes, uevents, logs).
+constexpr rlim_t kFdsForTheDaemon = 64;
+constexpr auto kRefusalLogInterval = std::chrono::seconds(10);
 
 std::vector<gid_t> peer_groups(int fd, gid_t primary) {
     std::vector<gid_t> groups{primary};
@@ -35,11 +51,36 @@ std::vector<gid_t> peer_groups(int fd, gid_t primary) {
     return groups;
 }
 
+// The connection limits must leave room below the fd limit, or the limits
+// would never be reached before EMFILE.
+WatchLimits fit_fd_limit(WatchLimits l) {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return l;
+    const rlim_t room =
+        rl.rlim_cur > 2 * kFdsForTheDaemon ? rl.rlim_cur - kFdsForTheDaemon : rl.rlim_cur / 2;
+    if (l.max_clients + l.max_root_clients <= room)
+        return l;
+    WatchLimits fitted = l;
+    fitted.max_root_clients = static_cast<unsigned>(std::min<rlim_t>(l.max_root_clients, room / 4));
+    fitted.max_clients =
+        static_cast<unsigned>(std::min<rlim_t>(l.max_clients, room - fitted.max_root_clients));
+    fitted.max_clients_per_uid = std::min(l.max_clients_per_uid, fitted.max_clients);
+    log::warning("watch socket: fd limit {}: at most {} connections ({} per uid) and {} of root",
+                 rl.rlim_cur, fitted.max_clients, fitted.max_clients_per_uid,
+                 fitted.max_root_clients);
+    return fitted;
+}
+
+// Best effort and never blocking: for a client about to be closed.
+void send_now(int fd, std::string_view line) {
+    [[maybe_unused]] auto n = ::send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 } // namespace
 
-Result<WatchServer> WatchServer::listen(const std::string& path, const TagTree* tree,
-                                        std::string mount_point,
-                                        std::function<std::string()> stats) {
+Result<WatchServer> WatchServer::listen(const std::string& path, WatchSources sources,
+                                        WatchLimits limits) {
     sockaddr_un addr{};
     if (path.size() >= sizeof(addr.sun_path))
         return make_error(ENAMETOOLONG, fmt::format("socket path too long: {}", path));
@@ -62,7 +103,9 @@ Result<WatchServer> WatchServer::listen(const std::string& path, const TagTree* 
     ::chmod(path.c_str(), 0666);
     if (::listen(fd.get(), 128) != 0)
         return make_error(errno, fmt::format("listen {}: {}", path, std::strerror(errno)));
-    return WatchServer(std::move(fd), path, tree, std::move(mount_point), std::move(stats));
+    Fd reserve(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    return WatchServer(std::move(fd), std::move(reserve), path, std::move(sources),
+                       fit_fd_limit(limits));
 }
 
 WatchServer::~WatchServer() {
@@ -71,9 +114,18 @@ WatchServer::~WatchServer() {
 }
 
 void WatchServer::poll_fds(std::vector<pollfd>& fds) const {
-    fds.push_back({listener_.get(), POLLIN, 0});
-    for (const auto& [fd, c] : clients_)
-        fds.push_back({fd, static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+    if (!listener_paused_until_)
+        fds.push_back({listener_.get(), POLLIN, 0});
+    for (const auto& [fd, c] : clients_) {
+        short events = 0;
+        // A closing client is not read (whatever it sends is ignored), and
+        // one that shut its side would report POLLIN forever.
+        if (c.phase != Phase::closing && !c.peer_shut)
+            events |= POLLIN;
+        if (c.out.size() > c.out_off || c.snapshot)
+            events |= POLLOUT;
+        fds.push_back({fd, events, 0}); // POLLHUP/POLLERR come regardless
+    }
 }
 
 void WatchServer::handle(const std::vector<pollfd>& fds) {
@@ -85,177 +137,282 @@ void WatchServer::handle(const std::vector<pollfd>& fds) {
             continue;
         }
         auto it = clients_.find(p.fd);
-        if (it == clients_.end())
+        if (it == clients_.end() || !it->second.fd)
             continue;
         Client& c = it->second;
+        if (p.revents & POLLNVAL) {
+            drop(c);
+            continue;
+        }
         if (p.revents & POLLOUT)
-            flush(c);
-        if (p.revents & (POLLIN | POLLHUP | POLLERR))
+            write_some(c);
+        if (c.fd && (p.revents & POLLIN))
             read_request(c);
+        // Hung up with nothing left to read: nothing sent will be read.
+        if (c.fd && (p.revents & (POLLHUP | POLLERR)) && !(p.revents & POLLIN))
+            drop(c);
     }
-    std::erase_if(clients_, [](const auto& kv) { return !kv.second.fd; });
+    reap();
+}
+
+int WatchServer::timeout_ms() const {
+    std::optional<Clock::time_point> next = listener_paused_until_;
+    for (const auto& [fd, c] : clients_)
+        if (c.fd && (c.phase == Phase::request || c.phase == Phase::closing))
+            next = next ? std::min(*next, c.deadline) : c.deadline;
+    if (!next)
+        return -1;
+    // Rounded up: a deadline less than 1 ms away must not become poll(0)
+    // in a loop until it passes.
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(*next - Clock::now()).count();
+    return static_cast<int>(std::clamp<long long>(left, 0, 60'000));
+}
+
+void WatchServer::tick() {
+    const auto now = Clock::now();
+    if (listener_paused_until_ && now >= *listener_paused_until_)
+        listener_paused_until_.reset();
+    for (auto& [fd, c] : clients_) {
+        if (!c.fd || now < c.deadline)
+            continue;
+        if (c.phase == Phase::request) {
+            ++counters_.timed_out;
+            send_now(c.fd.get(), fmt::format("{{\"error\":\"no request within {} ms\"}}\n",
+                                             limits_.idle_timeout_ms));
+            drop(c);
+        } else if (c.phase == Phase::closing) {
+            drop(c); // its last reply was not read in time
+        }
+    }
+    reap();
+}
+
+bool WatchServer::admit(uid_t uid) const {
+    if (uid == 0)
+        return root_clients_ < limits_.max_root_clients;
+    unsigned total = 0;
+    for (const auto& [u, n] : per_uid_)
+        total += n;
+    auto it = per_uid_.find(uid);
+    return total < limits_.max_clients &&
+           (it == per_uid_.end() || it->second < limits_.max_clients_per_uid);
 }
 
 void WatchServer::accept_clients() {
-    for (;;) {
+    const auto now = Clock::now();
+    for (int i = 0; i < kAcceptsPerWakeup; ++i) {
         Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (!fd)
+        if (!fd) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                return;
+            if (err == EINTR || err == ECONNABORTED || err == EPROTO)
+                continue;
+            if ((err == EMFILE || err == ENFILE) && shed_connection())
+                continue;
+            // The listener stays readable while a client waits: polling it
+            // now would spin. Pending clients wait in the backlog.
+            listener_paused_until_ = now + kListenerPause;
+            if (now - last_refusal_log_ >= kRefusalLogInterval) {
+                last_refusal_log_ = now;
+                log::warning("watch socket: accept: {}; pausing new connections",
+                             std::strerror(err));
+            }
             return;
+        }
         ucred cred{};
         socklen_t len = sizeof cred;
         if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
             continue;
+        if (!admit(cred.uid)) {
+            ++counters_.refused;
+            send_now(fd.get(), "{\"error\":\"too many connections\"}\n");
+            if (now - last_refusal_log_ >= kRefusalLogInterval) {
+                last_refusal_log_ = now;
+                log::warning("watch socket: refusing connections of uid {} over the limit "
+                             "({} refused so far)",
+                             cred.uid, counters_.refused);
+            }
+            continue;
+        }
+        ++counters_.accepted;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &kSocketBuffer, sizeof kSocketBuffer);
+        if (cred.uid == 0)
+            ++root_clients_;
+        else
+            ++per_uid_[cred.uid];
         Client c;
         c.uid = cred.uid;
         c.groups = peer_groups(fd.get(), cred.gid);
+        c.deadline = now + std::chrono::milliseconds(limits_.idle_timeout_ms);
         int key = fd.get();
         c.fd = std::move(fd);
         clients_.emplace(key, std::move(c));
     }
 }
 
+// At the fd limit: give up the reserve fd for a moment to accept the
+// oldest pending client and close it, so that the backlog drains and the
+// listener stops being readable.
+bool WatchServer::shed_connection() {
+    if (!reserve_)
+        return false;
+    reserve_.reset();
+    Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (fd) {
+        ++counters_.shed;
+        send_now(fd.get(), "{\"error\":\"tagmemfs is out of file descriptors\"}\n");
+        fd.reset();
+    }
+    reserve_ = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    return static_cast<bool>(fd);
+}
+
 void WatchServer::read_request(Client& c) {
-    char buf[1024];
-    for (;;) {
-        ssize_t n = ::read(c.fd.get(), buf, sizeof buf);
-        if (n > 0) {
-            c.in.append(buf, static_cast<std::size_t>(n));
-            std::size_t nl;
-            while (c.fd && (nl = c.in.find('\n')) != std::string::npos) {
-                std::string line = c.in.substr(0, nl);
-                c.in.erase(0, nl + 1);
-                on_request(c, line);
-            }
-            if (c.in.size() > kMaxRequest) {
-                c.fd.reset();
-                return;
-            }
-            continue;
+    char buf[kReadChunk];
+    ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            drop(c);
+        return;
+    }
+    if (n == 0) {
+        // A client that shut its side after the request may still read
+        // the answer; one that never asked is gone.
+        if (c.phase == Phase::request)
+            drop(c);
+        else
+            c.peer_shut = true;
+        return;
+    }
+    if (c.phase != Phase::request) {
+        drop(c); // one request per connection: anything more is abuse
+        return;
+    }
+    c.in.append(buf, static_cast<std::size_t>(n));
+    auto nl = c.in.find('\n');
+    if (nl == std::string::npos) {
+        if (c.in.size() > kMaxRequestLine) {
+            ++counters_.bad_requests;
+            c.in.clear();
+            fail(c, fmt::format("request longer than {} bytes", kMaxRequestLine));
         }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        c.fd.reset(); // EOF or error: the client is gone
         return;
     }
+    std::string line = c.in.substr(0, nl);
+    std::string().swap(c.in); // whatever followed the request is ignored
+    on_request(c, line);
 }
 
-void WatchServer::on_request(Client& c, const std::string& line) {
-    auto req = nlohmann::json::parse(line, nullptr, false);
-    auto fail = [&](const std::string& why) {
-        send(c, nlohmann::json{{"error", why}}.dump());
-        c.close_after_flush = true;
-        flush(c);
-    };
-    if (!req.is_object() || !req.contains("op") || !req["op"].is_string())
-        return fail("expected a JSON object with \"op\": \"watch\" or \"wait\"");
-    const std::string op = req["op"];
-    if (op == "watch") {
-        c.watching = true;
-        return;
-    }
-    if (op == "stats") {
-        if (c.uid != 0)
-            return fail("stats are for root");
-        send(c, stats_ ? stats_() : std::string("{}"));
-        c.close_after_flush = true;
-        flush(c);
-        return;
-    }
-    if (op != "wait")
-        return fail(fmt::format("unknown op '{}'", op));
-    if (!req.contains("tag") || !req["tag"].is_string())
-        return fail("wait needs \"tag\": \"<uuid>\"");
-    auto tag = Uuid::parse(req["tag"].get<std::string>());
-    if (!tag)
-        return fail(tag.error().message);
-    c.waiting = *tag;
-    // Already usable: answer at once. The check and the registration happen
-    // on the thread that publishes changes, so no event can slip between.
-    if (auto r = tree_->find(*tag); r && r->usable() && may_see(c, r->access)) {
-        send(c, ready_line(*r));
-        c.close_after_flush = true;
-        flush(c);
-    }
+void WatchServer::reply_and_close(Client& c, const std::string& json_line) {
+    enqueue(c, json_line);
+    c.phase = Phase::closing;
+    c.waiting.reset();
+    c.deadline = Clock::now() + std::chrono::milliseconds(limits_.idle_timeout_ms);
+    write_some(c);
 }
 
-bool WatchServer::may_see(const Client& c, const Access& a) const {
-    if (c.uid == 0)
-        return true;
-    if (c.uid == a.uid)
-        return (a.mode & 0600) != 0;
-    if (std::find(c.groups.begin(), c.groups.end(), a.gid) != c.groups.end())
-        return (a.mode & 0060) != 0;
-    return (a.mode & 0006) != 0;
+void WatchServer::fail(Client& c, const std::string& why) {
+    reply_and_close(c, nlohmann::json{{"error", why}}.dump(
+                           -1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
-std::string WatchServer::ready_line(const TagRecord& r) const {
-    const std::string tag = r.tag.str();
-    return nlohmann::json{{"event", "ready"},
-                          {"tag", tag},
-                          {"device", r.device() ? r.device()->dev.name : ""},
-                          {"path", fmt::format("{}/{}/data", mount_point_, tag)}}
-        .dump();
-}
-
-void WatchServer::publish(const std::vector<TagEvent>& events) {
-    if (clients_.empty())
-        return;
-    for (const auto& e : events) {
-        ++seq_;
-        std::string line;
-        for (auto& [fd, c] : clients_) {
-            if (!c.fd || !may_see(c, e.access))
-                continue;
-            if (c.watching) {
-                if (line.empty())
-                    line = nlohmann::json{
-                        {"event", to_string(e.kind)},
-                        {"tag", e.tag.str()},
-                        {"device", e.device},
-                        {"state", e.state},
-                        {"seq",
-                         seq_}}.dump();
-                send(c, line);
-            }
-            if (c.waiting && *c.waiting == e.tag && e.kind != TagEventKind::removed &&
-                e.state == "ready") {
-                if (auto r = tree_->find(e.tag); r && r->usable()) {
-                    send(c, ready_line(*r));
-                    c.close_after_flush = true;
-                    c.waiting.reset();
-                }
-            }
-        }
-    }
-    for (auto& [fd, c] : clients_)
-        flush(c);
-    std::erase_if(clients_, [](const auto& kv) { return !kv.second.fd; });
-}
-
-void WatchServer::send(Client& c, const std::string& json_line) {
-    if (c.out.size() + json_line.size() > kMaxQueued) {
-        log::warning("watch client uid {} reads too slowly; disconnecting it", c.uid);
-        c.fd.reset();
-        return;
-    }
-    c.out += json_line;
+void WatchServer::enqueue(Client& c, std::string_view line) {
+    c.out.append(line);
     c.out += '\n';
+    queued_total_ += line.size() + 1;
 }
 
-void WatchServer::flush(Client& c) {
-    while (c.fd && !c.out.empty()) {
-        ssize_t n = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            c.out.erase(0, static_cast<std::size_t>(n));
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+void WatchServer::write_some(Client& c) {
+    if (c.snapshot)
+        continue_snapshot(c);
+    if (c.out.size() > c.out_off) {
+        const std::size_t len = std::min(c.out.size() - c.out_off, kWriteChunk);
+        ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_off, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                drop(c);
             return;
-        c.fd.reset();
-        return;
+        }
+        c.out_off += static_cast<std::size_t>(n);
+        queued_total_ -= static_cast<std::size_t>(n);
+        c.mid_line = n > 0 && c.out[c.out_off - 1] != '\n';
+        if (c.out_off == c.out.size()) {
+            c.out.clear();
+            c.out_off = 0;
+        } else if (c.out_off >= kWriteChunk && c.out_off * 2 >= c.out.size()) {
+            c.out.erase(0, c.out_off); // amortised: at most once per half
+            c.out_off = 0;
+        }
     }
-    if (c.fd && c.out.empty() && c.close_after_flush)
-        c.fd.reset();
+    if (c.phase == Phase::closing && c.queued() == 0 && !c.snapshot)
+        drop(c); // the last reply is out: close, as the protocol says
+}
+
+// The watcher cannot keep up: what is queued for it is dropped, and it is
+// told so (with the seq it would have had) before the server closes.
+void WatchServer::overflow(Client& c, const char* why) {
+    if (!c.fd || c.phase == Phase::closing)
+        return;
+    ++counters_.overflowed;
+    if (auto now = Clock::now(); now - last_overflow_log_ >= kRefusalLogInterval) {
+        last_overflow_log_ = now;
+        log::warning("watch client of uid {} {}; disconnecting it ({} so far)", c.uid, why,
+                     counters_.overflowed);
+    }
+    // Keep the rest of a line already begun, so the client reads whole lines.
+    std::string rest;
+    if (c.mid_line && c.out_off < c.out.size()) {
+        auto nl = c.out.find('\n', c.out_off);
+        rest = c.out.substr(c.out_off, nl - c.out_off + 1);
+    }
+    queued_total_ -= c.queued();
+    c.out = std::move(rest);
+    c.out_off = 0;
+    queued_total_ += c.out.size();
+    c.held.clear();
+    c.held_bytes = 0;
+    c.snapshot.reset();
+    reply_and_close(
+        c, nlohmann::json{{"event", "overflow"}, {"reason", why}, {"seq", ++c.seq}}.dump());
+}
+
+// Over the global budget: the largest queues go first, so slow readers
+// pay and clients that read keep their events.
+void WatchServer::enforce_total_budget() {
+    while (queued_total_ > limits_.max_queue_total) {
+        Client* largest = nullptr;
+        for (auto& [fd, c] : clients_)
+            if (c.fd && (!largest || c.queued() > largest->queued()))
+                largest = &c;
+        if (!largest || largest->queued() == 0)
+            return;
+        if (largest->phase == Phase::closing)
+            drop(*largest);
+        else
+            overflow(*largest, "reads too slowly (the server's output budget is spent)");
+    }
+}
+
+void WatchServer::drop(Client& c) {
+    if (!c.fd)
+        return;
+    queued_total_ -= c.queued();
+    c.out.clear();
+    c.out_off = 0;
+    c.held.clear();
+    c.held_bytes = 0;
+    c.snapshot.reset();
+    if (c.uid == 0) {
+        --root_clients_;
+    } else if (auto it = per_uid_.find(c.uid); it != per_uid_.end() && --it->second == 0) {
+        per_uid_.erase(it);
+    }
+    c.fd.reset();
+}
+
+void WatchServer::reap() {
+    std::erase_if(clients_, [](const auto& kv) { return !kv.second.fd; });
 }
 
 } // namespace tagmem
