@@ -242,7 +242,7 @@ int Daemon::run() {
         else
             uevents_.emplace(std::move(*mon));
     }
-    if (auto rec = recover_mount_point(opt_.mount_point); !rec) {
+    if (auto rec = recover_mount_point(opt_.mount_point, StaleMount::keep); !rec) {
         log::error("{}", rec.error().message);
         return 1;
     }
@@ -259,6 +259,12 @@ int Daemon::run() {
     rescan("start");
 
     context_.tree = tree_.get();
+    // A dead daemon's mount goes only now, with the tree ready: between the
+    // detach and the mount the path is an empty directory.
+    if (auto rec = recover_mount_point(opt_.mount_point, StaleMount::detach); !rec) {
+        log::error("{}", rec.error().message);
+        return 1;
+    }
     auto mount = FuseMount::mount(opt_.mount_point, *options, &context_);
     if (!mount) {
         log::error("{}", mount.error().message);
