@@ -98,9 +98,11 @@ def test_evicting_a_dax_opened_fuse_inode_crashes(vm_assets, guest_tools, vm_tim
     if res.oops is None:
         pytest.fail(f"kernel {vm_assets.kver} no longer crashes when a dax-opened FUSE inode "
                     f"is evicted (steps {steps}): update docs/fuse-dax-crash.md")
-    # 6.12 crashes at drop_caches; 7.2 only at the unmount (the dcache shrink
-    # of generic_shutdown_super runs while SB_ACTIVE is still set).
-    assert steps[-1] in ("evict (drop_caches)", "unmount"), \
-        f"crashed at another step: {steps}\n{res.oops}"
+    # The step during which it oopsed: 6.12 at drop_caches; 7.2 only at the
+    # unmount (generic_shutdown_super shrinks the dcache while SB_ACTIVE is set).
+    before = res.console[:res.console.find(res.oops.splitlines()[0])]
+    at = re.findall(r"^REPRO-STEP: (.*)$", before, re.M)[-1]
+    vm_timings[f"fuse-dax repro ({vm_assets.kver})"] += f"; oopsed during: {at}"
+    assert at in ("evict (drop_caches)", "unmount"), f"crashed during {at!r}\n{res.oops}"
     assert re.search(r"fuse_dax_inode_cleanup\+.*\n(?:.*\n)*?.*fuse_evict_inode\+", res.oops), \
         res.oops
