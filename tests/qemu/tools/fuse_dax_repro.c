@@ -29,7 +29,7 @@
 
 static dev_t dax_rdev;
 
-static void fill(fuse_ino_t ino, struct stat *st) {
+static void fill(fuse_ino_t ino, struct stat* st) {
     memset(st, 0, sizeof(*st));
     st->st_ino = ino;
     if (ino == FUSE_ROOT_ID) {
@@ -42,7 +42,7 @@ static void fill(fuse_ino_t ino, struct stat *st) {
     }
 }
 
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     struct fuse_entry_param e;
     if (parent != FUSE_ROOT_ID || strcmp(name, "dax") != 0) {
         fuse_reply_err(req, ENOENT);
@@ -55,7 +55,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fuse_reply_entry(req, &e);
 }
 
-static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     struct stat st;
     (void)fi;
     if (ino != FUSE_ROOT_ID && ino != 2) {
@@ -71,7 +71,7 @@ static const struct fuse_lowlevel_ops ops = {
     .getattr = op_getattr,
 };
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s MOUNTPOINT MAJOR MINOR\n", argv[0]);
         return 2;
@@ -79,16 +79,15 @@ int main(int argc, char **argv) {
     dax_rdev = makedev(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
     // dev: device nodes work (root only); default_permissions: the kernel
     // checks the node's mode; allow_other: as a real deployment would.
-    char *fargv[] = {argv[0], "-o", "dev,allow_other,default_permissions,fsname=daxrepro", NULL};
+    char* fargv[] = {argv[0], "-o", "dev,allow_other,default_permissions,fsname=daxrepro", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
-    struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), NULL);
+    struct fuse_session* se = fuse_session_new(&args, &ops, sizeof(ops), NULL);
     if (!se || fuse_session_mount(se, argv[1]) != 0) {
         fprintf(stderr, "%s: cannot mount on %s\n", argv[0], argv[1]);
         return 1;
     }
     fuse_set_signal_handlers(se);
-    printf("fuse_dax_repro: mounted %s, dax -> %u:%u\n", argv[1], major(dax_rdev),
-           minor(dax_rdev));
+    printf("fuse_dax_repro: mounted %s, dax -> %u:%u\n", argv[1], major(dax_rdev), minor(dax_rdev));
     fflush(stdout);
     int rc = fuse_session_loop(se);
     fuse_remove_signal_handlers(se);
