@@ -317,10 +317,6 @@ def test_hotplug_tags_come_and_go(vm_assets, product, guest_tools, vm_timings, t
     vm_timings["s5 hotplug"] = f"boot to /init {boot}, scenario {scen}, " \
                                f"guest total {res.elapsed_s:.1f}s"
 
-    # A known kernel bug of this kernel (vmkit.KNOWN_OOPSES) proves nothing about tagmem.
-    why = res.known_oops(vmkit.kernel_flavor().name)
-    if why:
-        pytest.xfail(f"guest {res.name}: {why}")
     try:
         _check(res, vm_timings)
     except (AssertionError, vmkit.VmError, pytest.fail.Exception) as exc:

@@ -66,21 +66,10 @@ def _record(vm_timings, label: str, res: vmkit.BootResult) -> None:
     vm_timings[label] = f"boot to /init {boot}, scenario {scen}, guest total {res.elapsed_s:.1f}s"
 
 
-def _xfail_known_oops(*results: vmkit.BootResult) -> None:
-    """A guest that hit a known kernel bug of this kernel (vmkit.KNOWN_OOPSES)
-    proves nothing about tagmem: xfail with the reason."""
-    flavor = vmkit.kernel_flavor().name
-    for r in results:
-        why = r.known_oops(flavor)
-        if why:
-            pytest.xfail(f"guest {r.name}: {why}")
-
-
 def _verify(check: Callable[[], None], *results: vmkit.BootResult) -> None:
     """Run a scenario's assertions (``check``), then demand a clean end of
     every guest. A failing assertion in a guest whose kernel oopsed is
     reported as the oops, since that is what broke it."""
-    _xfail_known_oops(*results)
     try:
         check()
     except (AssertionError, vmkit.VmError, pytest.fail.Exception) as exc:

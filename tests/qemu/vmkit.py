@@ -122,19 +122,6 @@ VERDICT_RE = re.compile(r"TAGMEM-VERDICT: (PASS|FAIL rc=(\d+))")
 OOPS_RE = re.compile(r"\] (BUG: |Oops: |Kernel panic - |general protection fault|"
                      r"kernel BUG at |Unable to handle kernel )")
 OOPS_GRACE_S = 8.0
-#: Oopses that are kernel bugs independent of tagmem, per kernel flavor: the
-#: regex is matched against the oops text; a test whose guest hit one may xfail
-#: with the reason (known_oops) instead of failing, so that CI on the newest
-#: kernel stays usable until the fix lands, and passes again by itself then.
-#: Evidence and the reproduction without tagmem: tests/qemu/README.md.
-KNOWN_OOPSES: dict[str, list[tuple[str, str]]] = {
-    "unstable": [
-        (r"RIP: 0010:zap_huge_pmd\+.*\n(?:.*\n)*?.*__x64_sys_munmap",
-         "Linux 7.2 oopses in zap_huge_pmd when a device-dax PMD mapping is unmapped "
-         "(page fault on an unmapped kernel address; also seen with daxmap on /dev/daxX.Y, "
-         "no tagmem involved): a kernel bug, see tests/qemu/README.md"),
-    ],
-}
 STAGE_INIT = "TAGMEM-STAGE: init"
 STAGE_SCENARIO = "TAGMEM-STAGE: scenario-start"
 
@@ -819,8 +806,13 @@ vmkit_init_labels() { # [REGION] [NMEM]
     ndctl enable-region "${1:-region0}"
 }
 
+# -M mem: the struct pages of the namespace live in guest RAM, not in the
+# namespace itself (ndctl's default, "dev"): guests sharing a backing file
+# would otherwise overwrite each other's struct pages, and since device-dax
+# maps folios (Linux 7.x) the kernel then oopses in zap_huge_pmd at munmap.
 vmkit_create_devdax() { # TAG [SIZE] [ALIGN] [REGION]
-    ndctl create-namespace -r "${4:-region0}" -m devdax --uuid "$1" -a "${3:-2M}" -s "${2:-256M}"
+    ndctl create-namespace -r "${4:-region0}" -m devdax -M mem --uuid "$1" -a "${3:-2M}" \
+        -s "${2:-256M}"
 }
 
 # /dev/daxX.Y whose namespace UUID (the tag) is $1; fails if none.
@@ -1160,17 +1152,6 @@ class BootResult:
         return (f"{head} in {comm.group(1) if comm else '?'}: "
                 + " <- ".join(f.split("+")[0] for f in frames[:8]))
 
-    def known_oops(self, flavor: str) -> str | None:
-        """Why this guest's oops is a known kernel bug of ``flavor`` (KNOWN_OOPSES),
-        or None (no oops, or an unknown one)."""
-        if not self.oops:
-            return None
-        text = self.console[self.console.find(self.oops.splitlines()[0]):]
-        for rx, why in KNOWN_OOPSES.get(flavor, []):
-            if re.search(rx, text):
-                return f"{why} [{self.oops_summary}]"
-        return None
-
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.console.splitlines()[-n:])
 
@@ -1431,7 +1412,8 @@ def prepare_nvdimm(spec: NvdimmSpec, tags: Sequence[str], ns_size: int | str = 2
     assets = _assets(assets)
     tags = [str(uuidlib.UUID(str(t))) for t in tags]
     key = {"tags": tags, "ns_size": _parse_size(ns_size), "align": _parse_size(align),
-           "size": _parse_size(spec.size), "label_size": _parse_size(spec.label_size)}
+           "size": _parse_size(spec.size), "label_size": _parse_size(spec.label_size),
+           "map": "mem"}
     stamp = _stamp_path(spec)
     with _locked(Path(f"{spec.path}.lock")):
         spec.ensure_file()
@@ -1484,7 +1466,8 @@ def prepare_labelless_devdax(spec: NvdimmSpec, align: int | str = 2 * MiB, *,
     assets = _assets(assets)
     if _parse_size(spec.label_size):
         raise VmError(f"{spec.path}: prepare_labelless_devdax needs label_size=0")
-    key = {"labelless_devdax": True, "align": _parse_size(align), "size": _parse_size(spec.size)}
+    key = {"labelless_devdax": True, "align": _parse_size(align), "size": _parse_size(spec.size),
+           "map": "mem"}
     stamp = _stamp_path(spec)
     with _locked(Path(f"{spec.path}.lock")):
         spec.ensure_file()
@@ -1495,7 +1478,7 @@ def prepare_labelless_devdax(spec: NvdimmSpec, align: int | str = 2 * MiB, *,
         stamp.unlink(missing_ok=True)
         initrd = assets.cache_dir / "initramfs" / f"prepare-ll-{os.getpid()}.cpio"
         scenario = (f"vmkit_section before ndctl list -N\n"
-                    f"ndctl create-namespace -f -e namespace0.0 -m devdax -a {_parse_size(align)}\n"
+                    f"ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a {_parse_size(align)}\n"
                     f"vmkit_settle\n"
                     f"vmkit_section after daxctl list\n"
                     f"test -c /dev/dax0.0\n")
