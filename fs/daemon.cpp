@@ -343,7 +343,7 @@ int Daemon::run() {
         return lock.error().code == EWOULDBLOCK ? kExitMountPointTaken : 1;
     }
     lock_.emplace(std::move(*lock));
-    if (auto rec = recover_mount_point(opt_.mount_point); !rec) {
+    if (auto rec = recover_mount_point(opt_.mount_point, StaleMount::keep); !rec) {
         log::error("{}", rec.error().message);
         return 1;
     }
@@ -364,6 +364,12 @@ int Daemon::run() {
         return 0;
     }
     context_.tree = tree_.get();
+    // A dead daemon's mount goes only now, with the tree ready: between the
+    // detach and the mount the path is an empty directory.
+    if (auto rec = recover_mount_point(opt_.mount_point, StaleMount::detach); !rec) {
+        log::error("{}", rec.error().message);
+        return 1;
+    }
     auto mount = FuseMount::mount(opt_.mount_point, *options, &context_);
     if (!mount) {
         log::error("{}", mount.error().message);

@@ -104,19 +104,30 @@ Result<std::string> mount_options(const std::vector<std::string>& extra) {
     return opts;
 }
 
-Status recover_mount_point(const std::string& mount_point) {
-    struct stat st {};
+Status recover_mount_point(const std::string& mount_point, StaleMount stale) {
     // statfs() first: on a dead FUSE mount, stat() of the root can still be
     // answered from the kernel's attribute cache, statfs() never is.
     struct statfs sfs {};
-    if (::statfs(mount_point.c_str(), &sfs) != 0 && errno == ENOTCONN) {
+    struct stat st {};
+    int err = 0;
+    if (::statfs(mount_point.c_str(), &sfs) != 0 && errno == ENOTCONN)
+        err = ENOTCONN;
+    else if (::stat(mount_point.c_str(), &st) != 0)
+        err = errno;
+    if (err == ENOTCONN && stale == StaleMount::keep) {
+        log::warning("{}: stale mount of a daemon that died (ENOTCONN); replacing it after the "
+                     "first scan",
+                     mount_point);
+        return Ok{};
+    }
+    if (err == ENOTCONN) {
         log::warning("{}: stale mount of a daemon that died (ENOTCONN); detaching it", mount_point);
         if (::umount2(mount_point.c_str(), MNT_DETACH) != 0)
             return make_error(errno, fmt::format("cannot detach the stale mount at {}: {}",
                                                  mount_point, std::strerror(errno)));
-        return recover_mount_point(mount_point);
+        return recover_mount_point(mount_point, stale);
     }
-    if (::stat(mount_point.c_str(), &st) == 0) {
+    if (err == 0) {
         auto mi = find_mount(mount_point);
         if (mi && mi->fstype == "fuse.tagmem")
             return make_error(EBUSY,
@@ -124,14 +135,6 @@ Status recover_mount_point(const std::string& mount_point) {
         if (!S_ISDIR(st.st_mode))
             return make_error(ENOTDIR, fmt::format("{} is not a directory", mount_point));
         return Ok{};
-    }
-    int err = errno;
-    if (err == ENOTCONN) {
-        log::warning("{}: stale mount of a daemon that died (ENOTCONN); detaching it", mount_point);
-        if (::umount2(mount_point.c_str(), MNT_DETACH) != 0)
-            return make_error(errno, fmt::format("cannot detach the stale mount at {}: {}",
-                                                 mount_point, std::strerror(errno)));
-        return recover_mount_point(mount_point);
     }
     if (err == ENOENT) {
         if (::mkdir(mount_point.c_str(), 0755) != 0 && errno != EEXIST)

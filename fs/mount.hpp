@@ -31,8 +31,12 @@ Result<std::string> mount_options(const std::vector<std::string>& extra);
 
 // A mount point left behind by a killed daemon answers ENOTCONN; it is
 // detached so that a new mount can take its place. A live tagmemfs mount is
-// an error (EBUSY), never replaced.
-Status recover_mount_point(const std::string& mount_point);
+// an error (EBUSY), never replaced. With StaleMount::keep a dead mount is
+// only reported: the daemon checks early and detaches just before it
+// mounts, so that the path is not an empty directory while the first scan
+// runs (clients would see no tags, without an error).
+enum class StaleMount { keep, detach };
+Status recover_mount_point(const std::string& mount_point, StaleMount stale);
 
 // Reads /proc/self/mountinfo and checks the options the kernel actually
 // applied (a mount made in a user namespace is always nodev, for example).

@@ -59,6 +59,7 @@ def vm_assets() -> vmkit.Assets:
         skip_loudly(str(exc))
     t0 = time.monotonic()
     assets = vmkit.ensure_assets()
+    TIMINGS["kernel"] = f"{assets.kver} ({assets.flavor}: TAGMEM_QEMU_KERNEL)"
     TIMINGS["assets (this run)"] = (f"{time.monotonic() - t0:.1f}s "
                                     + ("downloaded" if assets.downloaded else "cache hit"))
     if assets.downloaded:

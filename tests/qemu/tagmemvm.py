@@ -129,15 +129,19 @@ tm_mount_id() {
 }
 tm_mounted() { [ -n "$(tm_mount_id)" ]; }
 
-# Start tagmemfs in the foreground of a background job; wait for a new mount
-# (a stale one left by a killed daemon does not count).
+# Start tagmemfs in the foreground of a background job; return once it
+# serves. Ready means: this pid logged "mounted" (info level: a daemon started
+# with -l warning or error never reports it). Not mountinfo alone: a stale
+# mount left by a killed daemon stays listed until the new daemon detaches it,
+# a new mount may reuse its ID, and two reads of mountinfo (stale one, then
+# none) once let a restart look done while /run/tagmem was the empty
+# directory under it.
 tm_start() { # [tagmemfs options...]
-    tm_old=$(tm_mount_id)
     echo "=== $(tm_now) tagmemfs -f $* $TM_MNT" >>"$TM_LOG"
     tagmemfs -f "$@" "$TM_MNT" >>"$TM_LOG" 2>&1 &
     TM_PID=$!
     tm_i=0
-    while [ -z "$(tm_mount_id)" ] || [ "$(tm_mount_id)" = "$tm_old" ]; do
+    until grep -q "^tagmemfs\[$TM_PID\]: info: mounted " "$TM_LOG"; do
         if ! kill -0 "$TM_PID" 2>/dev/null; then
             tm_rc=0
             wait "$TM_PID" || tm_rc=$?
@@ -149,7 +153,8 @@ tm_start() { # [tagmemfs options...]
         if [ $tm_i -gt 400 ]; then echo "tm_start: no mount after 20s"; return 1; fi
         sleep 0.05
     done
-    # The mount is in mountinfo before the daemon serves; one lookup proves it does.
+    tm_mounted || { echo "tm_start: $TM_MNT is not a tagmemfs mount"; return 1; }
+    # The daemon logs before it serves; one lookup proves it does.
     timeout 20 ls "$TM_MNT" >/dev/null || return 1
     echo "TM-EVENT: tagmemfs mounted pid=$TM_PID uptime=$(tm_now)"
 }

@@ -419,7 +419,7 @@ def test_mapping_survives_daemon_death(vm_assets, product, guest_tools, vm_timin
     vmkit.prepare_nvdimm(nv, S4_TAGS, "256M", assets=vm_assets)
     ta, tb = S4_TAGS
     seed = _seed()
-    hold_s = 8
+    hold_s = GUEST_TIMEOUT_S  # a ceiling: the scenario stops the holder (SIGTERM) when done
     scenario = f"""
 DB=$(vmkit_dax_for_tag {tb})
 tm_start
@@ -456,6 +456,7 @@ else
 fi
 kill -0 $HOLD
 echo "TM-EVENT: holder alive after the restart attempt"
+kill -TERM $HOLD
 rc=0; wait $HOLD || rc=$?
 cat /tmp/hold.out
 echo "TM-EVENT: holder exited rc=$rc"
@@ -499,6 +500,14 @@ echo "TM-EVENT: holder exited rc=$rc"
                         f"{outcome('stale-statfs')!r}.")
         assert re.search(r"stale mount .*ENOTCONN", res.console), \
             "restart did not report the stale mount"
+        # ... and only once its first scan is done: detached earlier, the path
+        # is an empty directory for as long as the scan takes (clients see no
+        # tags and no error; under load, a second).
+        pid = re.findall(r"^TM-EVENT: tagmemfs mounted pid=(\d+)", res.console, re.M)[-1]
+        steps = [m.group(1) for m in re.finditer(
+            rf"^tagmemfs\[{pid}\]: \w+: (?:\S+: )?(stale mount|rescan \(start\)|mounted)",
+            section(res, "tagmemfs-log"), re.M)]
+        assert steps == ["stale mount", "rescan (start)", "stale mount", "mounted"], steps
         assert section(res, "ls-after").split() == sorted(S4_TAGS)
         assert "restarted tagmemfs serves" in ev, res.tail()
 

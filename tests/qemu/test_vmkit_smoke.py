@@ -98,7 +98,7 @@ daxmap verify "$A" {seed:#x} {WRITE_LEN}
     assert w, res.tail()
     vm_timings["daxmap write 32 MiB in guest"] = f"{w.group(2)} MB/s, {w.group(1)} minor faults"
 
-    # On the host the bytes sit in the backing file (first namespace: 6 MiB in).
+    # On the host the bytes sit in the backing file (first namespace: 2 MiB in).
     off = vmkit.find_pattern(smoke_nvdimm.path, seed)
     assert off is not None, "pattern not found in the backing file"
     with open(smoke_nvdimm.path, "rb") as fh:

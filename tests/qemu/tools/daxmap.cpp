@@ -10,7 +10,9 @@
 //   daxmap verify   PATH SEED LEN       check them (read-only open)
 //   daxmap pingpong PATH ping|pong ROUNDS [TIMEOUT_S]
 //                                       two hosts exchange ROUNDS messages
-//   daxmap hold     PATH SECONDS [LEN]  keep rewriting+verifying for SECONDS
+//   daxmap hold     PATH SECONDS [LEN]  keep rewriting+verifying for SECONDS,
+//                                       or until SIGTERM (then the same final
+//                                       check and report)
 //
 // Sizes take K/M/G suffixes; mappings are rounded up to 2 MiB, the dax align.
 // The pattern (mirrored by vmkit.daxmap_pattern) is little-endian 64-bit words,
@@ -360,6 +362,13 @@ int cmd_pingpong(const char* path, std::string_view role, std::uint64_t rounds, 
 
 // ---- hold -----------------------------------------------------------------
 
+// SIGTERM ends a hold early but cleanly: a scenario can keep the mapping
+// busy for exactly as long as its slow steps take, whatever the host load.
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_sigterm(int) {
+    g_stop = 1;
+}
+
 extern "C" void on_sigbus(int) {
     static const char msg[] = "daxmap hold: SIGBUS: the mapping lost its backing\n";
     ssize_t n = ::write(STDOUT_FILENO, msg, sizeof(msg) - 1);
@@ -371,6 +380,8 @@ int cmd_hold(const char* path, std::uint64_t seconds, std::uint64_t len) {
     struct sigaction sa {};
     sa.sa_handler = on_sigbus;
     ::sigaction(SIGBUS, &sa, nullptr);
+    sa.sa_handler = on_sigterm;
+    ::sigaction(SIGTERM, &sa, nullptr);
     Mapping m(path, len, true);
     std::uint64_t nwords = m.len() / 8;
     fill(m.words(), nwords, 0);
@@ -388,7 +399,7 @@ int cmd_hold(const char* path, std::uint64_t seconds, std::uint64_t len) {
         }
         ++iter;
         fill(m.words(), nwords, iter);
-    } while (seconds_since(t0) < static_cast<double>(seconds));
+    } while (!g_stop && seconds_since(t0) < static_cast<double>(seconds));
     if (check(m.words(), nwords, iter) != 0) {
         std::printf("daxmap hold: FAIL final check\n");
         return 1;
