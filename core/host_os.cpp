@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "host_os.hpp"
 
+#include "daxctl_scan.hpp"
 #include "fd.hpp"
 
 #include <fmt/format.h>
@@ -15,15 +16,32 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <sstream>
 
 namespace tagmem {
+
+bool is_gone(int err) {
+    return err == ENOENT || err == ENOTDIR || err == ENODEV || err == ENXIO;
+}
+
+bool is_transient(int err) {
+    // The verdicts of tagmem's own parsers and checks are not transient:
+    // reading again gives the same answer until the host changes.
+    // So are a directory or a symlink where an attribute file belongs.
+    return !is_gone(err) && err != EINVAL && err != ERANGE && err != EFBIG && err != EEXIST &&
+           err != EISDIR && err != ELOOP;
+}
+
 namespace {
 
 Error errno_error(int err, std::string_view what, const std::string& path) {
     return make_error(err, fmt::format("{} {}: {}", what, path, std::strerror(err)));
+}
+
+// getpwnam_r(3): "not found" may also be reported as one of these.
+bool found_nothing(int rc) {
+    return rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM;
 }
 
 bool all_digits(const std::string& s) {
@@ -152,9 +170,12 @@ class RealHostOs final : public HostOs {
         return ::lstat(path.c_str(), &st) == 0;
     }
 
-    std::optional<unsigned> dax_char_major() override {
+    Result<std::optional<unsigned>> dax_char_major() override {
         // /proc/devices lists "Character devices:" then "Block devices:".
-        std::ifstream in("/proc/devices");
+        auto text = read_file("/proc/devices");
+        if (!text)
+            return text.error();
+        std::istringstream in(*text);
         std::string line;
         bool in_char = false;
         while (std::getline(in, line)) {
@@ -167,11 +188,13 @@ class RealHostOs final : public HostOs {
                 unsigned major = 0;
                 std::string name;
                 if (fields >> major >> name && name == "dax")
-                    return major;
+                    return std::optional<unsigned>(major);
             }
         }
-        return std::nullopt;
+        return std::optional<unsigned>();
     }
+
+    Result<std::vector<DaxDevice>> daxctl_devices() override { return daxctl_enumerate(); }
 
     Result<uid_t> user_id(const std::string& name) override {
         if (all_digits(name))
@@ -180,7 +203,12 @@ class RealHostOs final : public HostOs {
         struct passwd* found = nullptr;
         std::vector<char> buf(16384);
         int rc = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
-        if (rc != 0 || !found)
+        // rc: the lookup itself failed (NSS could not open its files, say):
+        // not a verdict that the user is unknown.
+        if (rc != 0 && !found_nothing(rc))
+            return make_error(rc,
+                              fmt::format("cannot look up user '{}': {}", name, std::strerror(rc)));
+        if (!found)
             return make_error(ENOENT, fmt::format("unknown user '{}'", name));
         return found->pw_uid;
     }
@@ -192,7 +220,10 @@ class RealHostOs final : public HostOs {
         struct group* found = nullptr;
         std::vector<char> buf(16384);
         int rc = ::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found);
-        if (rc != 0 || !found)
+        if (rc != 0 && !found_nothing(rc))
+            return make_error(
+                rc, fmt::format("cannot look up group '{}': {}", name, std::strerror(rc)));
+        if (!found)
             return make_error(ENOENT, fmt::format("unknown group '{}'", name));
         return found->gr_gid;
     }

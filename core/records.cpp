@@ -21,22 +21,32 @@ bool matches(const TagConfig& c, const DaxDevice& d) {
     return c.has_match();
 }
 
-Access resolve_access(const TagConfig* c, HostOs& os) {
+Access resolve_access(const TagConfig* c, HostOs& os, std::optional<Error>* failure) {
     Access a;
     if (!c)
         return a;
     // load_config already rejected names that do not resolve; a user removed
-    // since then falls back to root, never to "everyone".
+    // since then falls back to root, never to "everyone". So does one that
+    // could not be looked up (NSS out of file descriptors, say), which the
+    // caller is told of, to keep what it knew.
+    auto note = [&](const Error& e) {
+        if (failure && !*failure && is_transient(e.code))
+            *failure = e;
+    };
     if (c->owner) {
         if (auto uid = os.user_id(*c->owner)) {
             a.uid = *uid;
             a.owner = *c->owner;
+        } else {
+            note(uid.error());
         }
     }
     if (c->group) {
         if (auto gid = os.group_id(*c->group)) {
             a.gid = *gid;
             a.group = *c->group;
+        } else {
+            note(gid.error());
         }
     }
     if (c->mode)
@@ -79,7 +89,8 @@ bool TagRecord::operator==(const TagRecord& o) const {
 }
 
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,
-                      std::vector<Extent> offered_extents, const Config& config, HostOs& os) {
+                      std::vector<Extent> offered_extents, const Config& config, HostOs& os,
+                      std::optional<Error>* lookup_failure) {
     TagRecord r;
     r.tag = tag;
     std::sort(devs.begin(), devs.end(), [](const auto& a, const auto& b) {
@@ -95,7 +106,7 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
             r.shareable_from = ShareableFrom::config;
         }
     }
-    r.access = resolve_access(c, os);
+    r.access = resolve_access(c, os, lookup_failure);
 
     if (r.devices.empty()) {
         r.state = TagState::offered;
@@ -153,7 +164,7 @@ ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIs
     }
     result.tags.reserve(by_tag.size());
     for (auto& [tag, devs] : by_tag)
-        result.tags.push_back(make_record(tag, std::move(devs), {}, config, os));
+        result.tags.push_back(make_record(tag, std::move(devs), {}, config, os, nullptr));
     std::sort(rejected.begin(), rejected.end());
     result.rejected = std::move(rejected);
     return result;

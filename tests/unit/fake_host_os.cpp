@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "fake_host_os.hpp"
 
+#include "daxctl_scan.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -171,19 +173,60 @@ Result<std::string> FakeHostOs::resolve(const std::string& path, bool follow_las
     return current;
 }
 
-std::optional<int> FakeHostOs::injected(const std::string& given,
-                                        const std::string& resolved) const {
-    if (auto it = failures_.find(given); it != failures_.end())
-        return it->second;
-    if (auto it = failures_.find(resolved); it != failures_.end())
-        return it->second;
-    return std::nullopt;
+std::optional<int> FakeHostOs::injected(Op op, const std::string& given,
+                                        const std::string& resolved) {
+    auto under = [](const std::string& path, const std::string& prefix) {
+        return prefix == "/" || path == prefix || path.starts_with(prefix + "/");
+    };
+    std::optional<int> err;
+    auto given_hit = failures_.find(given);
+    auto resolved_hit = failures_.find(resolved);
+    if (given_hit != failures_.end())
+        err = given_hit->second;
+    else if (resolved_hit != failures_.end())
+        err = resolved_hit->second;
+    else
+        for (const auto& f : call_failures_)
+            if ((f.ops & op) && (under(given, f.prefix) || under(resolved, f.prefix))) {
+                err = f.err;
+                break;
+            }
+    if (err)
+        ++failed_calls_;
+    return err;
+}
+
+Result<std::optional<unsigned>> FakeHostOs::dax_char_major() {
+    if (auto err = injected(op_major, "/proc/devices", "/proc/devices"))
+        return errno_error(*err, "cannot open", "/proc/devices");
+    return dax_major_;
+}
+
+Result<std::string> FakeHostOs::link_target(const std::string& path) {
+    if (auto err = injected(op_resolve, path, path))
+        return errno_error(*err, "cannot read link", path);
+    return real_path(path);
+}
+
+Result<std::vector<DaxDevice>> FakeHostOs::daxctl_devices() {
+    if (auto err = injected(op_daxctl, "/sys", "/sys"))
+        return errno_error(*err, "libdaxctl: cannot start", "");
+    std::vector<DaxDevice> out;
+    auto names = list_dir("/sys/bus/dax/devices");
+    if (!names)
+        return out; // libdaxctl finds no region: an empty list, no error
+    for (const auto& name : *names) {
+        auto d = read_dax_device(name, *this);
+        if (d && !daxctl_drops_.contains(name))
+            out.push_back(std::move(*d));
+    }
+    return out;
 }
 
 Result<std::string> FakeHostOs::read_file(const std::string& path) {
     reads_.push_back(path);
     auto where = resolve(path, false); // O_NOFOLLOW on the last component
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_read, path, where ? *where : path))
         return errno_error(*err, "cannot open", path);
     if (!where)
         return where.error();
@@ -201,7 +244,7 @@ Result<std::string> FakeHostOs::read_file(const std::string& path) {
 
 Result<std::string> FakeHostOs::real_path(const std::string& path) {
     auto where = resolve(path, true);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_resolve, path, where ? *where : path))
         return errno_error(*err, "cannot resolve", path);
     if (!where)
         return where.error();
@@ -213,7 +256,7 @@ Result<std::string> FakeHostOs::real_path(const std::string& path) {
 Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
     ++list_counts_[path];
     auto where = resolve(path, true);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_list, path, where ? *where : path))
         return errno_error(*err, "cannot list", path);
     if (!where)
         return where.error();
@@ -240,7 +283,7 @@ Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
 
 Result<NodeInfo> FakeHostOs::lstat_node(const std::string& path) {
     auto where = resolve(path, false);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_stat, path, where ? *where : path))
         return errno_error(*err, "cannot stat", path);
     if (!where)
         return where.error();
@@ -260,6 +303,8 @@ bool FakeHostOs::exists(const std::string& path) {
 }
 
 Result<uid_t> FakeHostOs::user_id(const std::string& name) {
+    if (auto err = injected(op_lookup, "/etc/passwd", "/etc/passwd"))
+        return errno_error(*err, "cannot look up", name);
     if (all_digits(name))
         return static_cast<uid_t>(std::stoul(name));
     auto it = users_.find(name);
@@ -269,6 +314,8 @@ Result<uid_t> FakeHostOs::user_id(const std::string& name) {
 }
 
 Result<gid_t> FakeHostOs::group_id(const std::string& name) {
+    if (auto err = injected(op_lookup, "/etc/group", "/etc/group"))
+        return errno_error(*err, "cannot look up", name);
     if (all_digits(name))
         return static_cast<gid_t>(std::stoul(name));
     auto it = groups_.find(name);
