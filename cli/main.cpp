@@ -97,7 +97,8 @@ int cmd_resolve(const Options& opt) {
     case TagState::conflict: return fail(kExitConflict, t.reason);
     case TagState::system_ram:
     case TagState::disabled:
-    case TagState::offered: return fail(kExitNotUsable, t.reason);
+    case TagState::offered:
+    case TagState::no_node: return fail(kExitNotUsable, t.reason);
     }
     return kExitError;
 }

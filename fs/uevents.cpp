@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+
 #include <utility>
 
 namespace tagmem {
@@ -50,8 +52,21 @@ int UeventMonitor::fd() const {
 
 std::vector<Uevent> UeventMonitor::drain() {
     std::vector<Uevent> out;
-    // The monitor socket is non-blocking: receive until it is empty.
-    while (udev_device* d = udev_monitor_receive_device(mon_)) {
+    // The monitor socket is non-blocking: receive until it is empty. An
+    // overflow (ENOBUFS: events were dropped) is reported once by recvmsg,
+    // and the events queued after it are still there to read.
+    for (int overflows = 0;;) {
+        errno = 0;
+        udev_device* d = udev_monitor_receive_device(mon_);
+        if (!d) {
+            if (errno == ENOBUFS)
+                lost_ = true;
+            // Bounded: a socket that overflows faster than it is read must
+            // not hold the event thread here; the rescan catches up.
+            if ((errno == ENOBUFS && ++overflows < 16) || errno == EINTR)
+                continue;
+            break;
+        }
         auto str = [](const char* s) { return std::string(s ? s : ""); };
         out.push_back({str(udev_device_get_action(d)), str(udev_device_get_subsystem(d)),
                        str(udev_device_get_sysname(d)), str(udev_device_get_syspath(d))});
