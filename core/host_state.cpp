@@ -172,6 +172,10 @@ void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>
 TagDelta HostState::finish(const std::set<Uuid>& touched) {
     TagDelta delta = rebuild(touched);
     cache_.end_scan(); // the per-tag extent index is rebuilt on the next need
+    for (auto& region : cache_.take_stale_regions())
+        pending_regions_.insert(std::move(region));
+    if (auto failed = cache_.take_failure())
+        note_failure(*failed);
     if (!needs_retry())
         first_failure_.reset(); // the next failure is news again
     return delta;
@@ -289,7 +293,7 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     for (auto& [region, extents] : ahead.extents)
         cache_.set_extents(region, std::move(extents));
     if (auto failed = cache_.take_failure())
-        note_failure(*failed);
+        note_failure(*failed); // the region is retried (take_stale_regions)
     for (const auto& dev : scan->devices) {
         listed.insert(dev.name);
         auto early = ahead.devices.find(dev.name);
@@ -314,12 +318,15 @@ Result<TagDelta> HostState::rescan(const Config& config) {
                    : entry.error(),
              touched);
     }
-    for (const auto& [region, extents] : cache_.regions()) {
+    // A region known before whose devices were not read now (kept, or
+    // gone) is read again: its extents may still be offered. Should that
+    // fail, what was known of it stands.
+    for (const auto& region : cache_.regions_before())
+        if (!cache_.regions().contains(region))
+            (void)cache_.extents(region);
+    for (const auto& [region, extents] : cache_.regions())
         if (extents)
             touch_tags_of(*extents, touched);
-        else if (is_transient(extents.error().code))
-            pending_regions_.insert(region);
-    }
     // The regions' signatures now, so that the first change after the scan
     // is read incrementally too (an extent that came between the scan and
     // this readdir is read then, as its name is not in the cache).
@@ -361,8 +368,6 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
     if (new_region && cache_.regions().contains(dev->region_path())) {
         if (const auto& extents = cache_.regions().at(dev->region_path()))
             touch_tags_of(*extents, touched);
-        else if (is_transient(extents.error().code))
-            pending_regions_.insert(dev->region_path());
     } else {
         regions.insert(dev->region_path());
     }

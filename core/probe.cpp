@@ -201,6 +201,7 @@ void ScanCache::set_extents(const std::string& region_path, Result<std::vector<E
     if (!extents && is_transient(extents.error().code)) {
         if (!failure_)
             failure_ = extents.error();
+        stale_regions_.insert(region_path);
         if (auto before = extents_before_.find(region_path); before != extents_before_.end())
             extents = before->second;
     }
@@ -261,6 +262,13 @@ const Shared<Performance>& ScanCache::performance(int node) {
     return it->second;
 }
 
+std::vector<std::string> ScanCache::regions_before() const {
+    std::vector<std::string> out;
+    for (const auto& [region, extents] : extents_before_)
+        out.push_back(region);
+    return out;
+}
+
 Status ScanCache::clear() {
     auto major = os_.dax_char_major();
     if (!major)
@@ -275,6 +283,7 @@ Status ScanCache::clear() {
     extents_.clear();
     by_tag_.clear();
     failure_.reset();
+    stale_regions_.clear();
     return Ok{};
 }
 

@@ -10,6 +10,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -34,6 +35,11 @@ class ScanCache {
     const Shared<Performance>& performance(int node);
     // The first transient failure since the last call, if any.
     std::optional<Error> take_failure() { return std::exchange(failure_, std::nullopt); }
+    // Regions whose extents failed to read since the last call: they hold
+    // what was known before (or the error) and must be read again.
+    std::set<std::string> take_stale_regions() { return std::exchange(stale_regions_, {}); }
+    // The regions known before the last clear().
+    std::vector<std::string> regions_before() const;
 
     // For a long-lived cache (hotplug): what is known, and updates to it.
     const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
@@ -61,6 +67,7 @@ class ScanCache {
     std::map<std::string, std::vector<Extent>> extents_before_;
     std::map<int, Shared<Performance>> performance_before_;
     std::optional<Error> failure_;
+    std::set<std::string> stale_regions_;
 };
 
 // A device in two steps. read_device does every per-device read and check

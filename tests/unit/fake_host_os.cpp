@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <mutex>
 
 namespace tagmem::fake {
 namespace {
@@ -197,18 +198,21 @@ std::optional<int> FakeHostOs::injected(Op op, const std::string& given,
 }
 
 Result<std::optional<unsigned>> FakeHostOs::dax_char_major() {
+    std::lock_guard lock(mutex_);
     if (auto err = injected(op_major, "/proc/devices", "/proc/devices"))
         return errno_error(*err, "cannot open", "/proc/devices");
     return dax_major_;
 }
 
 Result<std::string> FakeHostOs::link_target(const std::string& path) {
+    std::lock_guard lock(mutex_);
     if (auto err = injected(op_resolve, path, path))
         return errno_error(*err, "cannot read link", path);
     return real_path(path);
 }
 
 Result<std::vector<DaxDevice>> FakeHostOs::daxctl_devices() {
+    std::lock_guard lock(mutex_);
     if (auto err = injected(op_daxctl, "/sys", "/sys"))
         return errno_error(*err, "libdaxctl: cannot start", "");
     std::vector<DaxDevice> out;
@@ -224,6 +228,7 @@ Result<std::vector<DaxDevice>> FakeHostOs::daxctl_devices() {
 }
 
 Result<std::string> FakeHostOs::read_file(const std::string& path) {
+    std::lock_guard lock(mutex_);
     reads_.push_back(path);
     auto where = resolve(path, false); // O_NOFOLLOW on the last component
     if (auto err = injected(op_read, path, where ? *where : path))
@@ -243,6 +248,7 @@ Result<std::string> FakeHostOs::read_file(const std::string& path) {
 }
 
 Result<std::string> FakeHostOs::real_path(const std::string& path) {
+    std::lock_guard lock(mutex_);
     auto where = resolve(path, true);
     if (auto err = injected(op_resolve, path, where ? *where : path))
         return errno_error(*err, "cannot resolve", path);
@@ -254,6 +260,7 @@ Result<std::string> FakeHostOs::real_path(const std::string& path) {
 }
 
 Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
+    std::lock_guard lock(mutex_);
     ++list_counts_[path];
     auto where = resolve(path, true);
     if (auto err = injected(op_list, path, where ? *where : path))
@@ -282,6 +289,7 @@ Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
 }
 
 Result<NodeInfo> FakeHostOs::lstat_node(const std::string& path) {
+    std::lock_guard lock(mutex_);
     auto where = resolve(path, false);
     if (auto err = injected(op_stat, path, where ? *where : path))
         return errno_error(*err, "cannot stat", path);
@@ -303,6 +311,7 @@ bool FakeHostOs::exists(const std::string& path) {
 }
 
 Result<uid_t> FakeHostOs::user_id(const std::string& name) {
+    std::lock_guard lock(mutex_);
     if (auto err = injected(op_lookup, "/etc/passwd", "/etc/passwd"))
         return errno_error(*err, "cannot look up", name);
     if (all_digits(name))
@@ -314,6 +323,7 @@ Result<uid_t> FakeHostOs::user_id(const std::string& name) {
 }
 
 Result<gid_t> FakeHostOs::group_id(const std::string& name) {
+    std::lock_guard lock(mutex_);
     if (auto err = injected(op_lookup, "/etc/group", "/etc/group"))
         return errno_error(*err, "cannot look up", name);
     if (all_digits(name))

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -165,6 +166,8 @@ class FakeHostOs : public HostOs {
     bool is_dir(const std::string& path) const { return dirs_.contains(path); }
     DaxDevice add_device_at(const std::string& region_dir, const DaxSpec& spec);
 
+    // A full rescan reads on two threads (HostState's read-ahead).
+    mutable std::recursive_mutex mutex_;
     std::map<std::string, std::string> files_;
     std::set<std::string> dirs_;
     std::map<std::string, std::string> links_;

@@ -158,5 +158,31 @@ TEST_F(HostStateTest, ExtentsArrivingAndLeavingBetweenPolls) {
     EXPECT_THAT(delta.upserts, IsEmpty());
 }
 
+// libdaxctl read the device number before the device was re-created under
+// the same name with another one: the number the tag's node is made with
+// is the one checked against /dev and sysfs in this scan, not libdaxctl's.
+class StaleDaxctlHost : public FakeHostOs {
+  public:
+    Result<std::vector<DaxDevice>> daxctl_devices() override {
+        auto list = FakeHostOs::daxctl_devices();
+        if (list)
+            for (auto& d : *list)
+                d.devno.minor += 100;
+        return list;
+    }
+};
+
+TEST(HostStateDevno, TheNodeIsMadeWithTheNumberVerifiedInThisScan) {
+    StaleDaxctlHost os;
+    HostState state(os);
+    DaxDevice d = os.add_dcd_device(DaxSpec{}.at(0, 0).minor_number(7), kA);
+    auto delta = state.rescan(Config{});
+    ASSERT_TRUE(delta.ok());
+    const TagRecord* r = upsert_of(*delta, kA);
+    ASSERT_NE(r, nullptr);
+    ASSERT_NE(r->device(), nullptr);
+    EXPECT_EQ(r->device()->dev.devno, d.devno);
+}
+
 } // namespace
 } // namespace tagmem
