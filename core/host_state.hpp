@@ -2,7 +2,7 @@
 // Everything tagmem knows about the host, kept up to date piece by piece.
 //
 // A full rescan enumerates with libdaxctl; after that, a uevent names one
-// device and refresh_device() re-reads only it, and poll_extents() re-reads
+// device and refresh() re-reads only it, and poll_extents() re-reads
 // only the extent directories of DC regions that changed. Each returns the
 // tags whose records changed, so the filesystem touches nothing else: on a
 // host with 10,000 tags one event costs one device's reads.

@@ -69,15 +69,6 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
     return std::optional<Uuid>{hits[0]->tag};
 }
 
-std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
-                                                      const std::set<Uuid>& claimed) {
-    std::map<Uuid, std::vector<Extent>> out;
-    for (const auto& e : region_extents)
-        if (e.tag && !claimed.contains(*e.tag))
-            out[*e.tag].push_back(e);
-    return out;
-}
-
 bool TagRecord::operator==(const TagRecord& o) const {
     auto same_devices = [&] {
         return std::equal(devices.begin(), devices.end(), o.devices.begin(), o.devices.end(),
@@ -135,39 +126,6 @@ const TagRecord* ScanResult::find(const Uuid& tag) const {
     auto it = std::lower_bound(tags.begin(), tags.end(), tag,
                                [](const TagRecord& r, const Uuid& t) { return r.tag < t; });
     return it != tags.end() && it->tag == tag ? &*it : nullptr;
-}
-
-ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
-                         const Config& config, HostOs& os) {
-    ScanResult result;
-    result.config_errors = config.errors;
-    std::map<Uuid, std::vector<std::shared_ptr<const ProbedDevice>>> by_tag;
-    for (auto& d : devices) {
-        if (!d.tag) {
-            auto configured = config_tag_for(d.dev, config);
-            if (!configured) {
-                rejected.push_back({d.dev.name, configured.error().message});
-                continue;
-            }
-            if (*configured) {
-                d.tag = **configured;
-                d.source = TagSource::config;
-            }
-        }
-        if (d.tag) {
-            auto tag = *d.tag;
-            by_tag[tag].push_back(std::make_shared<const ProbedDevice>(std::move(d)));
-        } else {
-            result.untagged.push_back(
-                {d.dev.name, d.dev.size, d.dev.mode, d.dev.target_node, d.dev.ranges});
-        }
-    }
-    result.tags.reserve(by_tag.size());
-    for (auto& [tag, devs] : by_tag)
-        result.tags.push_back(make_record(tag, std::move(devs), {}, config, os, nullptr));
-    std::sort(rejected.begin(), rejected.end());
-    result.rejected = std::move(rejected);
-    return result;
 }
 
 } // namespace tagmem

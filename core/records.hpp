@@ -7,9 +7,7 @@
 #include "config.hpp"
 #include "tag_record.hpp"
 
-#include <map>
 #include <optional>
-#include <set>
 #include <vector>
 
 namespace tagmem {
@@ -27,12 +25,5 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devices,
                       std::vector<Extent> offered_extents, const Config& config, HostOs& os,
                       std::optional<Error>* lookup_failure = nullptr);
-
-// Extents that carry a tag no device has claimed, by tag.
-std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
-                                                      const std::set<Uuid>& claimed);
-
-ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
-                         const Config& config, HostOs& os);
 
 } // namespace tagmem
