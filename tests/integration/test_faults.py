@@ -162,3 +162,46 @@ def test_device_events_out_of_descriptors_change_nothing(make_host, tagmemfs, tm
         feed(pid)
     eventually(lambda: "reads of the host succeed again" in d.text(), what="the retry")
     assert snapshot(mnt) == before
+
+
+def nodes_dir(d) -> Path:
+    return Path(str(d.mount_point) + ".nodes")
+
+
+def test_unchanged_nodes_are_not_made_again(make_host, tagmemfs, tmp_path):
+    make_host("mixed")
+    d = start(tagmemfs, tmp_path)
+    nodes = nodes_dir(d)
+    before = {n: os.stat(nodes / n).st_ino for n in os.listdir(nodes)}
+    assert hg.TAG_A in before and TAG_HMEM in before
+    d.rescan()
+    after = {n: os.stat(nodes / n).st_ino for n in os.listdir(nodes)}
+    assert after == before
+
+
+def test_a_node_that_cannot_be_made_makes_its_tag_not_ready(make_host, tagmemfs, tmp_path):
+    make_host("mixed")
+    d = start(tagmemfs, tmp_path)
+    mnt, nodes = d.mount_point, nodes_dir(d)
+    assert (mnt / hg.TAG_A / "data").exists()
+    # Under the read-only bind lies the daemon's writable tmpfs: put
+    # directories where the node and its replacement would go.
+    subprocess.run(["umount", "-l", str(nodes)], check=True)
+    (nodes / hg.TAG_A).unlink()
+    (nodes / hg.TAG_A).mkdir()
+    (nodes / f".{hg.TAG_A}.new").mkdir()
+    d.rescan()  # republishes every tag
+    eventually(lambda: '"no-node"' in (mnt / hg.TAG_A / "metadata").read_text(),
+               what="TAG_A to be shown without a node")
+    meta = (mnt / hg.TAG_A / "metadata").read_text()
+    assert "cannot be made" in meta
+    assert not (mnt / hg.TAG_A / "data").exists()
+    assert not os.path.lexists(mnt / hg.TAG_A / "data")
+    assert '"ready"' in (mnt / hg.TAG_B / "metadata").read_text()
+    # Once it can be made, the retry makes it and the tag is ready again.
+    (nodes / f".{hg.TAG_A}.new").rmdir()
+    (nodes / hg.TAG_A).rmdir()
+    eventually(lambda: '"ready"' in (mnt / hg.TAG_A / "metadata").read_text(),
+               what="TAG_A to be ready again")
+    assert (nodes / hg.TAG_A).is_char_device()
+    assert (mnt / hg.TAG_A / "data").exists()
