@@ -338,7 +338,9 @@ Result<TagDelta> HostState::rescan(const Config& config) {
         else if (is_transient(sig.error().code))
             pending_regions_.insert(region);
     }
-    return finish(touched);
+    TagDelta delta = finish(touched);
+    cache_.end_rescan();
+    return delta;
 }
 
 void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,

@@ -56,6 +56,12 @@ class ScanCache {
     Status clear();
     // Drops what only a scan in progress needs (the per-tag extent index).
     void end_scan() { by_tag_.clear(); }
+    // Drops what was known before the last clear(): held through a full
+    // scan only, not as a second copy of every extent for good.
+    void end_rescan() {
+        extents_before_.clear();
+        performance_before_.clear();
+    }
 
   private:
     HostOs& os_;
