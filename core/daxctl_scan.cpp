@@ -11,7 +11,6 @@
 #include <cstring>
 #include <memory>
 #include <set>
-#include <type_traits>
 
 namespace tagmem {
 namespace {
@@ -74,19 +73,20 @@ Result<std::vector<PhysRange>> read_ranges(const std::string& sysfs_path, std::u
 }
 
 // libdaxctl reads target_node, align and resource as optional and, when a
-// read fails for any reason (EMFILE included), reports -1, 0 or 0 without a
-// word. Where it reports such a value, the attribute is read again here, so
-// that a failed read is told from an absent attribute. A healthy host costs
-// nothing: the values are rarely those.
+// read fails for any reason (EMFILE included), reports -1, 0, or 0 or what
+// /proc/iomem says (all ones when that fails too), without a word. Where it
+// reports such a value, the attribute is read again here, so that a failed
+// read is told from an absent attribute. A healthy host costs nothing: the
+// values are rarely those.
 Status recheck_fallbacks(DaxDevice& d, HostOs& os) {
-    auto recheck = [&](const char* attr, auto& field, auto fallback) -> Status {
-        if (field != fallback)
+    auto recheck = [&](const char* attr, std::uint64_t& field, bool fallback) -> Status {
+        if (!fallback)
             return Ok{};
         auto v = read_u64(os, d.sysfs_path() + "/" + attr);
         if (!v)
             return v.error();
         if (*v)
-            field = static_cast<std::remove_reference_t<decltype(field)>>(**v);
+            field = **v;
         return Ok{};
     };
     if (d.target_node == -1) {
@@ -97,9 +97,9 @@ Status recheck_fallbacks(DaxDevice& d, HostOs& os) {
             if (auto n = parse_i64(*text))
                 d.target_node = static_cast<int>(*n);
     }
-    if (auto ok = recheck("align", d.align, std::uint64_t{0}); !ok)
+    if (auto ok = recheck("align", d.align, d.align == 0); !ok)
         return ok;
-    return recheck("resource", d.resource, std::uint64_t{0});
+    return recheck("resource", d.resource, d.resource == 0 || d.resource == ~0ull);
 }
 
 // What scan_dax_devices adds to each of libdaxctl's devices.
