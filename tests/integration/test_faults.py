@@ -13,12 +13,13 @@ import os
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import hostgen as hg
 import pytest
-from conftest import write_config
+from conftest import TAGMEMFS, write_config
 
 GiB, MiB = hg.GiB, hg.MiB
 # Events enough to overflow tagmemfs's event socket (64 MiB asked for,
@@ -228,3 +229,38 @@ def test_lost_device_events_cause_a_full_rescan(make_host, tagmemfs, tmp_path, u
     eventually(lambda: hg.TAG_NV0 not in os.listdir(mnt), what="the rescan")
     assert set(os.listdir(mnt)) == {hg.TAG_A, hg.TAG_C, TAG_HMEM}
     assert "device events were lost" in d.text()
+
+
+def test_a_node_is_never_more_open_than_its_final_mode(make_host, tmp_path):
+    """The node of a tag for user 65534 with mode 0060 (its group only):
+    made with no access at all, then given its owner, then its mode. Made
+    0600 first, it would be open to its owner between chown and chmod."""
+    make_host("mixed")
+    conf = write_config(tmp_path, f"[tag {TAG_HMEM}]\nmatch-range = 0x3000000000-0x31ffffffff\n"
+                                  "owner = 65534\ngroup = 65534\nmode = 0060\n")
+    mnt = Path(tempfile.mkdtemp(prefix="tagmem-faults-", dir="/tmp"))
+    trace = tmp_path / "trace"
+    log = open(tmp_path / "tagmemfs.log", "w")
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-s", "64", "-o", str(trace), "-e",
+                             "trace=mknodat,fchownat,fchmodat,renameat", str(TAGMEMFS), "-f",
+                             "--config", str(conf), "--uevents", "none", str(mnt)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        eventually(lambda: " mounted " in (tmp_path / "tagmemfs.log").read_text(),
+                   what="the mount")
+        st = os.stat(Path(str(mnt) + ".nodes") / TAG_HMEM)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o060)
+    finally:
+        # tagmemfs is strace's child: stopped itself, strace follows.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()
+             if TAG_HMEM in line and "resumed" not in line]
+    assert len(calls) == 3, calls
+    assert calls[0].startswith("mknodat(") and "S_IFCHR|000," in calls[0], calls
+    assert calls[1].startswith("fchownat(") and "65534, 65534" in calls[1], calls
+    assert calls[2].startswith("fchmodat(") and ", 060" in calls[2], calls
