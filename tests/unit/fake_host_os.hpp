@@ -111,7 +111,6 @@ class FakeHostOs : public HostOs {
     // libdaxctl leaves this device out of its list without a word, as it
     // does a device it fails to read.
     void daxctl_drops(const std::string& name) { daxctl_drops_.insert(name); }
-    int failed_calls() const { return failed_calls_; }
 
     void set_dax_major(std::optional<unsigned> major) { dax_major_ = major; }
     void add_user(const std::string& name, uid_t uid) { users_[name] = uid; }
@@ -162,7 +161,7 @@ class FakeHostOs : public HostOs {
     // Resolves symlinks in every component, the last one only when
     // follow_last. Fails with ENOENT/ENOTDIR/ELOOP like the kernel.
     Result<std::string> resolve(const std::string& path, bool follow_last) const;
-    std::optional<int> injected(Op op, const std::string& given, const std::string& resolved);
+    std::optional<int> injected(Op op, const std::string& given, const std::string& resolved) const;
     bool is_dir(const std::string& path) const { return dirs_.contains(path); }
     DaxDevice add_device_at(const std::string& region_dir, const DaxSpec& spec);
 
@@ -180,7 +179,6 @@ class FakeHostOs : public HostOs {
     };
     std::vector<CallFailure> call_failures_;
     std::set<std::string> daxctl_drops_;
-    int failed_calls_ = 0;
     std::map<std::string, uid_t> users_;
     std::map<std::string, gid_t> groups_;
     std::optional<unsigned> dax_major_ = kDaxMajor;
