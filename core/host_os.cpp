@@ -2,6 +2,7 @@
 #include "host_os.hpp"
 
 #include "account_text.hpp"
+#include "daxctl_scan.hpp"
 #include "fd.hpp"
 
 #include <fmt/format.h>
@@ -16,11 +17,23 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <sstream>
 
 namespace tagmem {
+
+bool is_gone(int err) {
+    return err == ENOENT || err == ENOTDIR || err == ENODEV || err == ENXIO;
+}
+
+bool is_transient(int err) {
+    // The verdicts of tagmem's own parsers and checks are not transient:
+    // reading again gives the same answer until the host changes.
+    // So are a directory or a symlink where an attribute file belongs.
+    return !is_gone(err) && err != EINVAL && err != ERANGE && err != EFBIG && err != EEXIST &&
+           err != EISDIR && err != ELOOP;
+}
+
 namespace {
 
 Error errno_error(int err, std::string_view what, const std::string& path) {
@@ -149,9 +162,12 @@ class RealHostOs final : public HostOs {
         return ::lstat(path.c_str(), &st) == 0;
     }
 
-    std::optional<unsigned> dax_char_major() override {
+    Result<std::optional<unsigned>> dax_char_major() override {
         // /proc/devices lists "Character devices:" then "Block devices:".
-        std::ifstream in("/proc/devices");
+        auto text = read_file("/proc/devices");
+        if (!text)
+            return text.error();
+        std::istringstream in(*text);
         std::string line;
         bool in_char = false;
         while (std::getline(in, line)) {
@@ -164,11 +180,13 @@ class RealHostOs final : public HostOs {
                 unsigned major = 0;
                 std::string name;
                 if (fields >> major >> name && name == "dax")
-                    return major;
+                    return std::optional<unsigned>(major);
             }
         }
-        return std::nullopt;
+        return std::optional<unsigned>();
     }
+
+    Result<std::vector<DaxDevice>> daxctl_devices() override { return daxctl_enumerate(); }
 
     Result<uid_t> user_id(const std::string& name) override {
         if (is_account_number(name))
@@ -225,9 +243,10 @@ class RealHostOs final : public HostOs {
                 buf.resize(buf.size() * 2);
                 continue;
             }
-            // POSIX says "not found" is 0 and no entry; some NSS modules
-            // say ENOENT or ESRCH instead.
-            if ((rc == 0 && !found) || rc == ENOENT || rc == ESRCH)
+            // POSIX says "not found" is 0 and no entry; getpwnam_r(3) lists
+            // ENOENT, ESRCH, EBADF and EPERM as what some NSS modules say
+            // instead. Any other error is a failed lookup, not an unknown name.
+            if ((rc == 0 && !found) || rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM)
                 return make_error(ENOENT, fmt::format("unknown {} '{}'", what, name));
             if (rc != 0)
                 return make_error(

@@ -6,6 +6,7 @@
 // trees over those paths instead of faking this interface.
 #pragma once
 
+#include "device.hpp"
 #include "result.hpp"
 #include "sysfs_value.hpp"
 
@@ -20,6 +21,22 @@
 namespace tagmem {
 
 enum class NodeType { char_device, block_device, symlink, directory, regular, other };
+
+// How tagmem takes a failed read of the host; the one place that decides.
+//
+// Gone: the object read no longer exists, or never was what was asked for
+// (ENOENT, ENOTDIR: a path component vanished; ENODEV, ENXIO: the device
+// behind it went away). Only these, and the verdicts of tagmem's own
+// checks (a malformed or inconsistent attribute: EINVAL, ERANGE, EFBIG,
+// EEXIST, ENODEV from verify_device_node; a directory or a symlink where an
+// attribute belongs: EISDIR, ELOOP), may remove or change a tag.
+//
+// Anything else (EMFILE, ENFILE, ENOMEM, EIO, EAGAIN, EINTR, EACCES,
+// EPERM, EBUSY, ENOBUFS, ...) says nothing about the device: a hostile user
+// holding the daemon at its fd limit must not make every tag vanish. Such a
+// failure keeps the last known state and is retried.
+bool is_gone(int err);
+bool is_transient(int err);
 
 struct NodeInfo {
     NodeType type = NodeType::other;
@@ -58,8 +75,13 @@ class HostOs {
     // lstat(): a symlink is reported as a symlink, never followed.
     virtual Result<NodeInfo> lstat_node(const std::string& path) = 0;
     virtual bool exists(const std::string& path) = 0;
-    // The character major the running kernel registered for "dax".
-    virtual std::optional<unsigned> dax_char_major() = 0;
+    // The character major the running kernel registered for "dax"; nullopt
+    // when none is, an error when /proc/devices cannot be read.
+    virtual Result<std::optional<unsigned>> dax_char_major() = 0;
+    // The dax devices libdaxctl enumerates, with the facts it reads of them
+    // (daxctl_scan.cpp). libdaxctl reads /sys itself and drops, without a
+    // word, a device it fails to read: the list may be short, never wrong.
+    virtual Result<std::vector<DaxDevice>> daxctl_devices() = 0;
 
     // A number is taken as parse_account_id() takes it (0..4294967294, no
     // sign or leading zero); a name must pass check_account_name(). ENOENT

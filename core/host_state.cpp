@@ -51,6 +51,15 @@ ReadAhead read_ahead(HostOs& os, std::optional<unsigned> dax_major) {
 
 HostState::HostState(HostOs& os) : os_(os), cache_(os) {}
 
+HostState::Previous HostState::previous_of(const std::string& name) const {
+    Previous p;
+    if (auto it = devices_.find(name); it != devices_.end())
+        p.device = it->second;
+    if (auto it = rejected_.find(name); it != rejected_.end())
+        p.rejection = it->second;
+    return p;
+}
+
 void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) {
     rejected_.erase(name);
     auto it = devices_.find(name);
@@ -67,41 +76,7 @@ void HostState::forget_device(const std::string& name, std::set<Uuid>& touched) 
     devices_.erase(it);
 }
 
-void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched,
-                            Result<DeviceReading>* early) {
-    forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
-    // A reading taken ahead (see read_ahead) stands if it is of this very
-    // sysfs device; a failed one is confirmed by reading again.
-    Result<DeviceReading> reading =
-        early && *early && (*early)->probed.dev.sysfs_path() == dev.sysfs_path()
-            ? std::move(*early)
-            : read_device(dev, os_, cache_.dax_major());
-    if (!reading) {
-        // A device with a uuid attribute sits in a DC region, whose extents
-        // count (as offered tags) even when this device is rejected. (An
-        // accepted device's reading says so itself: complete_probe reads them.)
-        if (!cache_.regions().contains(dev.region_path()) && os_.exists(dev.sysfs_path() + "/uuid"))
-            (void)cache_.extents(dev.region_path());
-        rejected_[dev.name] = {dev.name, reading.error().message};
-        return;
-    }
-    // libdaxctl's facts, with the size as read_device checked it.
-    const std::uint64_t size = reading->probed.dev.size;
-    reading->probed.dev = dev;
-    reading->probed.dev.size = size;
-    ProbedDevice p = complete_probe(std::move(*reading), cache_);
-    if (!p.tag) {
-        auto configured = config_tag_for(p.dev, config_);
-        if (!configured) {
-            rejected_[dev.name] = {dev.name, configured.error().message};
-            return;
-        }
-        if (*configured) {
-            p.tag = **configured;
-            p.source = TagSource::config;
-        }
-    }
-    auto shared = std::make_shared<const ProbedDevice>(std::move(p));
+void HostState::add_device(std::shared_ptr<const ProbedDevice> shared, std::set<Uuid>& touched) {
     if (shared->tag) {
         touched.insert(*shared->tag);
         auto& devs = tags_[*shared->tag].devices;
@@ -113,6 +88,81 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched,
     devices_.emplace(shared->dev.name, std::move(shared)); // the key views its own name
 }
 
+void HostState::note_failure(const Error& why) {
+    if (!first_failure_)
+        first_failure_ = why;
+}
+
+void HostState::keep(const std::string& name, const Previous& previous, Error why,
+                     std::set<Uuid>& touched) {
+    forget_device(name, touched);
+    note_failure(why);
+    if (previous.device)
+        add_device(previous.device, touched);
+    else if (previous.rejection)
+        rejected_[name] = *previous.rejection;
+    else // never read: nothing to show but that it is there
+        rejected_[name] = {name, fmt::format("cannot be read now (retrying): {}", why.message)};
+    pending_[name] = std::move(why);
+}
+
+void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched, const Previous& previous,
+                            Result<DeviceReading>* early) {
+    forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
+    pending_.erase(dev.name);
+    // A reading taken ahead (see read_ahead) stands if it is of this very
+    // sysfs device; a failed one is confirmed by reading again.
+    Result<DeviceReading> reading =
+        early && *early && (*early)->probed.dev.sysfs_path() == dev.sysfs_path()
+            ? std::move(*early)
+            : read_device(dev, os_, cache_.dax_major());
+    if (!reading) {
+        if (is_transient(reading.error().code))
+            return keep(dev.name, previous, reading.error(), touched);
+        // A device with a uuid attribute sits in a DC region, whose extents
+        // count (as offered tags) even when this device is rejected. (An
+        // accepted device's reading says so itself: complete_probe reads them.)
+        if (!cache_.regions().contains(dev.region_path())) {
+            auto uuid = os_.lstat_node(dev.sysfs_path() + "/uuid");
+            if (!uuid && is_transient(uuid.error().code))
+                return keep(dev.name, previous, uuid.error(), touched);
+            if (uuid)
+                (void)cache_.extents(dev.region_path());
+        }
+        rejected_[dev.name] = {dev.name, reading.error().message};
+        return;
+    }
+    // libdaxctl's facts, with the size and the device number as read_device
+    // checked them.
+    const std::uint64_t size = reading->probed.dev.size;
+    const DevNumber devno = reading->probed.dev.devno;
+    reading->probed.dev = dev;
+    reading->probed.dev.size = size;
+    reading->probed.dev.devno = devno;
+    ProbedDevice p = complete_probe(std::move(*reading), cache_);
+    if (auto failed = cache_.take_failure()) {
+        // Its extents or HMAT data failed to read: what was known of the
+        // device stands; a device never seen is shown as read, and read
+        // again at the retry.
+        if (previous.device)
+            return keep(dev.name, previous, *failed, touched);
+        note_failure(*failed);
+        pending_[dev.name] = *failed;
+    }
+    if (!p.tag) {
+        auto configured = config_tag_for(p.dev, config_);
+        if (!configured) {
+            rejected_[dev.name] = {dev.name, configured.error().message};
+            return;
+        }
+        if (*configured) {
+            p.tag = **configured;
+            p.source = TagSource::config;
+        }
+    }
+    add_device(std::make_shared<const ProbedDevice>(std::move(p)), touched);
+}
+
 void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched) {
     for (const auto& e : extents)
         if (e.tag)
@@ -122,6 +172,12 @@ void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>
 TagDelta HostState::finish(const std::set<Uuid>& touched) {
     TagDelta delta = rebuild(touched);
     cache_.end_scan(); // the per-tag extent index is rebuilt on the next need
+    for (auto& region : cache_.take_stale_regions())
+        pending_regions_.insert(std::move(region));
+    if (auto failed = cache_.take_failure())
+        note_failure(*failed);
+    if (!needs_retry())
+        first_failure_.reset(); // the next failure is news again
     return delta;
 }
 
@@ -147,21 +203,44 @@ TagDelta HostState::rebuild(const std::set<Uuid>& touched) {
                     delta.removals.push_back(tag);
                 tags_.erase(slot);
             }
+            pending_tags_.erase(tag);
             continue;
         }
-        auto record = std::make_shared<const TagRecord>(
-            make_record(tag, std::move(devs), std::move(offered), config_, os_));
-        tags_[tag].record = record;
+        std::optional<Error> lookup_failure;
+        TagRecord fresh =
+            make_record(tag, std::move(devs), std::move(offered), config_, os_, &lookup_failure);
+        auto& known = tags_[tag].record;
+        if (lookup_failure) {
+            // Who owns the tag could not be looked up: the access last
+            // resolved stands (a new tag is root-only until the retry).
+            note_failure(*lookup_failure);
+            pending_tags_.insert(tag);
+            if (known)
+                fresh.access = known->access;
+            if (known && *known == fresh)
+                continue;
+        } else {
+            pending_tags_.erase(tag);
+        }
+        auto record = std::make_shared<const TagRecord>(std::move(fresh));
+        known = record;
         delta.upserts.push_back(std::move(record));
     }
     return delta;
 }
 
 Result<TagDelta> HostState::rescan(const Config& config) {
+    constexpr const char* kBus = "/sys/bus/dax/devices";
+    auto major = os_.dax_char_major();
+    if (!major) {
+        rescan_pending_ = true;
+        note_failure(major.error());
+        return major.error();
+    }
     ReadAhead ahead;
     std::thread reader;
     try {
-        reader = std::thread([&ahead, this, major = os_.dax_char_major()] {
+        reader = std::thread([&ahead, this, major = *major] {
             try {
                 ahead = read_ahead(os_, major);
             } catch (...) {
@@ -174,25 +253,77 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     auto scan = scan_dax_devices(os_);
     if (reader.joinable())
         reader.join();
-    if (!scan)
-        return scan.error();
+    Status cleared = scan ? cache_.clear() : Status(scan.error());
+    if (!cleared) {
+        rescan_pending_ = true;
+        note_failure(cleared.error());
+        return cleared.error();
+    }
+    rescan_pending_ = !scan->complete;
+    if (!scan->complete)
+        note_failure(make_error(EAGAIN, fmt::format("cannot list {}", kBus)));
     std::set<Uuid> touched;
     for (auto& [tag, slot] : tags_) {
         touched.insert(tag);
         slot.devices.clear(); // the records stay: they say what to remove
     }
+    // What was known, for the devices this scan fails to read.
+    std::map<std::string, Previous> before;
+    for (const auto& [name, d] : devices_)
+        before[std::string(name)].device = d;
+    for (const auto& [name, issue] : rejected_)
+        before[name].rejection = issue;
+    for (const auto& [name, why] : pending_)
+        before.try_emplace(name);
+    auto previous = [&](const std::string& name) {
+        auto it = before.find(name);
+        return it == before.end() ? Previous{} : it->second;
+    };
     config_ = config;
-    cache_.clear();
     devices_.clear();
     rejected_.clear();
-    for (const auto& issue : scan->unreadable)
+    pending_.clear();
+    pending_regions_.clear();
+    pending_tags_.clear();
+    std::set<std::string> listed;
+    for (const auto& issue : scan->unreadable) {
         rejected_[issue.device] = issue;
+        listed.insert(issue.device);
+    }
     for (auto& [region, extents] : ahead.extents)
         cache_.set_extents(region, std::move(extents));
+    if (auto failed = cache_.take_failure())
+        note_failure(*failed); // the region is retried (take_stale_regions)
     for (const auto& dev : scan->devices) {
+        listed.insert(dev.name);
         auto early = ahead.devices.find(dev.name);
-        load_device(dev, touched, early == ahead.devices.end() ? nullptr : &early->second);
+        load_device(dev, touched, previous(dev.name),
+                    early == ahead.devices.end() ? nullptr : &early->second);
     }
+    for (const auto& [name, why] : scan->failed) {
+        listed.insert(name);
+        keep(name, previous(name), why, touched);
+    }
+    // Known before, listed by neither libdaxctl nor the bus: removed only
+    // when the bus confirms it is gone. A device libdaxctl failed to read
+    // while the bus could not be listed (EMFILE) is still there.
+    for (const auto& [name, was] : before) {
+        if (listed.contains(name))
+            continue;
+        auto entry = os_.lstat_node(fmt::format("{}/{}", kBus, name));
+        if (!entry && !is_transient(entry.error().code))
+            continue;
+        keep(name, was,
+             entry ? make_error(EAGAIN, fmt::format("{}: on the bus, but not listed", name))
+                   : entry.error(),
+             touched);
+    }
+    // A region known before whose devices were not read now (kept, or
+    // gone) is read again: its extents may still be offered. Should that
+    // fail, what was known of it stands.
+    for (const auto& region : cache_.regions_before())
+        if (!cache_.regions().contains(region))
+            (void)cache_.extents(region);
     for (const auto& [region, extents] : cache_.regions())
         if (extents)
             touch_tags_of(*extents, touched);
@@ -200,19 +331,33 @@ Result<TagDelta> HostState::rescan(const Config& config) {
     // is read incrementally too (an extent that came between the scan and
     // this readdir is read then, as its name is not in the cache).
     signatures_.clear();
-    for (const auto& [region, extents] : cache_.regions())
-        if (auto sig = signature_of(region))
+    for (const auto& [region, extents] : cache_.regions()) {
+        auto sig = signature_of(region);
+        if (sig)
             signatures_[region] = std::move(*sig);
-    return finish(touched);
+        else if (is_transient(sig.error().code))
+            pending_regions_.insert(region);
+    }
+    TagDelta delta = finish(touched);
+    cache_.end_rescan();
+    return delta;
 }
 
 void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
                             std::set<std::string>& regions) {
-    if (auto it = devices_.find(name); it != devices_.end())
-        regions.insert(it->second->dev.region_path());
-    forget_device(name, touched);
+    Previous previous = previous_of(name);
+    if (previous.device)
+        regions.insert(previous.device->dev.region_path());
     auto dev = read_dax_device(name, os_);
     if (!dev) {
+        if (is_transient(dev.error().code)) {
+            // Nothing is known to have changed: all stays as it was.
+            note_failure(dev.error());
+            pending_[name] = dev.error();
+            return;
+        }
+        forget_device(name, touched);
+        pending_.erase(name);
         // Gone (ENOENT) or not a dax device at all (EINVAL: the dax bus also
         // announces regions and drivers): nothing to report.
         if (dev.error().code != ENOENT && dev.error().code != EINVAL)
@@ -221,7 +366,7 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
     }
     // A device in a DC region we have not seen: its extents are read once.
     bool new_region = !cache_.regions().contains(dev->region_path());
-    load_device(*dev, touched);
+    load_device(*dev, touched, previous);
     if (new_region && cache_.regions().contains(dev->region_path())) {
         if (const auto& extents = cache_.regions().at(dev->region_path()))
             touch_tags_of(*extents, touched);
@@ -230,8 +375,7 @@ void HostState::refresh_one(const std::string& name, std::set<Uuid>& touched,
     }
 }
 
-TagDelta HostState::refresh(const std::set<std::string>& names) {
-    std::set<Uuid> touched;
+void HostState::refresh_into(const std::set<std::string>& names, std::set<Uuid>& touched) {
     std::set<std::string> regions;
     for (const auto& name : names)
         refresh_one(name, touched, regions);
@@ -248,12 +392,50 @@ TagDelta HostState::refresh(const std::set<std::string>& names) {
             continue;
         }
         std::vector<ExtentName> gone;
-        for (const auto& e : *known->second)
-            if (e.tag && touched.contains(*e.tag) && !os_.exists(region + "/" + e.name.str()))
-                gone.push_back(e.name);
+        for (const auto& e : *known->second) {
+            if (!e.tag || !touched.contains(*e.tag))
+                continue;
+            auto entry = os_.lstat_node(region + "/" + e.name.str());
+            if (entry)
+                continue;
+            if (is_transient(entry.error().code)) {
+                note_failure(entry.error());
+                pending_regions_.insert(region); // the retry lists it
+                continue;
+            }
+            gone.push_back(e.name);
+        }
         if (!gone.empty())
             drop_extents(region, gone, touched);
     }
+}
+
+TagDelta HostState::refresh(const std::set<std::string>& names) {
+    std::set<Uuid> touched;
+    refresh_into(names, touched);
+    return finish(touched);
+}
+
+bool HostState::needs_retry() const {
+    return rescan_pending_ || !pending_.empty() || !pending_regions_.empty() ||
+           !pending_tags_.empty();
+}
+
+std::string HostState::retry_reason() const {
+    return first_failure_ ? first_failure_->message : std::string("nothing failed");
+}
+
+TagDelta HostState::retry() {
+    std::set<Uuid> touched;
+    auto regions = std::exchange(pending_regions_, {});
+    for (const auto& region : regions)
+        if (cache_.regions().contains(region))
+            poll_region(region, touched);
+    std::set<std::string> names;
+    for (const auto& [name, why] : pending_)
+        names.insert(name);
+    refresh_into(names, touched);
+    touched.insert(pending_tags_.begin(), pending_tags_.end());
     return finish(touched);
 }
 
@@ -300,23 +482,20 @@ void HostState::reload_devices(const std::string& region, const std::set<Uuid>& 
         if (it == tags_.end())
             continue;
         // A copy: reloading changes the slot's device list.
-        for (const auto& d : it->second.devices.to_vector()) {
-            if (d->dev.region_path() == region) {
-                forget_device(d->dev.name, touched);
-                load_device(d->dev, touched);
-            }
-        }
+        for (const auto& d : it->second.devices.to_vector())
+            if (d->dev.region_path() == region)
+                load_device(d->dev, touched, previous_of(d->dev.name));
     }
 }
 
-std::optional<HostState::Signature> HostState::signature_of(const std::string& region) {
+Result<HostState::Signature> HostState::signature_of(const std::string& region) {
     // The link count first: an extent added while the directory is read
     // then shows as a change at the next poll rather than being missed.
     if (auto node = os_.lstat_node(region))
         region_nlink_[region] = node->nlink;
     auto entries = os_.list_dir_inodes(region);
     if (!entries)
-        return std::nullopt;
+        return entries.error();
     Signature sig;
     for (const auto& [name, ino] : *entries)
         if (auto extent = ExtentName::parse(name))
@@ -329,6 +508,12 @@ std::optional<HostState::Signature> HostState::signature_of(const std::string& r
 void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) {
     const auto& known = cache_.regions().at(region);
     auto signature = signature_of(region);
+    if (!signature && is_transient(signature.error().code)) {
+        // Not listed (EMFILE, say): its extents are what they were.
+        note_failure(signature.error());
+        pending_regions_.insert(region);
+        return;
+    }
     if (!signature) {
         // The region itself is gone: its extents with it.
         if (known)
@@ -346,6 +531,11 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
     Result<std::vector<Extent>> fresh = std::vector<Extent>{};
     if (sig == signatures_.end() || !known) {
         fresh = read_region_extents(region, os_);
+        if (!fresh && is_transient(fresh.error().code) && known) {
+            note_failure(fresh.error());
+            pending_regions_.insert(region);
+            return;
+        }
     } else {
         // Only the extent directories that are new (by name and inode) are
         // read; the others are what they were. One extent arriving in a
@@ -362,6 +552,13 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
                 continue;
             }
             auto e = read_extent(region, name.str(), os_);
+            if (!e && is_transient(e.error().code)) {
+                // Nothing is taken from a half-read region: the signature
+                // stays the old one, so the retry reads the new extents.
+                note_failure(e.error());
+                pending_regions_.insert(region);
+                return;
+            }
             if (!e) {
                 fresh = e.error();
                 break;
@@ -373,6 +570,7 @@ void HostState::poll_region(const std::string& region, std::set<Uuid>& touched) 
             fresh->shrink_to_fit();
         }
     }
+    pending_regions_.erase(region);
     signatures_[region] = std::move(now);
     // Only tags whose extents differ are touched: a region can hold
     // thousands of devices, and one extent arriving concerns one tag.
@@ -415,7 +613,7 @@ TagDelta HostState::poll_extents() {
     for (const auto& [region, extents] : cache_.regions())
         regions.push_back(region);
     for (const auto& region : regions) {
-        if (!full) {
+        if (!full && !pending_regions_.contains(region)) {
             auto node = os_.lstat_node(region);
             auto seen = region_nlink_.find(region);
             if (node && node->nlink != 0 && seen != region_nlink_.end() &&

@@ -81,6 +81,7 @@ const char* to_string(TagState state) {
     case TagState::disabled: return "disabled";
     case TagState::conflict: return "conflict";
     case TagState::offered: return "offered";
+    case TagState::no_node: return "no-node";
     }
     return "unknown";
 }

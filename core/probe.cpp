@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 
 namespace tagmem {
 namespace {
@@ -29,17 +31,30 @@ auto read_attr(HostOs& os, const std::string& path, Parse parse)
     return parse_attr(path, *text, parse);
 }
 
-std::optional<std::uint64_t> optional_u64(HostOs& os, const std::string& path) {
-    auto v = read_attr(os, path, parse_u64);
-    return v ? std::optional<std::uint64_t>(*v) : std::nullopt;
+// An attribute that may be absent or garbled (nullopt), unless reading it
+// failed (is_transient).
+template <class Parse>
+auto read_optional(HostOs& os, const std::string& path, Parse parse)
+    -> Result<std::optional<std::remove_cvref_t<decltype(*parse(std::string_view()))>>> {
+    using Value = std::optional<std::remove_cvref_t<decltype(*parse(std::string_view()))>>;
+    auto v = read_attr(os, path, parse);
+    if (!v) {
+        if (is_transient(v.error().code))
+            return v.error();
+        return Value();
+    }
+    return Value(*v);
 }
 
 Status read_nvdimm_tag(ProbedDevice& p, DeviceNotes& notes, HostOs& os) {
     // region path = the nd_dax device; its `namespace` names the namespace.
     const std::string& nd_dax = p.dev.region_path();
     auto ns = os.read_file(nd_dax + "/namespace");
-    if (!ns)
+    if (!ns) {
+        if (is_transient(ns.error().code))
+            return ns.error();
         return Ok{};
+    }
     std::string name(trim_attr(*ns));
     if (!is_numbered_name(name, "namespace"))
         return make_error(EINVAL,
@@ -48,23 +63,27 @@ Status read_nvdimm_tag(ProbedDevice& p, DeviceNotes& notes, HostOs& os) {
     // Label-less NVDIMMs have "io" namespaces without a uuid attribute: such
     // memory carries no tag, and only the configuration can name it.
     std::string uuid_path = fmt::format("{}/{}/uuid", parent_path(nd_dax), name);
-    if (!os.exists(uuid_path))
-        return Ok{};
     auto tag = read_attr(os, uuid_path, parse_uuid_attr);
+    if (!tag && tag.error().code == ENOENT)
+        return Ok{};
     if (!tag)
         return make_error(tag.error().code, fmt::format("namespace uuid: {}", tag.error().message));
     if (!tag->is_nil()) {
         p.tag = *tag;
         p.source = TagSource::nvdimm;
     }
-    if (auto info = read_attr(os, nd_dax + "/uuid", parse_uuid_attr); info && !info->is_nil())
-        notes.infoblock_uuid = *info;
+    auto info = read_optional(os, nd_dax + "/uuid", parse_uuid_attr);
+    if (!info)
+        return info.error();
+    if (*info && !(*info)->is_nil())
+        notes.infoblock_uuid = **info;
     return Ok{};
 }
 
 } // namespace
 
-Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major) {
+Result<DevNumber> verify_device_node(const DaxDevice& dev, HostOs& os,
+                                     std::optional<unsigned> dax_major) {
     auto sys_devno = read_attr(os, dev.sysfs_path() + "/dev", parse_dev_number);
     if (!sys_devno)
         return make_error(sys_devno.error().code,
@@ -87,14 +106,18 @@ Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsign
     // and the device must sit on the dax bus.
     auto indexed =
         os.link_target(fmt::format("/sys/dev/char/{}:{}", sys_devno->major, sys_devno->minor));
+    if (!indexed && is_transient(indexed.error().code))
+        return indexed.error();
     if (!indexed || *indexed != dev.sysfs_path())
         return make_error(ENODEV, fmt::format("/sys/dev/char/{}:{} does not lead to {}",
                                               sys_devno->major, sys_devno->minor, dev.name));
     auto subsystem = os.link_target(dev.sysfs_path() + "/subsystem");
+    if (!subsystem && is_transient(subsystem.error().code))
+        return subsystem.error();
     if (!subsystem || *subsystem != "/sys/bus/dax")
         return make_error(ENODEV, fmt::format("{}:{} does not belong to the dax bus",
                                               sys_devno->major, sys_devno->minor));
-    return Ok{};
+    return *sys_devno;
 }
 
 Result<Extent> read_extent(const std::string& region_path, const std::string& name, HostOs& os) {
@@ -148,21 +171,40 @@ Result<std::vector<Extent>> read_region_extents(const std::string& region_path, 
     return extents;
 }
 
-Performance read_node_performance(int node, HostOs& os) {
+Result<Performance> read_node_performance(int node, HostOs& os) {
     Performance perf;
     if (node < 0)
         return perf;
     auto base = fmt::format("/sys/devices/system/node/node{}/access0/initiators/", node);
-    perf.read_latency_ns = optional_u64(os, base + "read_latency");
-    perf.write_latency_ns = optional_u64(os, base + "write_latency");
-    perf.read_bandwidth_mbps = optional_u64(os, base + "read_bandwidth");
-    perf.write_bandwidth_mbps = optional_u64(os, base + "write_bandwidth");
+    for (auto [attr, field] : {std::pair{"read_latency", &perf.read_latency_ns},
+                               std::pair{"write_latency", &perf.write_latency_ns},
+                               std::pair{"read_bandwidth", &perf.read_bandwidth_mbps},
+                               std::pair{"write_bandwidth", &perf.write_bandwidth_mbps}}) {
+        auto v = read_optional(os, base + attr, parse_u64);
+        if (!v)
+            return v.error();
+        *field = *v;
+    }
     return perf;
 }
 
-ScanCache::ScanCache(HostOs& os) : os_(os), dax_major_(os.dax_char_major()) {}
+ScanCache::ScanCache(HostOs& os) : os_(os) {
+    // Unreadable: no device verifies until a clear() reads it.
+    if (auto major = os.dax_char_major())
+        dax_major_ = *major;
+    else
+        failure_ = major.error();
+}
 
 void ScanCache::set_extents(const std::string& region_path, Result<std::vector<Extent>> extents) {
+    // A failed read: what was known before the last clear() stands.
+    if (!extents && is_transient(extents.error().code)) {
+        if (!failure_)
+            failure_ = extents.error();
+        stale_regions_.insert(region_path);
+        if (auto before = extents_before_.find(region_path); before != extents_before_.end())
+            extents = before->second;
+    }
     extents_.insert_or_assign(region_path, std::move(extents));
     by_tag_.erase(region_path);
 }
@@ -204,39 +246,61 @@ const Shared<Performance>& ScanCache::performance(int node) {
     auto it = performance_.find(node);
     if (it == performance_.end()) {
         auto perf = read_node_performance(node, os_);
+        if (!perf) {
+            // Not cached: the retry this asks for reads it again.
+            if (!failure_)
+                failure_ = perf.error();
+            static const Shared<Performance> none;
+            auto before = performance_before_.find(node);
+            return before != performance_before_.end() ? before->second : none;
+        }
         // No data (most hosts): no allocation, the empty value stands in.
         it = performance_
-                 .emplace(node, perf.empty() ? Shared<Performance>{} : Shared<Performance>(perf))
+                 .emplace(node, perf->empty() ? Shared<Performance>{} : Shared<Performance>(*perf))
                  .first;
     }
     return it->second;
 }
 
-void ScanCache::clear() {
+std::vector<std::string> ScanCache::regions_before() const {
+    std::vector<std::string> out;
+    for (const auto& [region, extents] : extents_before_)
+        out.push_back(region);
+    return out;
+}
+
+Status ScanCache::clear() {
+    auto major = os_.dax_char_major();
+    if (!major)
+        return major.error();
+    dax_major_ = *major;
+    performance_before_ = std::move(performance_);
+    extents_before_.clear();
+    for (auto& [region, extents] : extents_)
+        if (extents)
+            extents_before_.emplace(region, std::move(*extents));
     performance_.clear();
     extents_.clear();
     by_tag_.clear();
-    dax_major_ = os_.dax_char_major();
+    failure_.reset();
+    stale_regions_.clear();
+    return Ok{};
 }
 
 const Result<std::vector<Extent>>& ScanCache::extents(const std::string& region_path) {
     auto it = extents_.find(region_path);
-    if (it == extents_.end())
-        it = extents_.emplace(region_path, read_region_extents(region_path, os_)).first;
+    if (it == extents_.end()) {
+        set_extents(region_path, read_region_extents(region_path, os_));
+        it = extents_.find(region_path);
+    }
     return it->second;
-}
-
-Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache) {
-    auto reading = read_device(dev, os, cache.dax_major());
-    if (!reading)
-        return reading.error();
-    return complete_probe(std::move(*reading), cache);
 }
 
 Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
                                   std::optional<unsigned> dax_major) {
-    if (auto ok = verify_device_node(dev, os, dax_major); !ok)
-        return ok.error();
+    auto devno = verify_device_node(dev, os, dax_major);
+    if (!devno)
+        return devno.error();
 
     // libdaxctl reads an empty or garbled size as 0; a device whose size
     // cannot be trusted is not presented.
@@ -250,8 +314,14 @@ Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
     DeviceNotes& notes = r.notes;
     p.dev = dev;
     p.dev.size = *size;
-    if (auto n = read_attr(os, dev.sysfs_path() + "/numa_node", parse_i64))
-        p.numa_node = static_cast<int>(*n);
+    // The number just verified against /dev and sysfs: the node made for
+    // the tag's data is made with this one, never an earlier reading.
+    p.dev.devno = *devno;
+    auto numa = read_optional(os, dev.sysfs_path() + "/numa_node", parse_i64);
+    if (!numa)
+        return numa.error();
+    if (*numa)
+        p.numa_node = static_cast<int>(**numa);
 
     // 1. CXL DCD: the device's own uuid attribute.
     auto uuid_text = os.read_file(dev.sysfs_path() + "/uuid");

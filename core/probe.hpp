@@ -10,8 +10,10 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace tagmem {
@@ -20,6 +22,10 @@ class HostOs;
 
 // What every device of one scan shares, read once: the extents of each DC
 // region (a region can hold thousands of devices) and the dax major.
+//
+// A read that fails for a reason other than absence (is_transient) is not
+// taken as the truth: what the cache held before its last clear() stands
+// in for it, and failure() reports it, so that the caller retries.
 class ScanCache {
   public:
     explicit ScanCache(HostOs& os);
@@ -27,6 +33,13 @@ class ScanCache {
     std::optional<unsigned> dax_major() const { return dax_major_; }
     // HMAT data of a NUMA node: every device on the node shares one copy.
     const Shared<Performance>& performance(int node);
+    // The first transient failure since the last call, if any.
+    std::optional<Error> take_failure() { return std::exchange(failure_, std::nullopt); }
+    // Regions whose extents failed to read since the last call: they hold
+    // what was known before (or the error) and must be read again.
+    std::set<std::string> take_stale_regions() { return std::exchange(stale_regions_, {}); }
+    // The regions known before the last clear().
+    std::vector<std::string> regions_before() const;
 
     // For a long-lived cache (hotplug): what is known, and updates to it.
     const std::map<std::string, Result<std::vector<Extent>>>& regions() const { return extents_; }
@@ -37,10 +50,18 @@ class ScanCache {
     // without one (after a hotplug event) is a linear pass instead.
     std::vector<Extent> extents_of(const std::string& region_path, const Uuid& tag);
     std::vector<Extent> extents_of_unindexed(const std::string& region_path, const Uuid& tag);
-    // Starts over, as a new cache would (a full rescan).
-    void clear();
+    // Starts over, as a new cache would (a full rescan), keeping what it
+    // knew to stand in for reads that fail. Fails, changing nothing, when
+    // the dax major cannot be read.
+    Status clear();
     // Drops what only a scan in progress needs (the per-tag extent index).
     void end_scan() { by_tag_.clear(); }
+    // Drops what was known before the last clear(): held through a full
+    // scan only, not as a second copy of every extent for good.
+    void end_rescan() {
+        extents_before_.clear();
+        performance_before_.clear();
+    }
 
   private:
     HostOs& os_;
@@ -48,17 +69,21 @@ class ScanCache {
     std::map<std::string, Result<std::vector<Extent>>> extents_;
     std::map<std::string, std::unordered_map<Uuid, std::vector<Extent>>> by_tag_;
     std::map<int, Shared<Performance>> performance_;
+    // What was known before clear(), for reads that fail.
+    std::map<std::string, std::vector<Extent>> extents_before_;
+    std::map<int, Shared<Performance>> performance_before_;
+    std::optional<Error> failure_;
+    std::set<std::string> stale_regions_;
 };
 
-// Fails (with the reason) when the device must be rejected: its device number
-// disagrees with /dev/<name>, the node is not a character device of the dax
-// major, or its tag attribute is malformed.
-Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache);
-
-// probe_device in two steps. read_device does every per-device read and
-// check and touches no cache, so it may run on another thread (a full scan
-// reads devices while libdaxctl enumerates); complete_probe adds what the
-// devices of a region or node share, from the cache.
+// A device in two steps. read_device does every per-device read and check
+// and touches no cache, so it may run on another thread (a full scan reads
+// devices while libdaxctl enumerates); complete_probe adds what the devices
+// of a region or node share, from the cache. read_device fails (with the
+// reason) when the device must be rejected: its device number disagrees
+// with /dev/<name>, the node is not a character device of the dax major, or
+// its tag attribute is malformed; or with a transient errno when a read
+// failed (is_transient), which says nothing about the device.
 struct DeviceReading {
     ProbedDevice probed;
     DeviceNotes notes;
@@ -68,8 +93,10 @@ Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
                                   std::optional<unsigned> dax_major);
 ProbedDevice complete_probe(DeviceReading reading, ScanCache& cache);
 
-// The checks alone, shared by probe_device and whoever re-validates a node.
-Status verify_device_node(const DaxDevice& dev, HostOs& os, std::optional<unsigned> dax_major);
+// The checks alone; the device number they verified, the one its node
+// must be made with.
+Result<DevNumber> verify_device_node(const DaxDevice& dev, HostOs& os,
+                                     std::optional<unsigned> dax_major);
 
 // Extents of a DC region (empty for other regions), in region order.
 Result<std::vector<Extent>> read_region_extents(const std::string& region_path, HostOs& os);
@@ -77,6 +104,6 @@ Result<std::vector<Extent>> read_region_extents(const std::string& region_path, 
 Result<Extent> read_extent(const std::string& region_path, const std::string& name, HostOs& os);
 void sort_extents(std::vector<Extent>& extents);
 
-Performance read_node_performance(int node, HostOs& os);
+Result<Performance> read_node_performance(int node, HostOs& os);
 
 } // namespace tagmem

@@ -21,22 +21,32 @@ bool matches(const TagConfig& c, const DaxDevice& d) {
     return c.has_match();
 }
 
-Access resolve_access(const TagConfig* c, HostOs& os) {
+Access resolve_access(const TagConfig* c, HostOs& os, std::optional<Error>* failure) {
     Access a;
     if (!c)
         return a;
     // load_config already rejected names that do not resolve; a user removed
-    // since then falls back to root, never to "everyone".
+    // since then falls back to root, never to "everyone". So does one that
+    // could not be looked up (NSS out of file descriptors, say), which the
+    // caller is told of, to keep what it knew.
+    auto note = [&](const Error& e) {
+        if (failure && !*failure && is_transient(e.code))
+            *failure = e;
+    };
     if (c->owner) {
         if (auto uid = os.user_id(*c->owner)) {
             a.uid = *uid;
             a.owner = *c->owner;
+        } else {
+            note(uid.error());
         }
     }
     if (c->group) {
         if (auto gid = os.group_id(*c->group)) {
             a.gid = *gid;
             a.group = *c->group;
+        } else {
+            note(gid.error());
         }
     }
     if (c->mode)
@@ -59,15 +69,6 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
     return std::optional<Uuid>{hits[0]->tag};
 }
 
-std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
-                                                      const std::set<Uuid>& claimed) {
-    std::map<Uuid, std::vector<Extent>> out;
-    for (const auto& e : region_extents)
-        if (e.tag && !claimed.contains(*e.tag))
-            out[*e.tag].push_back(e);
-    return out;
-}
-
 bool TagRecord::operator==(const TagRecord& o) const {
     auto same_devices = [&] {
         return std::equal(devices.begin(), devices.end(), o.devices.begin(), o.devices.end(),
@@ -79,7 +80,8 @@ bool TagRecord::operator==(const TagRecord& o) const {
 }
 
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,
-                      std::vector<Extent> offered_extents, const Config& config, HostOs& os) {
+                      std::vector<Extent> offered_extents, const Config& config, HostOs& os,
+                      std::optional<Error>* lookup_failure) {
     TagRecord r;
     r.tag = tag;
     std::sort(devs.begin(), devs.end(), [](const auto& a, const auto& b) {
@@ -95,7 +97,7 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
             r.shareable_from = ShareableFrom::config;
         }
     }
-    r.access = resolve_access(c, os);
+    r.access = resolve_access(c, os, lookup_failure);
 
     if (r.devices.empty()) {
         r.state = TagState::offered;
@@ -124,39 +126,6 @@ const TagRecord* ScanResult::find(const Uuid& tag) const {
     auto it = std::lower_bound(tags.begin(), tags.end(), tag,
                                [](const TagRecord& r, const Uuid& t) { return r.tag < t; });
     return it != tags.end() && it->tag == tag ? &*it : nullptr;
-}
-
-ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
-                         const Config& config, HostOs& os) {
-    ScanResult result;
-    result.config_errors = config.errors;
-    std::map<Uuid, std::vector<std::shared_ptr<const ProbedDevice>>> by_tag;
-    for (auto& d : devices) {
-        if (!d.tag) {
-            auto configured = config_tag_for(d.dev, config);
-            if (!configured) {
-                rejected.push_back({d.dev.name, configured.error().message});
-                continue;
-            }
-            if (*configured) {
-                d.tag = **configured;
-                d.source = TagSource::config;
-            }
-        }
-        if (d.tag) {
-            auto tag = *d.tag;
-            by_tag[tag].push_back(std::make_shared<const ProbedDevice>(std::move(d)));
-        } else {
-            result.untagged.push_back(
-                {d.dev.name, d.dev.size, d.dev.mode, d.dev.target_node, d.dev.ranges});
-        }
-    }
-    result.tags.reserve(by_tag.size());
-    for (auto& [tag, devs] : by_tag)
-        result.tags.push_back(make_record(tag, std::move(devs), {}, config, os));
-    std::sort(rejected.begin(), rejected.end());
-    result.rejected = std::move(rejected);
-    return result;
 }
 
 } // namespace tagmem

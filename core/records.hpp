@@ -7,9 +7,7 @@
 #include "config.hpp"
 #include "tag_record.hpp"
 
-#include <map>
 #include <optional>
-#include <set>
 #include <vector>
 
 namespace tagmem {
@@ -21,15 +19,11 @@ class HostOs;
 Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& config);
 
 // One tag's record from the devices that carry it (several: a conflict; none:
-// offered by DCD extents alone).
+// offered by DCD extents alone). lookup_failure, when given, receives the
+// first failed (is_transient) lookup of the configured owner or group; the
+// record then falls back to root for it.
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devices,
-                      std::vector<Extent> offered_extents, const Config& config, HostOs& os);
-
-// Extents that carry a tag no device has claimed, by tag.
-std::map<Uuid, std::vector<Extent>> unclaimed_extents(const std::vector<Extent>& region_extents,
-                                                      const std::set<Uuid>& claimed);
-
-ScanResult build_records(std::vector<ProbedDevice> devices, std::vector<DeviceIssue> rejected,
-                         const Config& config, HostOs& os);
+                      std::vector<Extent> offered_extents, const Config& config, HostOs& os,
+                      std::optional<Error>* lookup_failure = nullptr);
 
 } // namespace tagmem

@@ -17,7 +17,9 @@ namespace tagmem {
 // system_ram: onlined as memory: zeroed by onlining, never the tag's data.
 // disabled: no driver bound. conflict: several devices claim the tag.
 // offered: DCD extents carry the tag but no dax device has claimed them.
-enum class TagState : std::uint8_t { ready, system_ram, disabled, conflict, offered };
+// no_node: ready on the host, but tagmemfs could not make the device node
+// behind `data` (it retries); only the daemon sets it.
+enum class TagState : std::uint8_t { ready, system_ram, disabled, conflict, offered, no_node };
 const char* to_string(TagState state);
 
 // Who may open the tag's data: `data` is a symlink to a device node on

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <array>
 #include <mutex>
-#include <unordered_set>
 #include <utility>
 
 namespace tagmem {
@@ -274,22 +273,6 @@ Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
             break;
     }
     return Ok{};
-}
-
-TreeChanges TagTree::update(const ScanResult& scan) {
-    TagDelta delta;
-    std::unordered_set<Uuid> present;
-    for (const auto& r : scan.tags) {
-        present.insert(r.tag);
-        delta.upserts.push_back(std::make_shared<const TagRecord>(r));
-    }
-    {
-        std::shared_lock lock(mutex_);
-        for (const auto& [tag, slot] : slot_of_)
-            if (!present.contains(tag))
-                delta.removals.push_back(tag);
-    }
-    return apply(delta);
 }
 
 TreeChanges TagTree::apply(const TagDelta& delta) {

@@ -3,7 +3,7 @@
 // directory per tag (named by its canonical UUID) holding `dev`, `size`,
 // `shareable`, `metadata` and `data`. `data` is a symlink to <data_dir>/<tag>,
 // the device node the daemon keeps for the tag (fs/node_dir.hpp says why it
-// is not a device inode of the filesystem itself). update() applies a new scan and says
+// is not a device inode of the filesystem itself). apply() applies a change and says
 // exactly which kernel caches must be invalidated, so the filesystem layer
 // only translates those into notifications.
 //
@@ -14,7 +14,7 @@
 // a new slot: the kernel fixes a device node's rdev when it first sees the
 // inode, so the old inode must die rather than change under an open().
 //
-// Thread safety: all methods may be called concurrently; update() excludes
+// Thread safety: all methods may be called concurrently; apply() excludes
 // readers only while it swaps the maps.
 #pragma once
 
@@ -109,8 +109,6 @@ class TagTree {
     // Publishes new or changed records and drops removed tags; only these
     // tags are looked at, so a hotplug event costs what it touches.
     TreeChanges apply(const TagDelta& delta);
-    // Makes the tree hold exactly the scan's tags.
-    TreeChanges update(const ScanResult& scan);
 
     std::shared_ptr<const TagRecord> find(const Uuid& tag) const;
 

@@ -27,6 +27,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <thread>
@@ -93,6 +95,12 @@ class Daemon {
     void publish(const TagDelta& delta, const char* why);
     void write_cdi();
     void event_loop();
+    // What failed to read (or a node that could not be made) is retried
+    // with backoff until it succeeds; said once when it starts, once when
+    // it ends.
+    bool retry_wanted() const { return state_.needs_retry() || !node_failed_.empty(); }
+    void retry();
+    void note_health();
 
     DaemonOptions opt_;
     // First: released last, once the mount and the nodes are gone.
@@ -112,7 +120,20 @@ class Daemon {
     Fd stop_event_;   // main -> event thread: the loop is over, return
     Fd stop_request_; // signal handler -> event thread: stop the loop
     pthread_t main_thread_{};
+    // Tags whose device node could not be made: the record to publish once
+    // it can be (the tree shows them as no-node meanwhile).
+    std::map<Uuid, std::shared_ptr<const TagRecord>> node_failed_;
+    bool failing_ = false; // a failure was logged and is being retried
 };
+
+// The record shown for a ready tag whose node could not be made: never
+// "ready" with nothing behind its data.
+std::shared_ptr<const TagRecord> without_node(const TagRecord& r, const std::string& why) {
+    auto shown = std::make_shared<TagRecord>(r);
+    shown->state = TagState::no_node;
+    shown->reason = fmt::format("its device node cannot be made ({}); retrying", why);
+    return shown;
+}
 
 // Applies a delta to the tree, then tells the kernel, then the watchers: a
 // watcher that hears of a tag finds it in the mount.
@@ -121,24 +142,37 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
         return;
     // Nodes first, so that a data link never points at nothing; nodes that
     // go, last, once no name leads to them any more.
+    // The node is made with the device number read_device verified against
+    // /dev and sysfs in the scan that produced the record.
     std::vector<std::string> stale;
-    for (const auto& r : delta.upserts) {
+    TagDelta shown = delta;
+    for (auto& r : shown.upserts) {
+        const bool failed_before = node_failed_.erase(r->tag) > 0;
         if (!r->usable()) {
             stale.push_back(r->tag.str());
             continue;
         }
         const auto& a = r->access;
-        if (auto ok = nodes_->put(r->tag.str(), r->device()->dev.devno, a.uid, a.gid, a.mode); !ok)
-            log::error("tag {}: {}", r->tag.str(), ok.error().message);
+        if (auto ok = nodes_->put(r->tag.str(), r->device()->dev.devno, a.uid, a.gid, a.mode);
+            !ok) {
+            if (!failed_before)
+                log::error("tag {}: {}; not ready until it can be made", r->tag.str(),
+                           ok.error().message);
+            node_failed_.emplace(r->tag, r);
+            r = without_node(*r, ok.error().message);
+            stale.push_back(r->tag.str()); // an older node must not stay behind
+        }
     }
-    for (const auto& tag : delta.removals)
+    for (const auto& tag : delta.removals) {
+        node_failed_.erase(tag);
         stale.push_back(tag.str());
-    auto changes = tree_->apply(delta);
+    }
+    auto changes = tree_->apply(shown);
     if (se_)
         notify_kernel(se_, changes);
     // After the tree (a new tag's directory exists before an engine can
     // bind it), before its node goes (a removed tag leaves the spec first).
-    if (cdi_devices_.apply(delta) && cdi_)
+    if (cdi_devices_.apply(shown) && cdi_) // no-node tags are not usable: not in the spec
         write_cdi();
     for (const auto& name : stale)
         nodes_->remove(name);
@@ -179,13 +213,16 @@ void Daemon::rescan(const char* why) {
     const auto t0 = std::chrono::steady_clock::now();
     auto delta = state_.rescan(config_);
     const auto t1 = std::chrono::steady_clock::now();
+    const bool retrying = std::string_view(why) == "retry";
     if (!delta) {
-        log::error("rescan ({}) failed: {}; the namespace is unchanged", why,
-                   delta.error().message);
+        if (!retrying)
+            log::error("rescan ({}) failed: {}; the namespace is unchanged", why,
+                       delta.error().message);
         return;
     }
-    for (const auto& r : state_.snapshot().rejected)
-        log::warning("{}: rejected: {}", r.device, r.reason);
+    if (!retrying) // said at the rescan that found them, not at each retry
+        for (const auto& r : state_.snapshot().rejected)
+            log::warning("{}: rejected: {}", r.device, r.reason);
     publish(*delta, why);
     if (watchers_)
         watchers_->invalidate(); // rejected and untagged devices raise no tag event
@@ -193,9 +230,10 @@ void Daemon::rescan(const char* why) {
     // give the freed heap back rather than keep it as resident memory.
     malloc_trim(0);
     auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
-    log::info("rescan ({}): {} tags in {:.0f} ms (scan {:.0f} ms, publish {:.0f} ms)", why,
-              state_.tag_count(), ms(std::chrono::steady_clock::now() - t0), ms(t1 - t0),
-              ms(std::chrono::steady_clock::now() - t1));
+    log::at(retrying ? log::Level::debug : log::Level::info,
+            "rescan ({}): {} tags in {:.0f} ms (scan {:.0f} ms, publish {:.0f} ms)", why,
+            state_.tag_count(), ms(std::chrono::steady_clock::now() - t0), ms(t1 - t0),
+            ms(std::chrono::steady_clock::now() - t1));
 }
 
 void Daemon::on_uevents() {
@@ -224,18 +262,62 @@ void Daemon::on_uevents() {
                 devices.insert(std::move(name));
         }
     }
+    if (uevents_->take_lost()) {
+        // The socket overflowed: some device changed unseen.
+        log::warning("device events were lost (the event socket overflowed); rescanning");
+        rescan("lost uevents");
+        return;
+    }
     if (!devices.empty())
         publish(state_.refresh(devices), "uevent");
     if (watchers_)
         watchers_->invalidate(); // rejected and untagged devices raise no tag event
 }
 
+void Daemon::retry() {
+    if (state_.needs_rescan()) {
+        rescan("retry");
+    } else if (state_.needs_retry()) {
+        publish(state_.retry(), "retry");
+    }
+    TagDelta nodes;
+    for (const auto& [tag, record] : node_failed_)
+        nodes.upserts.push_back(record);
+    publish(nodes, "retry");
+}
+
+void Daemon::note_health() {
+    if (retry_wanted() && !failing_) {
+        failing_ = true;
+        log::warning("{}; keeping what was last read and retrying",
+                     state_.needs_retry() ? state_.retry_reason()
+                                          : std::string("device nodes cannot be made"));
+    } else if (!retry_wanted() && failing_) {
+        failing_ = false;
+        log::info("reads of the host succeed again");
+    }
+}
+
 void Daemon::event_loop() {
     using clock = std::chrono::steady_clock;
-    auto next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
+    using std::chrono::milliseconds;
+    auto next_poll = clock::now() + milliseconds(opt_.extent_poll_ms);
+    // Retries back off from a fifth of a second to ten seconds: quick after
+    // a passing failure, cheap (a rescan at most) under a lasting one.
+    constexpr milliseconds kFirstRetry{200}, kLastRetry{10000};
+    milliseconds retry_delay = kFirstRetry;
+    constexpr auto kNever = clock::time_point::max();
+    auto next_retry = kNever;
     std::vector<pollfd> fds;
     bool stopping = false;
     for (;;) {
+        note_health();
+        if (!retry_wanted()) {
+            next_retry = kNever;
+            retry_delay = kFirstRetry;
+        } else if (next_retry == kNever) {
+            next_retry = clock::now() + retry_delay;
+        }
         fds.clear();
         fds.push_back({stop_event_.get(), POLLIN, 0});
         fds.push_back({rescan_event_.get(), POLLIN, 0});
@@ -245,12 +327,16 @@ void Daemon::event_loop() {
         if (watchers_)
             watchers_->poll_fds(fds);
         int timeout = -1;
+        auto wait_until = [&](clock::time_point t) {
+            auto left = std::chrono::duration_cast<milliseconds>(t - clock::now());
+            int ms = static_cast<int>(std::max<long long>(0, left.count()));
+            timeout = timeout < 0 ? ms : std::min(timeout, ms);
+        };
         bool polling = opt_.extent_poll_ms > 0 && state_.has_dc_regions();
-        if (polling) {
-            auto left =
-                std::chrono::duration_cast<std::chrono::milliseconds>(next_poll - clock::now());
-            timeout = static_cast<int>(std::max<long long>(0, left.count()));
-        }
+        if (polling)
+            wait_until(next_poll);
+        if (next_retry != kNever)
+            wait_until(next_retry);
         if (int w = watchers_ ? watchers_->timeout_ms() : -1; w >= 0)
             timeout = timeout < 0 ? w : std::min(timeout, w);
         if (stopping) {
@@ -284,7 +370,12 @@ void Daemon::event_loop() {
             }
             if (polling && clock::now() >= next_poll) {
                 publish(state_.poll_extents(), "extent poll");
-                next_poll = clock::now() + std::chrono::milliseconds(opt_.extent_poll_ms);
+                next_poll = clock::now() + milliseconds(opt_.extent_poll_ms);
+            }
+            if (clock::now() >= next_retry) {
+                next_retry = kNever;
+                retry_delay = std::min(retry_delay * 2, kLastRetry);
+                retry();
             }
         } catch (const std::exception& e) {
             log::error("event loop: {}", e.what());

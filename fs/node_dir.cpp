@@ -80,27 +80,38 @@ NodeDir::~NodeDir() {
 }
 
 Status NodeDir::put(const std::string& name, DevNumber rdev, uid_t uid, gid_t gid, mode_t mode) {
-    // Root-only (0600) until it has its owner and mode. A new name is made in
-    // place: until the tree links it, it is reachable only here, and only
-    // more strictly than it will be. A node that exists is replaced whole by
-    // a rename, so an open() never meets a half-made one. At startup that is
-    // one syscall per tag instead of five.
+    // A node is made with no access for anyone (root aside) whenever its
+    // owner or mode must still be set, then given its owner, then its mode:
+    // at no instant is it open to anyone its final owner and mode exclude
+    // (chown before chmod: a mode meant for the final owner never applies to
+    // root's node, or the other way). A node that needs neither (root 0600,
+    // the default) is made in its final form, one syscall per tag at
+    // startup. A new name is made in place; an existing node is replaced
+    // whole by a rename, so an open() never meets a half-made one; one that
+    // already is what is asked for is left alone.
     const dev_t dev = makedev(rdev.major, rdev.minor);
+    const mode_t want = mode & 0777;
+    const bool chown = uid != made_uid_ || gid != made_gid_;
+    const bool chmod = chown || want != 0600 || (umask_ & 0600) != 0;
+    const mode_t first = chmod ? 0 : want;
     std::string at = name;
     bool replacing = false;
-    if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | 0600, dev) != 0) {
+    if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | first, dev) != 0) {
         if (errno != EEXIST)
             return sys_error(fmt::format("mknod {}", path_of(name)));
+        struct stat st {};
+        if (::fstatat(rw_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISCHR(st.st_mode) && st.st_rdev == dev && st.st_uid == uid && st.st_gid == gid &&
+            (st.st_mode & 07777) == want)
+            return Ok{};
         at = "." + name + ".new";
         replacing = true;
         ::unlinkat(rw_.get(), at.c_str(), 0);
-        if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | 0600, dev) != 0)
+        if (::mknodat(rw_.get(), at.c_str(), S_IFCHR | first, dev) != 0)
             return sys_error(fmt::format("mknod {}", path_of(at)));
     }
-    const bool chown = uid != made_uid_ || gid != made_gid_;
-    const bool chmod = (mode & 0777) != 0600 || (umask_ & 0600) != 0;
     if ((chown && ::fchownat(rw_.get(), at.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0) ||
-        (chmod && ::fchmodat(rw_.get(), at.c_str(), mode & 0777, 0) != 0) ||
+        (chmod && ::fchmodat(rw_.get(), at.c_str(), want, 0) != 0) ||
         (replacing && ::renameat(rw_.get(), at.c_str(), rw_.get(), name.c_str()) != 0)) {
         auto err = sys_error(fmt::format("cannot set up {}", path_of(name)));
         ::unlinkat(rw_.get(), at.c_str(), 0);

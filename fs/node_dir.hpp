@@ -12,10 +12,12 @@
 // The tmpfs is mounted nosuid,noexec and then bind-mounted read-only over
 // itself, so nobody (root included) can chmod, replace or add a node through
 // the path; tagmemfs keeps a descriptor of the writable mount underneath and
-// changes nodes only through it. A node is made root-only and then given
-// its owner and mode; an existing node is replaced atomically (the new one
+// changes nodes only through it. A node is made with no access for anyone
+// but root, then given its owner, then its mode, so that it is never more
+// open than it will be; an existing node is replaced atomically (the new one
 // is made aside and renamed into place), so an open never sees a half-made
-// node.
+// node, and is left alone when it already has the number, owner and mode
+// asked for.
 #pragma once
 
 #include "fd.hpp"
@@ -37,6 +39,7 @@ class NodeDir {
     NodeDir& operator=(NodeDir&&) = delete;
     ~NodeDir(); // detaches: programs holding a node open keep it
 
+    // Makes or replaces the node, unless it is already exactly this.
     Status put(const std::string& name, DevNumber rdev, uid_t uid, gid_t gid, mode_t mode);
     void remove(const std::string& name);
     std::string path_of(const std::string& name) const { return path_ + "/" + name; }

@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+
 #include <utility>
 
 namespace tagmem {
@@ -50,8 +52,28 @@ int UeventMonitor::fd() const {
 
 std::vector<Uevent> UeventMonitor::drain() {
     std::vector<Uevent> out;
-    // The monitor socket is non-blocking: receive until it is empty.
-    while (udev_device* d = udev_monitor_receive_device(mon_)) {
+    // The monitor socket is non-blocking: receive until it is empty
+    // (EAGAIN). An overflow (ENOBUFS: the kernel dropped events) is reported
+    // once by recvmsg, and the events queued after it are still there to
+    // read. Any other failure (EMFILE, ENOMEM while libudev builds the
+    // device) has consumed an event it could not deliver: lost as well.
+    for (int failures = 0;;) {
+        errno = 0;
+        udev_device* d = udev_monitor_receive_device(mon_);
+        if (!d) {
+            const int err = errno;
+            if (err == EINTR)
+                continue;
+            if (err == 0 || err == EAGAIN || err == EWOULDBLOCK)
+                break;
+            lost_ = true;
+            // Bounded: a socket that overflows faster than it is read, or a
+            // failure that lasts, must not hold the event thread here; the
+            // rescan catches up.
+            if (++failures < 16)
+                continue;
+            break;
+        }
         auto str = [](const char* s) { return std::string(s ? s : ""); };
         out.push_back({str(udev_device_get_action(d)), str(udev_device_get_subsystem(d)),
                        str(udev_device_get_sysname(d)), str(udev_device_get_syspath(d))});

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 struct udev;
@@ -35,6 +36,10 @@ class UeventMonitor {
     const char* source_name() const { return source_; }
     // Everything pending, without blocking.
     std::vector<Uevent> drain();
+    // Whether events were lost since the last call: the socket overflowed
+    // (ENOBUFS), so some device changed unseen and only a full rescan
+    // catches up.
+    bool take_lost() { return std::exchange(lost_, false); }
 
   private:
     UeventMonitor(udev* u, udev_monitor* m, const char* source)
@@ -42,6 +47,7 @@ class UeventMonitor {
     udev* udev_ = nullptr;
     udev_monitor* mon_ = nullptr;
     const char* source_ = "none";
+    bool lost_ = false;
 };
 
 } // namespace tagmem

@@ -2,12 +2,14 @@
 #include "fake_host_os.hpp"
 
 #include "account_text.hpp"
+#include "daxctl_scan.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <mutex>
 
 namespace tagmem::fake {
 namespace {
@@ -169,19 +171,62 @@ Result<std::string> FakeHostOs::resolve(const std::string& path, bool follow_las
     return current;
 }
 
-std::optional<int> FakeHostOs::injected(const std::string& given,
+std::optional<int> FakeHostOs::injected(Op op, const std::string& given,
                                         const std::string& resolved) const {
-    if (auto it = failures_.find(given); it != failures_.end())
-        return it->second;
-    if (auto it = failures_.find(resolved); it != failures_.end())
-        return it->second;
-    return std::nullopt;
+    auto under = [](const std::string& path, const std::string& prefix) {
+        return prefix == "/" || path == prefix || path.starts_with(prefix + "/");
+    };
+    std::optional<int> err;
+    auto given_hit = failures_.find(given);
+    auto resolved_hit = failures_.find(resolved);
+    if (given_hit != failures_.end())
+        err = given_hit->second;
+    else if (resolved_hit != failures_.end())
+        err = resolved_hit->second;
+    else
+        for (const auto& f : call_failures_)
+            if ((f.ops & op) && (under(given, f.prefix) || under(resolved, f.prefix))) {
+                err = f.err;
+                break;
+            }
+    return err;
+}
+
+Result<std::optional<unsigned>> FakeHostOs::dax_char_major() {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_major, "/proc/devices", "/proc/devices"))
+        return errno_error(*err, "cannot open", "/proc/devices");
+    return dax_major_;
+}
+
+Result<std::string> FakeHostOs::link_target(const std::string& path) {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_resolve, path, path))
+        return errno_error(*err, "cannot read link", path);
+    return real_path(path);
+}
+
+Result<std::vector<DaxDevice>> FakeHostOs::daxctl_devices() {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_daxctl, "/sys", "/sys"))
+        return errno_error(*err, "libdaxctl: cannot start", "");
+    std::vector<DaxDevice> out;
+    auto names = list_dir("/sys/bus/dax/devices");
+    if (!names)
+        return out; // libdaxctl finds no region: an empty list, no error
+    for (const auto& name : *names) {
+        auto d = read_dax_device(name, *this);
+        if (d && !daxctl_drops_.contains(name))
+            out.push_back(std::move(*d));
+    }
+    return out;
 }
 
 Result<std::string> FakeHostOs::read_file(const std::string& path) {
+    std::lock_guard lock(mutex_);
     reads_.push_back(path);
     auto where = resolve(path, false); // O_NOFOLLOW on the last component
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_read, path, where ? *where : path))
         return errno_error(*err, "cannot open", path);
     if (!where)
         return where.error();
@@ -198,8 +243,9 @@ Result<std::string> FakeHostOs::read_file(const std::string& path) {
 }
 
 Result<std::string> FakeHostOs::real_path(const std::string& path) {
+    std::lock_guard lock(mutex_);
     auto where = resolve(path, true);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_resolve, path, where ? *where : path))
         return errno_error(*err, "cannot resolve", path);
     if (!where)
         return where.error();
@@ -209,9 +255,10 @@ Result<std::string> FakeHostOs::real_path(const std::string& path) {
 }
 
 Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
+    std::lock_guard lock(mutex_);
     ++list_counts_[path];
     auto where = resolve(path, true);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_list, path, where ? *where : path))
         return errno_error(*err, "cannot list", path);
     if (!where)
         return where.error();
@@ -237,8 +284,9 @@ Result<std::vector<std::string>> FakeHostOs::list_dir(const std::string& path) {
 }
 
 Result<NodeInfo> FakeHostOs::lstat_node(const std::string& path) {
+    std::lock_guard lock(mutex_);
     auto where = resolve(path, false);
-    if (auto err = injected(path, where ? *where : path))
+    if (auto err = injected(op_stat, path, where ? *where : path))
         return errno_error(*err, "cannot stat", path);
     if (!where)
         return where.error();
@@ -258,6 +306,9 @@ bool FakeHostOs::exists(const std::string& path) {
 }
 
 Result<uid_t> FakeHostOs::user_id(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_lookup, "/etc/passwd", "/etc/passwd"))
+        return errno_error(*err, "cannot look up", name);
     if (is_account_number(name))
         return parse_account_id(name); // the real parser: numbers are not faked
     auto it = users_.find(name);
@@ -267,6 +318,9 @@ Result<uid_t> FakeHostOs::user_id(const std::string& name) {
 }
 
 Result<gid_t> FakeHostOs::group_id(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_lookup, "/etc/group", "/etc/group"))
+        return errno_error(*err, "cannot look up", name);
     if (is_account_number(name))
         return parse_account_id(name);
     auto it = groups_.find(name);

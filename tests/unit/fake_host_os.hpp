@@ -2,7 +2,8 @@
 // An in-memory tagmem::HostOs for unit tests: regular files, directories,
 // symlinks (relative or absolute, resolved like the kernel resolves them),
 // device nodes, the dax major and a user/group table. Failures can be
-// injected per path.
+// injected per path, and per kind of call under a path (the way EMFILE
+// fails every open() but no lstat()).
 //
 // The add_*_device() helpers build one consistent dax device the way
 // docs/sysfs-layout.md describes it (device directory and its attributes,
@@ -16,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -64,6 +66,18 @@ struct DaxSpec {
     }
 };
 
+// Kinds of call, for FakeHostOs::fail_calls (a mask).
+enum Op : unsigned {
+    op_read = 1,                                        // read_file
+    op_list = 2,                                        // list_dir, list_dir_inodes
+    op_stat = 4,                                        // lstat_node, exists
+    op_resolve = 8,                                     // real_path, link_target
+    op_lookup = 16,                                     // user_id, group_id
+    op_major = 32,                                      // dax_char_major (/proc/devices)
+    op_daxctl = 64,                                     // daxctl_devices: libdaxctl cannot start
+    op_open = op_read | op_list | op_major | op_lookup, // what EMFILE fails
+};
+
 class FakeHostOs : public HostOs {
   public:
     FakeHostOs();
@@ -84,6 +98,19 @@ class FakeHostOs : public HostOs {
     void remove(const std::string& path);
     // Every operation on path (as given or once resolved) fails with err.
     void fail(const std::string& path, int err) { failures_[path] = err; }
+    // Every call of these kinds (Op mask) on a path under prefix fails.
+    void fail_calls(unsigned ops, int err, const std::string& prefix = "/") {
+        call_failures_.push_back({ops, err, prefix});
+    }
+    // Every injected failure ends.
+    void heal() {
+        failures_.clear();
+        call_failures_.clear();
+        daxctl_drops_.clear();
+    }
+    // libdaxctl leaves this device out of its list without a word, as it
+    // does a device it fails to read.
+    void daxctl_drops(const std::string& name) { daxctl_drops_.insert(name); }
 
     void set_dax_major(std::optional<unsigned> major) { dax_major_ = major; }
     void add_user(const std::string& name, uid_t uid) { users_[name] = uid; }
@@ -114,7 +141,11 @@ class FakeHostOs : public HostOs {
     Result<std::vector<std::string>> list_dir(const std::string& path) override;
     Result<NodeInfo> lstat_node(const std::string& path) override;
     bool exists(const std::string& path) override;
-    std::optional<unsigned> dax_char_major() override { return dax_major_; }
+    Result<std::optional<unsigned>> dax_char_major() override;
+    // As libdaxctl: the bus's devices read by read_dax_device, those that
+    // fail to read left out silently.
+    Result<std::vector<DaxDevice>> daxctl_devices() override;
+    Result<std::string> link_target(const std::string& path) override;
     Result<uid_t> user_id(const std::string& name_or_number) override;
     Result<gid_t> group_id(const std::string& name_or_number) override;
 
@@ -130,15 +161,24 @@ class FakeHostOs : public HostOs {
     // Resolves symlinks in every component, the last one only when
     // follow_last. Fails with ENOENT/ENOTDIR/ELOOP like the kernel.
     Result<std::string> resolve(const std::string& path, bool follow_last) const;
-    std::optional<int> injected(const std::string& given, const std::string& resolved) const;
+    std::optional<int> injected(Op op, const std::string& given, const std::string& resolved) const;
     bool is_dir(const std::string& path) const { return dirs_.contains(path); }
     DaxDevice add_device_at(const std::string& region_dir, const DaxSpec& spec);
 
+    // A full rescan reads on two threads (HostState's read-ahead).
+    mutable std::recursive_mutex mutex_;
     std::map<std::string, std::string> files_;
     std::set<std::string> dirs_;
     std::map<std::string, std::string> links_;
     std::map<std::string, NodeInfo> nodes_;
     std::map<std::string, int> failures_;
+    struct CallFailure {
+        unsigned ops;
+        int err;
+        std::string prefix;
+    };
+    std::vector<CallFailure> call_failures_;
+    std::set<std::string> daxctl_drops_;
     std::map<std::string, uid_t> users_;
     std::map<std::string, gid_t> groups_;
     std::optional<unsigned> dax_major_ = kDaxMajor;

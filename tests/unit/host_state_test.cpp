@@ -158,5 +158,52 @@ TEST_F(HostStateTest, ExtentsArrivingAndLeavingBetweenPolls) {
     EXPECT_THAT(delta.upserts, IsEmpty());
 }
 
+TEST_F(HostStateTest, ARescanMakesThePublishedTagsExactlyTheHosts) {
+    DaxDevice a = os.add_dcd_device(DaxSpec{}.at(0, 0), kA);
+    DaxDevice b = os.add_nvdimm_device(DaxSpec{}.at(1, 0), kB, "");
+    auto first = state.rescan(Config{});
+    ASSERT_TRUE(first.ok());
+    EXPECT_THAT(upserted(*first), ::testing::UnorderedElementsAre(U(kA), U(kB)));
+    // b goes, c comes: one removal, one addition, a unchanged (an upsert
+    // equal to what is published, which the tree skips).
+    os.remove("/sys/bus/dax/devices/" + b.name);
+    os.remove(b.sysfs_path());
+    constexpr const char* kC = "cccccccc-0000-4000-8000-00000000000c";
+    (void)os.add_dcd_device(DaxSpec{}.at(0, 1), kC);
+    auto second = state.rescan(Config{});
+    ASSERT_TRUE(second.ok());
+    EXPECT_THAT(second->removals, ::testing::ElementsAre(U(kB)));
+    EXPECT_THAT(upserted(*second), ::testing::UnorderedElementsAre(U(kA), U(kC)));
+    EXPECT_EQ(*upsert_of(*second, kA), *upsert_of(*first, kA));
+    EXPECT_EQ(state.tag_count(), 2u);
+    EXPECT_FALSE(state.needs_retry());
+}
+
+// libdaxctl read the device number before the device was re-created under
+// the same name with another one: the number the tag's node is made with
+// is the one checked against /dev and sysfs in this scan, not libdaxctl's.
+class StaleDaxctlHost : public FakeHostOs {
+  public:
+    Result<std::vector<DaxDevice>> daxctl_devices() override {
+        auto list = FakeHostOs::daxctl_devices();
+        if (list)
+            for (auto& d : *list)
+                d.devno.minor += 100;
+        return list;
+    }
+};
+
+TEST(HostStateDevno, TheNodeIsMadeWithTheNumberVerifiedInThisScan) {
+    StaleDaxctlHost os;
+    HostState state(os);
+    DaxDevice d = os.add_dcd_device(DaxSpec{}.at(0, 0).minor_number(7), kA);
+    auto delta = state.rescan(Config{});
+    ASSERT_TRUE(delta.ok());
+    const TagRecord* r = upsert_of(*delta, kA);
+    ASSERT_NE(r, nullptr);
+    ASSERT_NE(r->device(), nullptr);
+    EXPECT_EQ(r->device()->dev.devno, d.devno);
+}
+
 } // namespace
 } // namespace tagmem

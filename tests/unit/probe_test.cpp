@@ -32,6 +32,15 @@ Uuid U(const char* text) {
     return u.value_or(Uuid());
 }
 
+// What HostState::load_device does with one device before tags are
+// assigned: read_device, then complete_probe with the scan's cache.
+Result<ProbedDevice> probe_device(const DaxDevice& dev, HostOs& os, ScanCache& cache) {
+    auto reading = read_device(dev, os, cache.dax_major());
+    if (!reading)
+        return reading.error();
+    return complete_probe(std::move(*reading), cache);
+}
+
 // --- the fake itself: the other tests are only as good as it is ---------
 
 TEST(FakeHostOs, RelativeLinkText) {
@@ -62,7 +71,7 @@ TEST(FakeHostOs, DeviceHelperBuildsAConsistentDevice) {
     ASSERT_TRUE(node.ok());
     EXPECT_EQ(node->type, NodeType::char_device);
     EXPECT_EQ(node->rdev, d.devno);
-    EXPECT_EQ(os.dax_char_major(), fake::kDaxMajor);
+    EXPECT_EQ(os.dax_char_major().value_or(std::nullopt), fake::kDaxMajor);
 }
 
 TEST(FakeHostOs, SymlinksAreNotFollowedByLstatOrReadFile) {
@@ -370,7 +379,7 @@ TEST(ReadNodePerformance, PartialAndMalformedValuesAreLeftOut) {
     os.set_node_performance(1, Performance{100, std::nullopt, 5000, std::nullopt});
     os.add_file("/sys/devices/system/node/node1/access0/initiators/write_latency", "fast\n");
     os.add_file("/sys/devices/system/node/node1/access0/initiators/write_bandwidth", "\n");
-    Performance perf = read_node_performance(1, os);
+    Performance perf = read_node_performance(1, os).value();
     EXPECT_EQ(perf.read_latency_ns, 100u);
     EXPECT_FALSE(perf.write_latency_ns.has_value());
     EXPECT_EQ(perf.read_bandwidth_mbps, 5000u);
@@ -380,9 +389,9 @@ TEST(ReadNodePerformance, PartialAndMalformedValuesAreLeftOut) {
 TEST(ReadNodePerformance, NoNodeOrNoDataIsEmpty) {
     FakeHostOs os;
     os.set_node_performance(0, Performance{1, std::nullopt, std::nullopt, std::nullopt});
-    EXPECT_TRUE(read_node_performance(-1, os).empty());
-    EXPECT_TRUE(read_node_performance(7, os).empty());
-    EXPECT_FALSE(read_node_performance(0, os).empty());
+    EXPECT_TRUE(read_node_performance(-1, os)->empty());
+    EXPECT_TRUE(read_node_performance(7, os)->empty());
+    EXPECT_FALSE(read_node_performance(0, os)->empty());
 }
 
 // --- NVDIMM ------------------------------------------------------------

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// build_records (policy) and the JSON form of its result.
+// Policy (states, configured tags, access), through HostState on a fake
+// host as the daemon and the CLI run it, and the JSON form of its result.
 #include "records.hpp"
 
 #include "fake_host_os.hpp"
+#include "host_state.hpp"
 #include "json_output.hpp"
 #include "tag_tree.hpp"
 
@@ -11,6 +13,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
+#include <functional>
+#include <map>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -39,7 +46,8 @@ Uuid U(const char* text) {
 constexpr std::uint64_t kBase = 0x1040000000;
 constexpr std::uint64_t kGiB = 1ull << 30;
 
-// A probed device as probe_device would leave it.
+// A device as the host will show it (Records::build puts it on a fake
+// host); the tests change what they need.
 ProbedDevice device(int region, int id, std::optional<Uuid> tag = std::nullopt,
                     TagSource source = TagSource::config, DevMode mode = DevMode::devdax) {
     ProbedDevice p;
@@ -77,14 +85,88 @@ std::string section(const char* tag, const std::string& body) {
 
 class Records : public ::testing::Test {
   protected:
+    // Users and groups every host of the test knows.
     fake::FakeHostOs os;
     Config empty;
+    std::vector<std::unique_ptr<fake::FakeHostOs>> hosts;
 
-    ScanResult build(std::vector<ProbedDevice> devs, const Config& config,
-                     std::vector<DeviceIssue> rejected = {}) {
-        return build_records(std::move(devs), std::move(rejected), config, os);
+    // A fresh host holding these devices, scanned by HostState under the
+    // configuration: what tagmem list and tagmemfs see.
+    // tweak breaks the host before the scan.
+    ScanResult build(const std::vector<ProbedDevice>& devs, const Config& config,
+                     const std::function<void(fake::FakeHostOs&)>& tweak = {}) {
+        auto& host = *hosts.emplace_back(std::make_unique<fake::FakeHostOs>());
+        for (const auto& [name, uid] : users)
+            host.add_user(name, uid);
+        for (const auto& [name, gid] : groups)
+            host.add_group(name, gid);
+        for (const auto& p : devs)
+            put_on(host, p);
+        if (tweak)
+            tweak(host);
+        HostState state(host);
+        auto delta = state.rescan(config);
+        EXPECT_TRUE(delta.ok()) << delta.error().message;
+        return state.snapshot();
     }
+    void add_user(const std::string& name, uid_t uid) {
+        users[name] = uid;
+        os.add_user(name, uid);
+    }
+    void add_group(const std::string& name, gid_t gid) {
+        groups[name] = gid;
+        os.add_group(name, gid);
+    }
+
+    static DaxDevice put_on(fake::FakeHostOs& host, const ProbedDevice& p) {
+        fake::DaxSpec spec;
+        spec.at(p.dev.region_id, p.dev.id).minor_number(p.dev.devno.minor);
+        spec.size = p.dev.size;
+        spec.align = p.dev.align;
+        spec.resource = p.dev.resource;
+        spec.target_node = p.dev.target_node;
+        spec.numa_node = p.numa_node;
+        spec.mode = p.dev.mode;
+        DaxDevice d;
+        if (p.tag && p.source == TagSource::dcd) {
+            d = host.add_dcd_device(spec, p.tag->str());
+            for (const auto& e : p.extents)
+                host.add_dcd_extent(d, static_cast<int>(e.name.index), e.offset, e.length,
+                                    e.tag ? std::optional(e.tag->str()) : std::nullopt);
+        } else if (p.tag && p.source == TagSource::nvdimm) {
+            d = host.add_nvdimm_device(spec, p.tag->str(), "");
+        } else {
+            EXPECT_FALSE(p.tag) << "a configured tag comes from the configuration";
+            d = host.add_hmem_device(spec);
+        }
+        const std::vector<PhysRange> ranges(p.dev.ranges.begin(), p.dev.ranges.end());
+        if (ranges != std::vector<PhysRange>{{p.dev.resource, p.dev.resource + p.dev.size - 1}}) {
+            // Ranges of its own: mapping0, mapping1, ..., and no resource to
+            // fall back on when there are none.
+            host.remove(d.sysfs_path() + "/mapping0");
+            host.remove(d.sysfs_path() + "/resource");
+            for (std::size_t i = 0; i < ranges.size(); ++i) {
+                auto dir = fmt::format("{}/mapping{}", d.sysfs_path(), i);
+                host.add_file(dir + "/start", fmt::format("{:#x}\n", ranges[i].start));
+                host.add_file(dir + "/end", fmt::format("{:#x}\n", ranges[i].end));
+            }
+        }
+        return d;
+    }
+
+    std::map<std::string, uid_t> users;
+    std::map<std::string, gid_t> groups;
 };
+
+// A record of these devices as HostState::rebuild makes it, for the JSON
+// tests that need devices no host scan gives (warnings, a configured tag
+// with no configuration).
+TagRecord record_of(const std::vector<ProbedDevice>& devs, const Config& config, HostOs& os) {
+    std::vector<std::shared_ptr<const ProbedDevice>> shared;
+    for (const auto& d : devs)
+        shared.push_back(std::make_shared<const ProbedDevice>(d));
+    return make_record(*devs.front().tag, std::move(shared), {}, config, os);
+}
 
 // --- states ------------------------------------------------------------
 
@@ -294,14 +376,19 @@ TEST_F(Records, ConfigMatchAndDcdTagOnTheSameUuidConflict) {
     EXPECT_EQ(r.tags[0].source, TagSource::config);
 }
 
-TEST_F(Records, EarlierRejectionsAreKeptAndSorted) {
+TEST_F(Records, RejectionsAreSortedByDevice) {
     Config c = config_from(section(kA, "match-node = 1\n") + section(kB, "match-node = 1\n"));
-    std::vector<DeviceIssue> rejected{{"dax9.0", "zzz"}, {"dax0.5", "sysfs says 252:1"}};
-    ScanResult r = build({device(0, 0)}, c, rejected);
+    // dax0.0 matched twice; dax9.0 and dax0.5 with a /dev node of another
+    // number than sysfs says.
+    ScanResult r = build({device(0, 0), device(9, 0), device(0, 5)}, c, [](auto& host) {
+        host.add_char_device("/dev/dax9.0", 252, 200);
+        host.add_char_device("/dev/dax0.5", 252, 201);
+    });
     ASSERT_THAT(r.rejected, SizeIs(3));
     EXPECT_EQ(r.rejected[0].device, "dax0.0");
-    EXPECT_EQ(r.rejected[1], (DeviceIssue{"dax0.5", "sysfs says 252:1"}));
-    EXPECT_EQ(r.rejected[2], (DeviceIssue{"dax9.0", "zzz"}));
+    EXPECT_EQ(r.rejected[1].device, "dax0.5");
+    EXPECT_THAT(r.rejected[1].reason, HasSubstr("sysfs says 252:5"));
+    EXPECT_EQ(r.rejected[2].device, "dax9.0");
 }
 
 // --- configuration attributes -----------------------------------------------
@@ -329,8 +416,8 @@ TEST_F(Records, SectionWithoutAccessKeysKeepsTheDefault) {
 }
 
 TEST_F(Records, ConfigAttributesApply) {
-    os.add_user("famfs", 1001);
-    os.add_group("famfs-users", 2002);
+    add_user("famfs", 1001);
+    add_group("famfs-users", 2002);
     Config c = config_from(section(kA, "name = pool\nshareable = yes\nowner = famfs\n"
                                        "group = famfs-users\nmode = 0640\n"));
     ScanResult r = build({dcd(0, 0, kA)}, c);
@@ -377,7 +464,7 @@ TEST_F(Records, OwnerThatVanishedFallsBackToRootNeverToEveryone) {
 }
 
 TEST_F(Records, AttributesOfAConfigMatchedTag) {
-    os.add_user("svc", 77);
+    add_user("svc", 77);
     Config c = config_from(section(kA, "match-node = 1\nname = n1\nowner = svc\n"));
     ScanResult r = build({device(0, 0)}, c);
     ASSERT_THAT(r.tags, SizeIs(1));
@@ -386,7 +473,7 @@ TEST_F(Records, AttributesOfAConfigMatchedTag) {
 }
 
 TEST_F(Records, ConfigForAnotherTagDoesNotApply) {
-    os.add_user("famfs", 1001);
+    add_user("famfs", 1001);
     Config c = config_from(section(kB, "name = b\nowner = famfs\nshareable = yes\n"));
     ScanResult r = build({dcd(0, 0, kA)}, c);
     ASSERT_THAT(r.tags, SizeIs(1));
@@ -469,7 +556,7 @@ const Keys kDeviceKeys{"device", "path", "major",  "minor",     "source",      "
                        "align",  "mode", "region", "numa_node", "target_node", "ranges"};
 
 TEST_F(Records, JsonOfAReadyTag) {
-    os.add_user("famfs", 1001);
+    add_user("famfs", 1001);
     Config c = config_from(section(kA, "name = pool\nowner = famfs\nmode = 0640\n"));
     ProbedDevice d = dcd(0, 0, kA);
     d.extents = {Extent{{0, 1}, 0x1000, 0x2000, U(kA)}};
@@ -569,10 +656,7 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     nv.notes = Shared(DeviceNotes{U(kC), "namespace0.0", {}});
     ProbedDevice cfg = device(1, 0, U(kB), TagSource::config);
     ProbedDevice empty_dcd = dcd(2, 0, kC);
-    ScanResult r = build({nv, cfg, empty_dcd}, empty);
-    ASSERT_THAT(r.tags, SizeIs(3));
-
-    json jn = tag_to_json(*r.find(U(kA)), true)["devices"][0];
+    json jn = tag_to_json(record_of({nv}, empty, os), true)["devices"][0];
     Keys want = kDeviceKeys;
     want.insert({"namespace", "infoblock_uuid"});
     EXPECT_THAT(keys(jn), IsSupersetOf(want)) << jn.dump(2);
@@ -581,13 +665,13 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     EXPECT_EQ(jn["namespace"], "namespace0.0");
     EXPECT_EQ(jn["infoblock_uuid"], kC);
 
-    json jc = tag_to_json(*r.find(U(kB)), true)["devices"][0];
+    json jc = tag_to_json(record_of({cfg}, empty, os), true)["devices"][0];
     EXPECT_THAT(keys(jc), IsSupersetOf(kDeviceKeys)) << jc.dump(2);
     for (const char* absent : {"extents", "namespace", "infoblock_uuid"})
         EXPECT_FALSE(jc.contains(absent)) << absent;
     EXPECT_EQ(jc["source"], "config");
 
-    json jd = tag_to_json(*r.find(U(kC)), true)["devices"][0];
+    json jd = tag_to_json(record_of({empty_dcd}, empty, os), true)["devices"][0];
     ASSERT_TRUE(jd.contains("extents"));
     EXPECT_TRUE(jd["extents"].is_array());
     EXPECT_TRUE(jd["extents"].empty());
@@ -597,13 +681,12 @@ TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
     ProbedDevice d = dcd(0, 0, kA);
     d.performance = Shared(Performance{250, std::nullopt, std::nullopt, 9000});
     d.notes = Shared(DeviceNotes{std::nullopt, "", {"extents unreadable: x"}});
-    ScanResult r = build({d, dcd(1, 0, kB)}, empty);
-    json with = tag_to_json(*r.find(U(kA)), true)["devices"][0];
+    json with = tag_to_json(record_of({d}, empty, os), true)["devices"][0];
     ASSERT_TRUE(with.contains("performance"));
     EXPECT_EQ(with["performance"],
               (json{{"read_latency_ns", 250}, {"write_bandwidth_mbps", 9000}}));
     EXPECT_EQ(with["warnings"], (json{"extents unreadable: x"}));
-    json without = tag_to_json(*r.find(U(kB)), true)["devices"][0];
+    json without = tag_to_json(record_of({dcd(1, 0, kB)}, empty, os), true)["devices"][0];
     EXPECT_FALSE(without.contains("performance"));
     EXPECT_FALSE(without.contains("warnings"));
     EXPECT_FALSE(without.contains("namespace"));
@@ -613,8 +696,8 @@ TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
 TEST_F(Records, JsonOfAWholeScan) {
     Config c = parse_config(section(kA, "mode = 0999\n"), "x.conf");
     ProbedDevice untagged = device(5, 0);
-    ScanResult r = build({dcd(0, 0, kB), dcd(1, 0, kA), untagged}, c,
-                         {{"dax9.9", "no device node /dev/dax9.9"}});
+    ScanResult r = build({dcd(0, 0, kB), dcd(1, 0, kA), untagged, device(9, 9)}, c,
+                         [](auto& host) { host.remove("/dev/dax9.9"); });
     json j = scan_to_json(r, true);
     EXPECT_THAT(keys(j), IsSupersetOf(Keys{"tags", "untagged", "rejected", "config_errors"}));
     ASSERT_EQ(j["tags"].size(), 2u);

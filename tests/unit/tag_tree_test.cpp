@@ -298,20 +298,5 @@ TEST(TagTree, ManyTagsStayConsistentThroughChurn) {
     EXPECT_EQ(t.records().size(), live.size());
 }
 
-TEST(TagTree, UpdateMakesTheTreeHoldExactlyTheScan) {
-    TagTree t(kNodes);
-    t.apply(upserts({ready(1, 1), ready(2, 2), offered(3)}));
-    ScanResult scan;
-    scan.tags = {*ready(2, 2), *ready(4, 4)};
-    auto ch = t.update(scan);
-    std::map<std::string, TagEventKind> ev;
-    for (const auto& e : ch.events)
-        ev[e.tag.str()] = e.kind;
-    EXPECT_EQ(ev, (std::map<std::string, TagEventKind>{{tag_n(1).str(), TagEventKind::removed},
-                                                       {tag_n(3).str(), TagEventKind::removed},
-                                                       {tag_n(4).str(), TagEventKind::added}}));
-    EXPECT_THAT(names_of(list(t, kRootIno)), UnorderedElementsAre(tag_n(2).str(), tag_n(4).str()));
-}
-
 } // namespace
 } // namespace tagmem
