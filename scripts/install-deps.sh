@@ -15,6 +15,9 @@ build_pkgs=(
 test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
+# The Debian package booted in a Debian 12 guest (tests/qemu/test_booted_system.py):
+# building the .deb, checking it, making the guest's root filesystem and disk.
+qemu_pkgs+=(debhelper dpkg-dev lintian mmdebstrap e2fsprogs)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}")
 if [[ "${TAGMEM_SKIP_QEMU_DEPS:-0}" != 1 ]]; then
