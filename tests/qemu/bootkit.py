@@ -162,6 +162,9 @@ def build_deb(cache_dir: Path, root: Path = REPO, log: Log = _log) -> tuple[Path
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         shutil.rmtree(work, ignore_errors=True)
+        for old in out.parent.iterdir():  # one package kept: the tree's latest
+            if old != out and re.fullmatch(r"[0-9a-f]{16}", old.name):
+                shutil.rmtree(old, ignore_errors=True)
         log(f"tagmem package {info['deb']} built in {build_s:.0f}s, lintian rc "
             f"{lint.returncode} in {lintian_s:.0f}s")
         return out / info["deb"], dict(info, cached=False)
