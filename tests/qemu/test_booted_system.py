@@ -282,6 +282,11 @@ say "TM-START-USEC $(systemctl show -p ExecMainStartTimestampMonotonic --value t
 section consumer cat /run/tagmem-consumer.out
 [ "$(head -n1 /run/tagmem-consumer.out)" = fuse.tagmem ]
 grep -qx socket /run/tagmem-consumer.out
+# The previous boot's poweroff stopped the service cleanly: it unmounted
+# before systemd unmounted what was left.
+section prev-shutdown sh -c "journalctl -b -1 -u tagmemfs.service -o cat --no-pager | tail -n 6"
+journalctl -b -1 -u tagmemfs.service -o cat --no-pager | tail -n 6 | grep -q "unmounting /run/tagmem"
+fails sh -c "journalctl -b -1 -u tagmemfs.service -o cat --no-pager | tail -n 6 | grep -q 'Failed'"
 tagmem wait $T1 --timeout 60
 tagmem wait $T2 --timeout 60
 daxmap verify $TM/$T1/data @SEED1@ 8M
