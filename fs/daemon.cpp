@@ -22,6 +22,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -356,7 +358,15 @@ void Daemon::event_loop() {
                 return;
             if (fds[1].revents) {
                 drain_eventfd(rescan_event_.get());
+                // systemd shows the unit as reloading until READY=1 (and, with
+                // Type=notify-reload, times the reload from MONOTONIC_USEC).
+                timespec now{};
+                ::clock_gettime(CLOCK_MONOTONIC, &now);
+                sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                           static_cast<unsigned long long>(now.tv_sec) * 1000000ULL +
+                               static_cast<unsigned long long>(now.tv_nsec) / 1000ULL);
                 rescan("SIGHUP");
+                sd_notify(0, "READY=1");
             }
             if (fds[2].revents)
                 on_uevents();
@@ -544,6 +554,13 @@ int Daemon::run() {
     // Handlers in place: signals that waited are delivered now.
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 
+    // Type=notify: ready once the first scan is mounted and the watch socket
+    // listens (a unit ordered after tagmemfs finds both), and only once
+    // SIGHUP and SIGTERM are handled: systemd may send either at once. After
+    // daemonizing, so the pid that says so is the one that stays. Without
+    // $NOTIFY_SOCKET (not under systemd) this does nothing.
+    sd_notifyf(0, "READY=1\nSTATUS=%zu tags on %s", tree_->tag_count(), opt_.mount_point.c_str());
+
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     if (opt_.threads > 0)
         fuse_loop_cfg_set_max_threads(cfg, opt_.threads);
@@ -554,6 +571,7 @@ int Daemon::run() {
     // not kill the daemon half-way (and leave a dead mount).
     pthread_sigmask(SIG_BLOCK, &block, nullptr);
     g_session = nullptr;
+    sd_notify(0, "STOPPING=1");
     g_rescan_fd = -1;
     g_stop_fd = -1;
     std::uint64_t one = 1;

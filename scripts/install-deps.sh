@@ -8,6 +8,7 @@ build_pkgs=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3 libdaxctl-dev libndctl-dev libudev-dev
   libfmt-dev libgtest-dev libgmock-dev nlohmann-json3-dev libinih-dev libcli11-dev
+  libsystemd-dev
 )
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
 # python3 for the FUSE/fixture tests, clang-format for the style check.
@@ -19,6 +20,9 @@ test_pkgs+=(podman runc busybox-static libc6-dev python3-jsonschema
   golang-github-container-orchestrated-devices-container-device-interface-dev)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
+# The Debian package booted in a Debian 12 guest (tests/qemu/test_booted_system.py):
+# building the .deb, checking it, making the guest's root filesystem and disk.
+qemu_pkgs+=(debhelper dpkg-dev lintian mmdebstrap e2fsprogs)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}")
 if [[ "${TAGMEM_SKIP_QEMU_DEPS:-0}" != 1 ]]; then
