@@ -12,6 +12,9 @@ build_pkgs=(
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
 # python3 for the FUSE/fixture tests, clang-format for the style check.
 test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
+# The sanitizer and fuzzing pass (scripts/test-sanitizers.sh): clang with
+# libFuzzer and its sanitizer runtimes, llvm-symbolizer for readable reports.
+test_pkgs+=(clang libclang-rt-14-dev llvm-14)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 
