@@ -121,6 +121,9 @@ Result<FuseMount> FuseMount::mount(const std::string& mount_point, const std::st
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
     fuse_session* se =
         fuse_session_new(&args, &tagmem_fuse_ops(), sizeof(fuse_lowlevel_ops), context);
+    // Parsing the options may have made libfuse copy the arguments (args is
+    // then "allocated"); the copy is ours to free, the session keeps none of it.
+    fuse_opt_free_args(&args);
     if (!se)
         return make_error(EINVAL,
                           fmt::format("cannot create a FUSE session with options {}", options));
