@@ -387,7 +387,9 @@ def render(r: dict) -> str:
         f"{r['idle_conns']} held at any time, replaced in batches), so it is flat when the "
         "daemon closes every connection it is given back. Reader errors are explained when "
         "they are ENOENT/ESTALE on a tag that was away, or a tag that changed within "
-        f"{r['grace_s']} s (the time a change takes to reach the mount). See bench/soak.py.",
+        f"{r['grace_s']} s (the time a change takes to reach the mount). An abuser's "
+        "connection counts as refused when connect() failed or was not accepted within 0.5 s. "
+        "See bench/soak.py.",
         "",
     ]
     return "\n".join(out)
