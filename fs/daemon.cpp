@@ -12,6 +12,7 @@
 #include "node_dir.hpp"
 #include "notify.hpp"
 #include "tag_tree.hpp"
+#include "uevent_plan.hpp"
 #include "watch_server.hpp"
 
 #include <fmt/format.h>
@@ -240,38 +241,21 @@ void Daemon::rescan(const char* why) {
 
 void Daemon::on_uevents() {
     // Drain everything pending first: a burst becomes one update.
-    std::set<std::string> devices;
-    for (const auto& ev : uevents_->drain()) {
+    auto events = uevents_->drain();
+    for (const auto& ev : events)
         log::debug("uevent {} {} {}", ev.action, ev.subsystem, ev.sysname);
-        if (ev.subsystem == "dax") {
-            // The driver link appears before device_dax's probe has made the
-            // character device usable; the probe's success is the "bind"
-            // event. A device just added is therefore read at its bind, not
-            // before: otherwise `tagmem wait` could return while opening the
-            // node still fails with ENXIO (seen in the QEMU guests).
-            if (ev.action == "add") {
-                awaiting_bind_.insert(ev.sysname);
-                continue;
-            }
-            if (ev.action == "bind" || ev.action == "remove" || ev.action == "unbind")
-                awaiting_bind_.erase(ev.sysname);
-            else if (awaiting_bind_.contains(ev.sysname))
-                continue;
-            devices.insert(ev.sysname);
-        } else {
-            // nd / cxl: the dax devices below that object may have changed.
-            for (auto& name : state_.devices_under(ev.syspath))
-                devices.insert(std::move(name));
-        }
-    }
     if (uevents_->take_lost()) {
         // The socket overflowed: some device changed unseen.
         log::warning("device events were lost (the event socket overflowed); rescanning");
         rescan("lost uevents");
         return;
     }
-    if (!devices.empty())
-        publish(state_.refresh(devices), "uevent");
+    auto plan = plan_uevents(events, awaiting_bind_);
+    for (const auto& parent : plan.parents)
+        for (auto& name : state_.devices_under(parent))
+            plan.devices.insert(std::move(name));
+    if (!plan.devices.empty())
+        publish(state_.refresh(plan.devices), "uevent");
     if (watchers_)
         watchers_->invalidate(); // rejected and untagged devices raise no tag event
 }

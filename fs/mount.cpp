@@ -24,68 +24,13 @@ constexpr const char* kRequired = "fsname=tagmem,subtype=tagmem,ro,dev,nosuid,al
 const std::set<std::string, std::less<>> kAllowedExtra = {"noexec",   "noatime", "nodiratime",
                                                           "relatime", "sync",    "async"};
 
-std::set<std::string> split_options(std::string_view text) {
-    std::set<std::string> out;
-    std::size_t start = 0;
-    while (start <= text.size()) {
-        auto comma = text.find(',', start);
-        auto item = text.substr(start, comma == std::string_view::npos ? text.npos : comma - start);
-        if (!item.empty())
-            out.emplace(item);
-        if (comma == std::string_view::npos)
-            break;
-        start = comma + 1;
-    }
-    return out;
-}
-
-// mountinfo escapes blanks and backslashes in paths as \ooo.
-std::string unescape_mountinfo(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '\\' && i + 3 < s.size()) {
-            int v = 0;
-            bool ok = true;
-            for (std::size_t k = 1; k <= 3; ++k) {
-                char c = s[i + k];
-                ok = ok && c >= '0' && c <= '7';
-                v = v * 8 + (c - '0');
-            }
-            if (ok) {
-                out.push_back(static_cast<char>(v));
-                i += 3;
-                continue;
-            }
-        }
-        out.push_back(s[i]);
-    }
-    return out;
-}
-
 } // namespace
 
 std::optional<MountInfo> find_mount(const std::string& mount_point) {
     std::ifstream in("/proc/self/mountinfo");
-    std::string line;
-    std::optional<MountInfo> found;
-    while (std::getline(in, line)) {
-        // id parent major:minor root mountpoint opts [optional...] - fstype source superopts
-        std::istringstream f(line);
-        std::string id, parent, devno, root, point, opts;
-        f >> id >> parent >> devno >> root >> point >> opts;
-        if (unescape_mountinfo(point) != mount_point)
-            continue;
-        std::string tok;
-        while (f >> tok && tok != "-") {
-        }
-        MountInfo mi;
-        std::string super;
-        f >> mi.fstype >> mi.source >> super;
-        mi.mount_opts = split_options(opts);
-        mi.super_opts = split_options(super);
-        found = std::move(mi);
-    }
-    return found;
+    std::ostringstream text;
+    text << in.rdbuf();
+    return find_mount_in(text.str(), mount_point);
 }
 
 Result<std::string> mount_options(const std::vector<std::string>& extra) {
@@ -179,6 +124,9 @@ Result<FuseMount> FuseMount::mount(const std::string& mount_point, const std::st
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
     fuse_session* se =
         fuse_session_new(&args, &tagmem_fuse_ops(), sizeof(fuse_lowlevel_ops), context);
+    // Parsing the options may have made libfuse copy the arguments (args is
+    // then "allocated"); the copy is ours to free, the session keeps none of it.
+    fuse_opt_free_args(&args);
     if (!se)
         return make_error(EINVAL,
                           fmt::format("cannot create a FUSE session with options {}", options));

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "fuse_ops.hpp"
+#include "mountinfo.hpp"
 #include "result.hpp"
 
 #include <optional>
@@ -16,13 +17,7 @@
 
 namespace tagmem {
 
-// The top mount at a path, as /proc/self/mountinfo describes it.
-struct MountInfo {
-    std::string fstype;
-    std::string source;
-    std::set<std::string> mount_opts;
-    std::set<std::string> super_opts;
-};
+// The top mount at a path, from /proc/self/mountinfo (parsed by mountinfo.cpp).
 std::optional<MountInfo> find_mount(const std::string& mount_point);
 
 // The options every mount gets, plus the user's extra `-o` options once

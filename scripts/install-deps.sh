@@ -18,6 +18,9 @@ test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
 # image, and the CDI schema with a validator for the spec tagmemfs writes.
 test_pkgs+=(podman runc busybox-static libc6-dev python3-jsonschema
   golang-github-container-orchestrated-devices-container-device-interface-dev)
+# The sanitizer and fuzzing pass (scripts/test-sanitizers.sh): clang with
+# libFuzzer and its sanitizer runtimes, llvm-symbolizer for readable reports.
+test_pkgs+=(clang libclang-rt-14-dev llvm-14)
 # The emulated real-devdax hosts (tests/qemu).
 qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 # The Debian package booted in a Debian 12 guest (tests/qemu/test_booted_system.py):

@@ -112,6 +112,30 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a))
 
 
+# Set by scripts/test-sanitizers.sh: the sanitizer runtimes of every tagmem
+# and tagmemfs started here write their reports to files in this directory
+# (log_path). A daemon's report would otherwise only reach its log, and its
+# exit status is not what most tests check.
+SANITIZER_LOG_DIR = os.environ.get("TAGMEM_SANITIZER_LOG_DIR")
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports():
+    """Fails the test during which a sanitizer report was written. Autouse
+    fixtures are set up first and torn down last, so reports of daemons
+    stopped at teardown are seen too."""
+    if not SANITIZER_LOG_DIR:
+        yield
+        return
+    log_dir = Path(SANITIZER_LOG_DIR)
+    before = set(log_dir.iterdir())
+    yield
+    new = sorted(set(log_dir.iterdir()) - before)
+    if new:
+        reports = "\n".join(f"==== {p}\n{p.read_text(errors='replace')[:20000]}" for p in new)
+        pytest.fail(f"{len(new)} sanitizer report(s):\n{reports}", pytrace=False)
+
+
 @pytest.fixture
 def make_host(tmp_path):
     """make_host(hostgen.Host or scenario name) -> SyntheticHost, mounted."""
