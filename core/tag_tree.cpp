@@ -143,10 +143,10 @@ NodeAttr TagTree::attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) 
         break;
     case NodeKind::metadata: {
         a.mode = S_IFREG | 0444;
-        auto size = e.metadata_size.load(std::memory_order_relaxed);
+        std::uint64_t size = e.metadata_size.load(std::memory_order_relaxed);
         if (size == 0) {
             size = metadata_text(r).size();
-            e.metadata_size.store(size, std::memory_order_relaxed);
+            e.metadata_size.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
         }
         a.size = size;
         break;

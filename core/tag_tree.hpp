@@ -135,8 +135,9 @@ class TagTree {
             : slot(s), record(std::move(r)), changed(t) {}
         // Movable for the vector (moves happen under the exclusive lock).
         TagEntry(TagEntry&& o) noexcept
-            : slot(o.slot), record(std::move(o.record)), retired(o.retired),
-              metadata_size(o.metadata_size.load(std::memory_order_relaxed)), changed(o.changed) {}
+            : slot(o.slot), record(std::move(o.record)),
+              metadata_size(o.metadata_size.load(std::memory_order_relaxed)), retired(o.retired),
+              changed(o.changed) {}
         TagEntry& operator=(TagEntry&& o) noexcept {
             slot = o.slot;
             record = std::move(o.record);
@@ -150,14 +151,17 @@ class TagTree {
         // The directory's name is record->tag.str(): not stored, as no
         // lookup needs it (names are parsed to UUIDs instead).
         std::shared_ptr<const TagRecord> record;
+        // The length of the metadata JSON, rendered on first need (0: not
+        // yet): rendering every tag's JSON would dominate startup. 32 bits
+        // (a few KiB in practice) leave room for `retired` in what was
+        // padding: an entry stays 48 bytes.
+        mutable std::atomic<std::uint32_t> metadata_size{0};
         // No name leads here any more: only inodes the kernel may still hold
         // until it is told (see apply()). Gone from the root's listing.
         bool retired = false;
-        // The length of the metadata JSON, rendered on first need (0: not
-        // yet): rendering every tag's JSON would dominate startup.
-        mutable std::atomic<std::uint64_t> metadata_size{0};
         timespec changed{};
     };
+    static_assert(sizeof(TagEntry) <= 48, "one per tag, for the daemon's life");
 
     const TagEntry* entry_of(std::uint64_t ino) const;  // caller holds the lock
     const TagEntry* entry_at(std::uint64_t slot) const; // caller holds the lock
