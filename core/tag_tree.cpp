@@ -113,7 +113,7 @@ NodeAttr TagTree::root_attr() const {
     NodeAttr a;
     a.ino = kRootIno;
     a.mode = S_IFDIR | 0555;
-    a.nlink = 2 + entries_.size();
+    a.nlink = 2 + entries_.size() - retired_count_;
     a.mtime = root_changed_;
     return a;
 }
@@ -142,10 +142,10 @@ NodeAttr TagTree::attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) 
         break;
     case NodeKind::metadata: {
         a.mode = S_IFREG | 0444;
-        auto size = e.metadata_size.load(std::memory_order_relaxed);
+        std::uint64_t size = e.metadata_size.load(std::memory_order_relaxed);
         if (size == 0) {
             size = metadata_text(r).size();
-            e.metadata_size.store(size, std::memory_order_relaxed);
+            e.metadata_size.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
         }
         a.size = size;
         break;
@@ -253,6 +253,8 @@ Status TagTree::readdir(std::uint64_t ino, std::uint64_t offset,
         auto it = std::upper_bound(entries_.begin(), entries_.end(), offset / kKindsPerSlot,
                                    [](std::uint64_t s, const TagEntry& e) { return s < e.slot; });
         for (; it != entries_.end(); ++it) {
+            if (it->retired)
+                continue; // its name now leads to its successor, or nowhere
             NodeAttr a = attr_of(it->slot, *it, NodeKind::dir);
             if (a.ino <= offset)
                 continue;
@@ -279,10 +281,11 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
     TreeChanges ch;
     const timespec t = now();
     std::unique_lock lock(mutex_);
+    // The previous apply()'s caller has told the kernel by now.
+    retire_locked();
     auto event = [&](TagEventKind kind, const TagRecord& r) {
         ch.events.push_back({kind, r.tag, single_device(r), to_string(r.state), r.access});
     };
-    bool dead = false; // entries with no record, erased at the end in one pass
     auto remove_slot = [&](std::uint64_t slot) {
         TagEntry& e = *entry_at(slot);
         std::uint64_t dir = ino_of(slot, NodeKind::dir);
@@ -290,8 +293,9 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
             if (has_kind(e, kind))
                 ch.removed.push_back({dir, ino_of(slot, kind), std::string(kind_name(kind))});
         ch.removed.push_back({kRootIno, dir, e.record->tag.str()});
-        e.record.reset();
-        dead = true;
+        // Kept, with its record, until retire(): see the header.
+        e.retired = true;
+        ++retired_count_;
     };
     auto add_slot = [&](const std::shared_ptr<const TagRecord>& record) {
         std::uint64_t slot = next_slot_++;
@@ -336,15 +340,27 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
             if (has_kind(e, kind))
                 ch.changed.push_back(ino_of(old->second, kind));
     }
-    if (dead)
-        std::erase_if(entries_, [](const TagEntry& e) { return !e.record; });
-    if (entries_.capacity() > entries_.size() + entries_.size() / 4 + 64)
-        entries_.shrink_to_fit();
     if (!ch.added.empty() || !ch.removed.empty()) {
         root_changed_ = t;
         ch.changed.push_back(kRootIno);
     }
     return ch;
+}
+
+std::size_t TagTree::retire() {
+    std::unique_lock lock(mutex_);
+    return retire_locked();
+}
+
+std::size_t TagTree::retire_locked() {
+    const std::size_t n = retired_count_;
+    if (n == 0)
+        return 0;
+    std::erase_if(entries_, [](const TagEntry& e) { return e.retired; });
+    retired_count_ = 0;
+    if (entries_.capacity() > entries_.size() + entries_.size() / 4 + 64)
+        entries_.shrink_to_fit();
+    return n;
 }
 
 std::shared_ptr<const TagRecord> TagTree::find(const Uuid& tag) const {
@@ -358,15 +374,16 @@ std::shared_ptr<const TagRecord> TagTree::find(const Uuid& tag) const {
 
 std::size_t TagTree::tag_count() const {
     std::shared_lock lock(mutex_);
-    return entries_.size();
+    return entries_.size() - retired_count_;
 }
 
 std::vector<std::shared_ptr<const TagRecord>> TagTree::records() const {
     std::shared_lock lock(mutex_);
     std::vector<std::shared_ptr<const TagRecord>> out;
-    out.reserve(entries_.size());
+    out.reserve(entries_.size() - retired_count_);
     for (const auto& e : entries_)
-        out.push_back(e.record);
+        if (!e.retired)
+            out.push_back(e.record);
     return out;
 }
 

@@ -108,7 +108,18 @@ class TagTree {
 
     // Publishes new or changed records and drops removed tags; only these
     // tags are looked at, so a hotplug event costs what it touches.
+    //
+    // A removed or replaced tag's names go at once, but its old inodes keep
+    // serving their old content until retire(): until the kernel has been
+    // told (TreeChanges::removed), its dentry cache still leads there, and
+    // an inode that had already died would list as an empty directory
+    // (readdir's ENOENT is end-of-directory to glibc) and make every file in
+    // it vanish, neither the old tag nor the new one. The next apply()
+    // retires them too, should the caller not have.
     TreeChanges apply(const TagDelta& delta);
+    // Drops the inodes apply() removed; call once the kernel has forgotten
+    // them. Returns how many tags' inodes died.
+    std::size_t retire();
 
     std::shared_ptr<const TagRecord> find(const Uuid& tag) const;
 
@@ -123,10 +134,12 @@ class TagTree {
         // Movable for the vector (moves happen under the exclusive lock).
         TagEntry(TagEntry&& o) noexcept
             : slot(o.slot), record(std::move(o.record)),
-              metadata_size(o.metadata_size.load(std::memory_order_relaxed)), changed(o.changed) {}
+              metadata_size(o.metadata_size.load(std::memory_order_relaxed)), retired(o.retired),
+              changed(o.changed) {}
         TagEntry& operator=(TagEntry&& o) noexcept {
             slot = o.slot;
             record = std::move(o.record);
+            retired = o.retired;
             metadata_size.store(o.metadata_size.load(std::memory_order_relaxed),
                                 std::memory_order_relaxed);
             changed = o.changed;
@@ -134,14 +147,19 @@ class TagTree {
         }
         std::uint64_t slot;
         // The directory's name is record->tag.str(): not stored, as no
-        // lookup needs it (names are parsed to UUIDs instead). Null only
-        // for an entry being removed by apply().
+        // lookup needs it (names are parsed to UUIDs instead).
         std::shared_ptr<const TagRecord> record;
         // The length of the metadata JSON, rendered on first need (0: not
-        // yet): rendering every tag's JSON would dominate startup.
-        mutable std::atomic<std::uint64_t> metadata_size{0};
+        // yet): rendering every tag's JSON would dominate startup. 32 bits
+        // (a few KiB in practice) leave room for `retired` in what was
+        // padding: an entry stays 48 bytes.
+        mutable std::atomic<std::uint32_t> metadata_size{0};
+        // No name leads here any more: only inodes the kernel may still hold
+        // until it is told (see apply()). Gone from the root's listing.
+        bool retired = false;
         timespec changed{};
     };
+    static_assert(sizeof(TagEntry) <= 48, "one per tag, for the daemon's life");
 
     const TagEntry* entry_of(std::uint64_t ino) const;  // caller holds the lock
     const TagEntry* entry_at(std::uint64_t slot) const; // caller holds the lock
@@ -149,6 +167,7 @@ class TagTree {
     NodeAttr attr_of(std::uint64_t slot, const TagEntry& e, NodeKind kind) const;
     NodeAttr root_attr() const;
     static bool has_kind(const TagEntry& e, NodeKind kind);
+    std::size_t retire_locked(); // caller holds the lock exclusively
 
     mutable std::shared_mutex mutex_;
     // Sorted by slot, as slots only grow and new entries are appended:
@@ -157,6 +176,7 @@ class TagTree {
     std::vector<TagEntry> entries_;
     std::unordered_map<Uuid, std::uint64_t> slot_of_;
     std::uint64_t next_slot_ = 1;
+    std::size_t retired_count_ = 0; // entries_ with retired set
     std::string data_dir_;
     timespec root_changed_{};
 };

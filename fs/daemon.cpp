@@ -173,6 +173,9 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     auto changes = tree_->apply(shown);
     if (se_)
         notify_kernel(se_, changes);
+    // Only now may the replaced inodes die: until the kernel forgot them, a
+    // path it still resolves to one must find the old tag whole.
+    tree_->retire();
     // After the tree (a new tag's directory exists before an engine can
     // bind it), before its node goes (a removed tag leaves the spec first).
     if (cdi_devices_.apply(shown) && cdi_) // no-node tags are not usable: not in the spec

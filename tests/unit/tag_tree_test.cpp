@@ -180,6 +180,7 @@ TEST(TagTree, RemovalTellsTheKernelEveryNameAndTheInodesDie) {
     EXPECT_EQ(names, (std::set<std::string>{"dev", "size", "shareable", "metadata", "data",
                                             tag_n(1).str()}));
     EXPECT_THAT(ch.changed, ElementsAre(kRootIno));
+    EXPECT_EQ(t.retire(), 1u); // the kernel has been told
     EXPECT_EQ(t.getattr(dir.ino).error().code, ENOENT);
     EXPECT_EQ(t.getattr(data.ino).error().code, ENOENT);
     EXPECT_EQ(t.lookup(kRootIno, tag_n(1).str()).error().code, ENOENT);
@@ -210,8 +211,58 @@ TEST(TagTree, NewDeviceMeansNewInodesNeverReusedNumbers) {
     EXPECT_THAT(ch.added, SizeIs(1));
     auto after = t.lookup(kRootIno, tag_n(1).str()).value();
     EXPECT_GT(after.ino, before.ino);
+    t.retire();
     EXPECT_EQ(t.getattr(before.ino).error().code, ENOENT);
     EXPECT_EQ(t.read_link(t.lookup(after.ino, "dev")->ino).value(), "/dev/dax0.2");
+}
+
+// The flake of test_events_for_vanished_or_bogus_devices_change_nothing:
+// between apply() and the notifications, the kernel still resolves the tag's
+// name to its old directory. That directory must still be the old tag, whole:
+// a dead one lists empty (readdir's ENOENT is end-of-directory to glibc) and
+// says `data` is gone although the new directory is not yet reachable.
+TEST(TagTree, ReplacedTagStaysWholeUntilRetired) {
+    TagTree t(kNodes);
+    t.apply(upserts({ready(1, 1), ready(2, 2)}));
+    auto old_dir = t.lookup(kRootIno, tag_n(1).str()).value();
+    auto ch = t.apply(upserts({offered(1)})); // its device went away
+    EXPECT_THAT(ch.removed, SizeIs(6));
+    // By name: only the new directory, listed once.
+    auto new_dir = t.lookup(kRootIno, tag_n(1).str()).value();
+    EXPECT_GT(new_dir.ino, old_dir.ino);
+    EXPECT_THAT(names_of(list(t, new_dir.ino)), ElementsAre("shareable", "metadata"));
+    EXPECT_THAT(names_of(list(t, kRootIno)), UnorderedElementsAre(tag_n(1).str(), tag_n(2).str()));
+    EXPECT_EQ(t.tag_count(), 2u);
+    EXPECT_EQ(t.getattr(kRootIno)->nlink, 4u);
+    EXPECT_THAT(t.records(), SizeIs(2));
+    // By the inode the kernel still holds: the old tag, as it was.
+    EXPECT_THAT(names_of(list(t, old_dir.ino)),
+                ElementsAre("dev", "size", "shareable", "metadata", "data"));
+    auto old_data = t.lookup(old_dir.ino, "data");
+    ASSERT_TRUE(old_data.ok());
+    EXPECT_EQ(t.read_link(old_data->ino).value(), std::string(kNodes) + "/" + tag_n(1).str());
+    EXPECT_TRUE(t.getattr(old_dir.ino).ok());
+    // Told: the old inodes die; the new ones live on.
+    EXPECT_EQ(t.retire(), 1u);
+    EXPECT_EQ(t.retire(), 0u);
+    EXPECT_EQ(t.getattr(old_dir.ino).error().code, ENOENT);
+    EXPECT_EQ(t.lookup(old_dir.ino, "data").error().code, ENOENT);
+    EXPECT_EQ(t.readdir(old_dir.ino, 0, [](const DirEntry&) { return true; }).error().code, ENOENT);
+    EXPECT_THAT(names_of(list(t, new_dir.ino)), ElementsAre("shareable", "metadata"));
+    EXPECT_EQ(t.getattr(kRootIno)->nlink, 4u);
+}
+
+TEST(TagTree, RemovedTagsInodesDieAtTheNextApplyIfNotRetired) {
+    TagTree t(kNodes);
+    t.apply(upserts({ready(1, 1)}));
+    auto dir = t.lookup(kRootIno, tag_n(1).str()).value();
+    t.apply(removals({tag_n(1)}));
+    EXPECT_TRUE(t.getattr(dir.ino).ok()); // not yet told
+    EXPECT_THAT(names_of(list(t, kRootIno)), IsEmpty());
+    EXPECT_EQ(t.tag_count(), 0u);
+    t.apply(upserts({ready(2, 2)}));
+    EXPECT_EQ(t.getattr(dir.ino).error().code, ENOENT);
+    EXPECT_EQ(t.retire(), 0u);
 }
 
 TEST(TagTree, SameDeviceNewFactsUpdatesInPlace) {
