@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <iterator>
 
 namespace tagmem {
@@ -59,6 +60,24 @@ struct Writer {
                        json_string("TAGMEM_DIR=" + dir_text),
                        json_string("TAGMEM_DATA=" + dir_text + "/data"));
     }
+
+    void header() {
+        fmt::format_to(std::back_inserter(out), R"({{"cdiVersion":"{}","kind":"{}","devices":[)",
+                       kCdiVersion, kCdiKind);
+    }
+
+    // The tag's devices: by its name first where that is an alias, then by
+    // the tag.
+    void devices(const CdiDevice& d, bool alias, bool first) {
+        const std::string text = d.tag.str();
+        if (alias) {
+            out += first ? "" : ",";
+            device(json_string(d.name), d, text);
+            first = false;
+        }
+        out += first ? "" : ",";
+        device(fmt::format("\"{}\"", text), d, text);
+    }
 };
 
 // "text" -> "text/ : a quoted prefix that a tag and a closing quote complete.
@@ -69,6 +88,12 @@ std::string open_prefix(const std::string& dir) {
 }
 
 } // namespace
+
+// A configured name that may be a device name when no other usable tag has
+// it: a valid CDI name, and not a UUID (which would shadow that tag's own).
+static bool alias_allowed(std::string_view name) {
+    return is_cdi_device_name(name) && !Uuid::parse(name);
+}
 
 bool is_cdi_device_name(std::string_view name) {
     if (name.empty() || !is_alnum(name.front()) || !is_alnum(name.back()))
@@ -87,24 +112,95 @@ std::optional<CdiDevice> cdi_device_of(const TagRecord& r) {
                      r.access.uid, r.access.gid, r.access.mode};
 }
 
-bool CdiSet::apply(const TagDelta& delta) {
-    bool changed = false;
+std::string cdi_file_name(const Uuid& tag) {
+    return fmt::format("{}{}{}", kCdiFilePrefix, tag.str(), kCdiFileSuffix);
+}
+
+std::optional<Uuid> cdi_file_tag(std::string_view name) {
+    const std::string_view prefix = kCdiFilePrefix, suffix = kCdiFileSuffix;
+    if (name.size() <= prefix.size() + suffix.size() || !name.starts_with(prefix) ||
+        !name.ends_with(suffix))
+        return std::nullopt;
+    name.remove_prefix(prefix.size());
+    name.remove_suffix(suffix.size());
+    auto tag = Uuid::parse(name);
+    // Only the canonical spelling: a file tagmemfs would not have written
+    // under that name is not its own.
+    if (!tag || tag->str() != name)
+        return std::nullopt;
+    return *tag;
+}
+
+void CdiSet::add_name(const std::string& name, const Uuid& tag, std::vector<Uuid>& changed) {
+    auto& tags = by_name_[name];
+    if (tags.size() == 1) // the one tag with this name loses its alias
+        changed.push_back(*tags.begin());
+    tags.insert(tag);
+}
+
+void CdiSet::drop_name(const std::string& name, const Uuid& tag, std::vector<Uuid>& changed) {
+    auto it = by_name_.find(name);
+    if (it == by_name_.end())
+        return;
+    it->second.erase(tag);
+    if (it->second.size() == 1) // the tag left alone with the name gains its alias
+        changed.push_back(*it->second.begin());
+    if (it->second.empty())
+        by_name_.erase(it);
+}
+
+std::vector<Uuid> CdiSet::apply(const TagDelta& delta) {
+    std::vector<Uuid> changed;
+    auto drop = [&](const Uuid& tag) {
+        auto it = devices_.find(tag);
+        if (it == devices_.end())
+            return;
+        const std::string name = std::move(it->second.name);
+        devices_.erase(it);
+        changed.push_back(tag);
+        if (!name.empty())
+            drop_name(name, tag, changed);
+    };
     for (const auto& tag : delta.removals)
-        changed |= devices_.erase(tag) > 0;
+        drop(tag);
     for (const auto& r : delta.upserts) {
         auto d = cdi_device_of(*r);
         if (!d) {
-            changed |= devices_.erase(r->tag) > 0;
+            drop(r->tag);
             continue;
         }
-        auto [it, added] = devices_.try_emplace(r->tag, *d);
-        if (!added && it->second != *d) {
-            it->second = std::move(*d);
-            added = true;
-        }
-        changed |= added;
+        if (auto it = devices_.find(r->tag); it != devices_.end() && it->second == *d)
+            continue;
+        drop(r->tag);
+        if (!d->name.empty())
+            add_name(d->name, r->tag, changed);
+        devices_.insert_or_assign(r->tag, std::move(*d));
+        changed.push_back(r->tag);
     }
+    std::sort(changed.begin(), changed.end());
+    changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
     return changed;
+}
+
+bool CdiSet::has_alias(const Uuid& tag) const {
+    auto it = devices_.find(tag);
+    if (it == devices_.end())
+        return false;
+    auto named = by_name_.find(it->second.name);
+    return named != by_name_.end() && named->second.size() == 1 && alias_allowed(it->second.name);
+}
+
+std::optional<std::string> CdiSet::spec_of(const Uuid& tag, const CdiPaths& paths) const {
+    auto it = devices_.find(tag);
+    if (it == devices_.end())
+        return std::nullopt;
+    std::string out;
+    out.reserve(1600);
+    Writer w{out, open_prefix(paths.mount_point), open_prefix(paths.nodes()), paths.mount_point};
+    w.header();
+    w.devices(it->second, has_alias(tag), true);
+    out += "]}\n";
+    return out;
 }
 
 std::optional<std::string> cdi_spec(const CdiDevices& devices, const CdiPaths& paths) {
@@ -119,19 +215,10 @@ std::optional<std::string> cdi_spec(const CdiDevices& devices, const CdiPaths& p
     std::string out;
     out.reserve(devices.size() * 700 + 100);
     Writer w{out, open_prefix(paths.mount_point), open_prefix(paths.nodes()), paths.mount_point};
-    fmt::format_to(std::back_inserter(out), R"({{"cdiVersion":"{}","kind":"{}","devices":[)",
-                   kCdiVersion, kCdiKind);
+    w.header();
     bool first = true;
     for (const auto& [tag, d] : devices) {
-        const std::string text = tag.str();
-        if (!d.name.empty() && uses[d.name] == 1 && is_cdi_device_name(d.name) &&
-            !Uuid::parse(d.name)) {
-            out += first ? "" : ",";
-            w.device(json_string(d.name), d, text);
-            first = false;
-        }
-        out += first ? "" : ",";
-        w.device(fmt::format("\"{}\"", text), d, text);
+        w.devices(d, !d.name.empty() && uses[d.name] == 1 && alias_allowed(d.name), first);
         first = false;
     }
     out += "]}\n";

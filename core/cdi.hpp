@@ -18,8 +18,10 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tagmem {
 
@@ -28,8 +30,19 @@ namespace tagmem {
 inline constexpr const char* kCdiVersion = "0.5.0";
 // vendor/class: the vendor must look like a domain name (CDI's rule).
 inline constexpr const char* kCdiKind = "tagmem.io/tag";
-// The spec's file name in a CDI directory.
-inline constexpr const char* kCdiFileName = "tagmem.json";
+// tagmemfs keeps one spec file per usable tag, tagmem-<uuid>.json: a change
+// of one tag rewrites one small file (two when a name becomes shared or
+// unshared), where a single spec of 10,000 tags was 7 MB rewritten at every
+// change. CDI merges the devices of every spec file of a kind.
+inline constexpr const char* kCdiFilePrefix = "tagmem-";
+inline constexpr const char* kCdiFileSuffix = ".json";
+// The single spec of tagmemfs before per-tag files: removed at start, as a
+// crashed older daemon may have left it, and its devices would conflict.
+inline constexpr const char* kCdiLegacyFileName = "tagmem.json";
+
+std::string cdi_file_name(const Uuid& tag);
+// The tag a file name of tagmemfs's pattern names; nothing for any other.
+std::optional<Uuid> cdi_file_tag(std::string_view file_name);
 
 // What a tag's CDI device is made of: the spec changes exactly when one of
 // these does, so the daemon compares these rather than whole records.
@@ -64,12 +77,24 @@ using CdiDevices = std::map<Uuid, CdiDevice>;
 // Keeps the CDI view of the published tags up to date from deltas.
 class CdiSet {
   public:
-    // Whether the spec changed.
-    bool apply(const TagDelta& delta);
+    // The tags whose own spec changed: their device, or whether their name
+    // is an alias (a name that became shared or unshared changes the specs
+    // of the other tags with that name too). Each at most once.
+    std::vector<Uuid> apply(const TagDelta& delta);
     const CdiDevices& devices() const { return devices_; }
+    // Whether the tag's configured name is also a device name of its own.
+    bool has_alias(const Uuid& tag) const;
+    // The spec file of one tag (as cdi_spec() with that tag alone, but with
+    // the alias rule of the whole set); nothing when the tag is not usable.
+    std::optional<std::string> spec_of(const Uuid& tag, const CdiPaths& paths) const;
 
   private:
+    void add_name(const std::string& name, const Uuid& tag, std::vector<Uuid>& changed);
+    void drop_name(const std::string& name, const Uuid& tag, std::vector<Uuid>& changed);
     CdiDevices devices_;
+    // Usable tags by configured name: an alias is given only to a name
+    // with exactly one tag.
+    std::map<std::string, std::set<Uuid>, std::less<>> by_name_;
 };
 
 // The spec, as compact JSON text: one device named by each tag, and one by

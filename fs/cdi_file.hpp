@@ -1,40 +1,51 @@
 // SPDX-License-Identifier: Apache-2.0
-// The CDI spec file tagmemfs keeps in a CDI directory (default /var/run/cdi,
+// The CDI spec files tagmemfs keeps in a CDI directory (default /var/run/cdi,
 // which podman, CRI-O, containerd and Docker read; core/cdi.hpp holds what
-// goes in it).
+// goes in them): one file per usable tag, tagmem-<uuid>.json, so that a
+// change of one tag costs the same at 10 tags as at 10,000.
 //
-// An engine may read the file at any moment, so it is never written in
-// place: the new content goes to a hidden temporary file in the same
-// directory (no .json suffix, so no engine reads it), is synced, and is
-// renamed over the old one. The file is removed at a clean stop, and when no
-// tag is usable (CDI refuses a spec without devices); after a crash it stays
-// until the next start rewrites it.
+// An engine may read a file at any moment, so none is written in place: the
+// new content goes to a hidden temporary file in the same directory (no
+// .json suffix, so no engine reads it), is synced, and is renamed over the
+// old one. The files are removed when their tag stops being usable and at a
+// clean stop; after a crash they stay until the next start, which removes
+// those whose tag is no longer usable.
 #pragma once
 
 #include "fd.hpp"
 #include "result.hpp"
+#include "uuid.hpp"
 
+#include <functional>
+#include <set>
 #include <string>
 
 namespace tagmem {
 
-class CdiFile {
+class CdiDir {
   public:
     // Opens the directory, creating it (0755) if missing.
-    static Result<CdiFile> open(const std::string& dir);
-    CdiFile(CdiFile&&) noexcept = default;
-    CdiFile& operator=(CdiFile&&) = delete;
-    ~CdiFile(); // removes the file
+    static Result<CdiDir> open(const std::string& dir);
+    CdiDir(CdiDir&&) noexcept = default;
+    CdiDir& operator=(CdiDir&&) = delete;
+    ~CdiDir(); // removes every file it wrote
 
-    // Replaces the file's content atomically.
-    Status write(const std::string& content);
-    Status remove();
-    std::string path() const;
+    // Replaces the tag's file atomically.
+    Status write(const Uuid& tag, const std::string& content);
+    Status remove(const Uuid& tag);
+    // Removes the files of tagmemfs's pattern (and its former single spec)
+    // that a previous run left and whose tag `keep` does not want: regular
+    // files owned by this user only, never what a link leads to.
+    void remove_stale(const std::function<bool(const Uuid&)>& keep);
+    std::string path(const Uuid& tag) const;
+    const std::string& dir() const { return dir_path_; }
 
   private:
-    CdiFile(Fd dir, std::string dir_path) : dir_(std::move(dir)), dir_path_(std::move(dir_path)) {}
+    CdiDir(Fd dir, std::string dir_path) : dir_(std::move(dir)), dir_path_(std::move(dir_path)) {}
+    Status unlink_owned(const std::string& name);
     Fd dir_;
     std::string dir_path_;
+    std::set<Uuid> written_; // the files to remove at a clean stop
 };
 
 } // namespace tagmem

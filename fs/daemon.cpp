@@ -96,7 +96,7 @@ class Daemon {
     void rescan(const char* why);
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
-    void write_cdi();
+    void write_cdi(const std::vector<Uuid>& tags);
     void event_loop();
     // What failed to read (or a node that could not be made) is retried
     // with backoff until it succeeds; said once when it starts, once when
@@ -117,8 +117,8 @@ class Daemon {
     std::optional<UeventMonitor> uevents_;
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
-    CdiSet cdi_devices_;         // follows every delta, from the first scan on
-    std::optional<CdiFile> cdi_; // open once the mount serves
+    CdiSet cdi_devices_;        // follows every delta, from the first scan on
+    std::optional<CdiDir> cdi_; // open once the mount serves
     Fd rescan_event_;
     Fd stop_event_;   // main -> event thread: the loop is over, return
     Fd stop_request_; // signal handler -> event thread: stop the loop
@@ -178,8 +178,9 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     tree_->retire();
     // After the tree (a new tag's directory exists before an engine can
     // bind it), before its node goes (a removed tag leaves the spec first).
-    if (cdi_devices_.apply(shown) && cdi_) // no-node tags are not usable: not in the spec
-        write_cdi();
+    // No-node tags are not usable: not in the spec.
+    if (auto changed = cdi_devices_.apply(shown); !changed.empty() && cdi_)
+        write_cdi(changed);
     for (const auto& name : stale)
         nodes_->remove(name);
     // The first scan's tags are summed up by rescan(); one line each for
@@ -193,19 +194,22 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
         watchers_->publish(changes.events);
 }
 
-// The whole spec, each time: engines read one file, and at 10,000 tags it
-// is formatted and rewritten in tens of milliseconds (docs/containers.md).
-void Daemon::write_cdi() {
+// Only the files of the tags whose spec changed: a change costs one small
+// file (two when a name becomes shared or unshared), whatever the number of
+// tags (docs/containers.md).
+void Daemon::write_cdi(const std::vector<Uuid>& tags) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto spec = cdi_spec(cdi_devices_.devices(), CdiPaths{opt_.mount_point, nodes_->path()});
-    auto done = spec ? cdi_->write(*spec) : cdi_->remove();
-    if (!done) {
-        log::error("CDI spec: {}", done.error().message);
-        return;
+    const CdiPaths paths{opt_.mount_point, nodes_->path()};
+    std::size_t bytes = 0;
+    for (const auto& tag : tags) {
+        auto spec = cdi_devices_.spec_of(tag, paths);
+        auto done = spec ? cdi_->write(tag, *spec) : cdi_->remove(tag);
+        if (!done)
+            log::error("CDI spec: {}", done.error().message);
+        bytes += spec ? spec->size() : 0;
     }
     log::debug(
-        "CDI spec {}: {} tags, {} bytes in {:.1f} ms", cdi_->path(), cdi_devices_.devices().size(),
-        spec ? spec->size() : 0,
+        "CDI specs in {}: {} files, {} bytes in {:.2f} ms", cdi_->dir(), tags.size(), bytes,
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
@@ -494,11 +498,19 @@ int Daemon::run() {
     if (!opt_.cdi_dir.empty()) {
         // Without it containers cannot request tags, but the host's own
         // programs can still use them: serve, and say so.
-        if (auto cdi = CdiFile::open(opt_.cdi_dir); !cdi)
+        if (auto cdi = CdiDir::open(opt_.cdi_dir); !cdi)
             log::error("{}; no CDI spec will be written", cdi.error().message);
         else {
             cdi_.emplace(std::move(*cdi));
-            write_cdi();
+            // A crashed run's files of tags no longer usable would offer
+            // them; those of usable tags are rewritten below.
+            cdi_->remove_stale(
+                [this](const Uuid& tag) { return cdi_devices_.devices().contains(tag); });
+            std::vector<Uuid> all;
+            all.reserve(cdi_devices_.devices().size());
+            for (const auto& [tag, d] : cdi_devices_.devices())
+                all.push_back(tag);
+            write_cdi(all);
         }
     }
     log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_->tag_count(),

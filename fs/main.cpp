@@ -43,10 +43,11 @@ int main(int argc, char** argv) {
     app.add_option("--extent-poll-ms", opt.extent_poll_ms,
                    "how often DCD extent lists are re-read (they raise no event); 0: never")
         ->capture_default_str();
-    auto* cdi_dir = app.add_option("--cdi-dir", opt.cdi_dir,
-                                   "where to keep the CDI spec of the usable tags (tagmem.json) "
-                                   "for container engines; empty: none")
-                        ->capture_default_str();
+    auto* cdi_dir =
+        app.add_option("--cdi-dir", opt.cdi_dir,
+                       "where to keep the CDI specs of the usable tags (tagmem-<uuid>.json) "
+                       "for container engines; empty: none")
+            ->capture_default_str();
     bool no_cdi = false;
     app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")
         ->excludes(cdi_dir);

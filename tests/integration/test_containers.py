@@ -135,8 +135,19 @@ def cdi_dir(tmp_path):
     return tmp_path / "cdi"
 
 
+def spec_files(cdi_dir: Path) -> list[Path]:
+    return sorted(f for f in cdi_dir.glob("tagmem-*.json") if not f.is_symlink())
+
+
 def spec_of(cdi_dir: Path) -> dict:
-    return json.loads((cdi_dir / "tagmem.json").read_text())
+    """The per-tag spec files merged, as a CDI registry merges them: in file
+    (tag) order, this is the one spec `tagmem cdi` prints."""
+    files = [json.loads(f.read_text()) for f in spec_files(cdi_dir)]
+    for f in files:
+        validate(f)
+        assert f["cdiVersion"] == "0.5.0" and f["kind"] == KIND
+    return {"cdiVersion": "0.5.0", "kind": KIND,
+            "devices": [d for f in files for d in f["devices"]]}
 
 
 def device_names(spec: dict) -> list[str]:
@@ -177,19 +188,19 @@ def test_spec_in_var_run_cdi_follows_the_tags(make_host, tagmemfs, tmp_path):
     try:
         make_host("dcd")  # TAG_A and TAG_B ready, TAG_C only offered
         d = tagmemfs(cdi=True)  # no CDI option: the default directory
-        path = Path("/var/run/cdi/tagmem.json")
-        spec = json.loads(path.read_text())
-        validate(spec)
-        assert spec["cdiVersion"] == "0.5.0" and spec["kind"] == KIND
+        # One file per usable tag, and no temporary file left.
+        names = [f"tagmem-{t}.json" for t in sorted([hg.TAG_A, hg.TAG_B])]
+        assert sorted(os.listdir("/run/cdi")) == names
+        spec = spec_of(Path("/var/run/cdi"))
         assert device_names(spec) == sorted([hg.TAG_A, hg.TAG_B])
-        assert (path.stat().st_mode & 0o777) == 0o644
-        assert os.listdir("/run/cdi") == ["tagmem.json"]  # no temporary file left
-        # `tagmem cdi` prints the same spec.
+        for name in names:
+            assert (Path("/var/run/cdi", name).stat().st_mode & 0o777) == 0o644
+        # `tagmem cdi` prints the same devices, in one spec.
         r = run_tagmem("cdi", "--mount-point", d.mount_point)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) == spec
         d.stop()
-        assert not path.exists()  # removed at a clean stop
+        assert os.listdir("/run/cdi") == []  # removed at a clean stop
     finally:
         subprocess.run(["umount", "-l", "/run/cdi"], check=False)
 
@@ -202,7 +213,69 @@ def test_cdi_dir_options(make_host, tagmemfs, tmp_path):
     for off in (["--no-cdi"], ["--cdi-dir", ""]):
         d = tagmemfs(*off, cdi=True)
         assert "CDI spec" not in d.text()
-    assert sorted(os.listdir(elsewhere)) == ["tagmem.json"]
+    assert sorted(os.listdir(elsewhere)) == sorted(
+        f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B))
+
+
+def test_a_change_rewrites_only_its_tags_file(make_host, tagmemfs, cdi_dir, tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nmode = 0600\n")
+    d = tagmemfs("--config", conf, "--cdi-dir", cdi_dir)
+    a, b = (cdi_dir / f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B))
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (a, b)}
+    write_config(tmp_path, f"[tag {hg.TAG_A}]\nmode = 0660\n")
+    d.rescan()
+    eventually(lambda: (a.stat().st_ino, a.stat().st_mtime_ns) != before[a],
+               what="A's file rewritten")
+    assert (b.stat().st_ino, b.stat().st_mtime_ns) == before[b]  # B's untouched
+    node = json.loads(a.read_text())["devices"][0]["containerEdits"]["deviceNodes"][0]
+    assert node["fileMode"] == 0o660
+    # Nothing changed: nothing rewritten.
+    now = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (a, b)}
+    d.rescan()
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (a, b)} == now
+
+
+def test_a_name_shared_or_unshared_rewrites_both_files(make_host, tagmemfs, cdi_dir, tmp_path):
+    make_host("dcd")
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nname = pool\n")
+    d = tagmemfs("--config", conf, "--cdi-dir", cdi_dir)
+    assert device_names(spec_of(cdi_dir)) == ["pool", hg.TAG_A, hg.TAG_B]
+    write_config(tmp_path, f"[tag {hg.TAG_A}]\nname = pool\n[tag {hg.TAG_B}]\nname = pool\n")
+    d.rescan()
+    eventually(lambda: device_names(spec_of(cdi_dir)) == [hg.TAG_A, hg.TAG_B],
+               what="the shared name out of every file")
+    write_config(tmp_path, f"[tag {hg.TAG_B}]\nname = pool\n")
+    d.rescan()
+    eventually(lambda: device_names(spec_of(cdi_dir)) == [hg.TAG_A, "pool", hg.TAG_B],
+               what="the name back, for B")
+
+
+def test_a_crashed_runs_files_are_cleaned_links_never_followed(make_host, tagmemfs, cdi_dir,
+                                                               tmp_path):
+    make_host("dcd")  # TAG_A and TAG_B ready
+    cdi_dir.mkdir()
+    gone = "7e570000-0000-4000-8000-0000000000e1"  # usable no more
+    (cdi_dir / f"tagmem-{gone}.json").write_text("{}")
+    (cdi_dir / "tagmem.json").write_text("{}")  # the single spec of older versions
+    (cdi_dir / ".tagmem.json.tmp").write_text("half")
+    (cdi_dir / "other-vendor.json").write_text("{}")
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    gone_link = "7e570000-0000-4000-8000-0000000000e2"
+    (cdi_dir / f"tagmem-{gone_link}.json").symlink_to(victim)
+    (cdi_dir / f"tagmem-{hg.TAG_A}.json").symlink_to(victim)
+    d = tagmemfs("--cdi-dir", cdi_dir)
+    assert sorted(os.listdir(cdi_dir)) == sorted(
+        ["other-vendor.json", f"tagmem-{gone_link}.json"] +
+        [f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B)])
+    assert victim.read_text() == "keep me"  # neither written through nor removed
+    assert (cdi_dir / f"tagmem-{gone_link}.json").is_symlink()  # not ours: left
+    assert not (cdi_dir / f"tagmem-{hg.TAG_A}.json").is_symlink()  # replaced, not followed
+    assert device_names(spec_of(cdi_dir)) == [hg.TAG_A, hg.TAG_B]
+    d.stop()
+    assert victim.read_text() == "keep me"
+    assert sorted(os.listdir(cdi_dir)) == ["other-vendor.json", f"tagmem-{gone_link}.json"]
 
 
 def test_tagmem_cdi_with_names(make_host, tmp_path):

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cctype>
 #include <set>
 #include <string>
 
@@ -66,7 +67,7 @@ TEST(CdiName, FollowsTheCdiRule) {
 TEST(CdiSpec, OneDevicePerUsableTagWithExactlyItsPieces) {
     CdiSet set;
     Access famfs{.uid = 1234, .gid = 99, .mode = 0640, .owner = "famfs", .group = "g"};
-    ASSERT_TRUE(set.apply(upsert(record(1, TagState::ready, "", famfs))));
+    ASSERT_FALSE(set.apply(upsert(record(1, TagState::ready, "", famfs))).empty());
     json spec = spec_of(set.devices(), CdiPaths{"/run/tagmem", ""});
     ASSERT_FALSE(spec.is_null());
     EXPECT_EQ(spec["cdiVersion"], "0.5.0");
@@ -112,28 +113,30 @@ TEST(CdiSpec, OnlyUsableTags) {
     CdiSet set;
     for (auto state :
          {TagState::system_ram, TagState::disabled, TagState::conflict, TagState::offered})
-        EXPECT_FALSE(set.apply(upsert(record(3, state))));
+        EXPECT_TRUE(set.apply(upsert(record(3, state))).empty());
     EXPECT_FALSE(cdi_spec(set.devices(), {})); // CDI refuses a spec without devices
-    EXPECT_TRUE(set.apply(upsert(record(3))));
-    EXPECT_TRUE(set.apply(upsert(record(4))));
+    EXPECT_FALSE(set.apply(upsert(record(3))).empty());
+    EXPECT_FALSE(set.apply(upsert(record(4))).empty());
     EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(3).str(), tag_n(4).str()));
     // A tag that becomes unusable leaves the spec; so does one that is gone.
-    EXPECT_TRUE(set.apply(upsert(record(3, TagState::system_ram))));
+    EXPECT_FALSE(set.apply(upsert(record(3, TagState::system_ram))).empty());
     EXPECT_THAT(names(spec_of(set.devices(), {})), ElementsAre(tag_n(4).str()));
     TagDelta gone;
     gone.removals = {tag_n(4)};
-    EXPECT_TRUE(set.apply(gone));
+    EXPECT_FALSE(set.apply(gone).empty());
     EXPECT_FALSE(cdi_spec(set.devices(), {}));
-    EXPECT_FALSE(set.apply(gone));
+    EXPECT_TRUE(set.apply(gone).empty());
 }
 
 TEST(CdiSpec, ChangesOnlyWhenWhatItHoldsChanges) {
     CdiSet set;
-    ASSERT_TRUE(set.apply(upsert(record(5))));
-    EXPECT_FALSE(set.apply(upsert(record(5)))); // same again (e.g. its size changed)
-    EXPECT_TRUE(set.apply(upsert(record(5, TagState::ready, "pool"))));
-    EXPECT_TRUE(set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))));
-    EXPECT_FALSE(set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))));
+    ASSERT_FALSE(set.apply(upsert(record(5))).empty());
+    EXPECT_TRUE(set.apply(upsert(record(5))).empty()); // same again (e.g. its size changed)
+    EXPECT_FALSE(set.apply(upsert(record(5, TagState::ready, "pool"))).empty());
+    EXPECT_FALSE(
+        set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))).empty());
+    EXPECT_TRUE(
+        set.apply(upsert(record(5, TagState::ready, "pool", Access{.mode = 0660}))).empty());
 }
 
 TEST(CdiSpec, ConfiguredNamesWhereCdiAllowsAndUnambiguous) {
@@ -169,6 +172,73 @@ TEST(CdiSpec, BytesThatAreNotUtf8DoNotBreakIt) {
     json back = spec_of(set.devices(), CdiPaths{"/run/\xff", ""});
     EXPECT_EQ(back["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
               "/run/\xef\xbf\xbd/" + tag_n(13).str());
+}
+
+// Per-tag files: a change names only the tags whose own file changes.
+TEST(CdiSet, ChangedTagsAreOnlyThoseWhoseFileChanges) {
+    CdiSet set;
+    EXPECT_THAT(set.apply(upsert(record(20))), ElementsAre(tag_n(20)));
+    EXPECT_THAT(set.apply(upsert(record(21))), ElementsAre(tag_n(21)));
+    EXPECT_THAT(set.apply(upsert(record(21, TagState::ready, "", Access{.mode = 0640}))),
+                ElementsAre(tag_n(21)));
+    EXPECT_THAT(set.apply(upsert(record(21, TagState::disabled))), ElementsAre(tag_n(21)));
+    TagDelta gone;
+    gone.removals = {tag_n(20), tag_n(22)}; // 22 never was
+    EXPECT_THAT(set.apply(gone), ElementsAre(tag_n(20)));
+}
+
+TEST(CdiSet, ANameThatBecomesSharedOrUnsharedChangesBothFiles) {
+    CdiSet set;
+    set.apply(upsert(record(23, TagState::ready, "pool")));
+    EXPECT_TRUE(set.has_alias(tag_n(23)));
+    // A second tag named "pool": both lose the alias, both files change.
+    EXPECT_THAT(set.apply(upsert(record(24, TagState::ready, "pool"))),
+                ElementsAre(tag_n(23), tag_n(24)));
+    EXPECT_FALSE(set.has_alias(tag_n(23)));
+    EXPECT_FALSE(set.has_alias(tag_n(24)));
+    // A third: only its own file (the others had no alias already).
+    EXPECT_THAT(set.apply(upsert(record(25, TagState::ready, "pool"))), ElementsAre(tag_n(25)));
+    set.apply(upsert(record(25, TagState::disabled)));
+    // Renamed away: the one left with "pool" gains the alias.
+    EXPECT_THAT(set.apply(upsert(record(24, TagState::ready, "other"))),
+                ElementsAre(tag_n(23), tag_n(24)));
+    EXPECT_TRUE(set.has_alias(tag_n(23)));
+    EXPECT_TRUE(set.has_alias(tag_n(24)));
+    // Unusable: its name is free again, for no one.
+    EXPECT_THAT(set.apply(upsert(record(24, TagState::system_ram))), ElementsAre(tag_n(24)));
+}
+
+TEST(CdiSet, ATagsFileHoldsItsDevicesAsTheCombinedSpecDoes) {
+    CdiSet set;
+    set.apply(upsert(record(26, TagState::ready, "scratch")));
+    set.apply(upsert(record(27, TagState::ready, "twin")));
+    set.apply(upsert(record(28, TagState::ready, "twin")));
+    EXPECT_FALSE(set.spec_of(tag_n(29), {}));
+    json combined = spec_of(set.devices());
+    std::vector<json> merged;
+    for (unsigned n : {26, 27, 28}) {
+        json one = json::parse(set.spec_of(tag_n(n), {}).value());
+        EXPECT_EQ(one["cdiVersion"], "0.5.0");
+        EXPECT_EQ(one["kind"], "tagmem.io/tag");
+        for (const auto& d : one["devices"])
+            merged.push_back(d);
+    }
+    // Merged, the per-tag files offer exactly the devices of the one spec.
+    EXPECT_EQ(json(merged), combined["devices"]);
+}
+
+TEST(CdiFileName, OnlyTagmemfsOwnPattern) {
+    const Uuid t = tag_n(30);
+    EXPECT_EQ(cdi_file_name(t), "tagmem-" + t.str() + ".json");
+    EXPECT_EQ(cdi_file_tag(cdi_file_name(t)), t);
+    for (const std::string& other : std::vector<std::string>{
+             "tagmem.json", "tagmem-.json", "tagmem-" + t.str(), "tagmem-" + t.str() + ".yaml",
+             "x-" + t.str() + ".json", "tagmem-" + t.str() + ".json.tmp", ".tagmem.json.tmp"})
+        EXPECT_FALSE(cdi_file_tag(other)) << other;
+    std::string upper = t.str();
+    for (auto& c : upper)
+        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    EXPECT_FALSE(cdi_file_tag("tagmem-" + upper + ".json")); // not a spelling it writes
 }
 
 } // namespace

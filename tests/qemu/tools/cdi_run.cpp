@@ -12,6 +12,9 @@
 //
 //   tagmem-cdi-run SPEC NAME [--user UID:GID] [--bind HOST:CONTAINER]... -- CMD...
 //
+// SPEC is a spec file or a CDI directory: in a directory, as in a CDI
+// registry, the devices of every *.json spec are merged (tagmemfs writes one
+// file per tag), and a name two files offer is a conflict (exit 3).
 // NAME is the device's name in SPEC (the part after kind=). HOST paths are
 // bound read-only (the guest's static busybox and tools). Exit status: the
 // command's; 3 NAME is not in SPEC (podman: "unresolvable CDI devices");
@@ -19,10 +22,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -197,17 +202,38 @@ int main(int argc, char** argv) {
     }
     if (i + 1 >= argc)
         return 2;
-    std::ifstream in(argv[1]);
-    json spec = json::parse(in, nullptr, false);
-    if (spec.is_discarded())
-        die(std::string("cannot parse ") + argv[1]);
+    std::vector<std::string> files;
+    struct stat st {};
+    if (::stat(argv[1], &st) == 0 && S_ISDIR(st.st_mode)) {
+        for (const auto& e : std::filesystem::directory_iterator(argv[1]))
+            if (e.path().extension() == ".json" && e.is_regular_file())
+                files.push_back(e.path());
+        std::sort(files.begin(), files.end());
+    } else {
+        files.push_back(argv[1]);
+    }
     json edits;
-    for (const auto& d : spec.value("devices", json::array()))
-        if (d.value("name", "") == argv[2])
-            edits = d.at("containerEdits");
+    std::string kind;
+    int found = 0;
+    for (const auto& file : files) {
+        std::ifstream in(file);
+        json spec = json::parse(in, nullptr, false);
+        if (spec.is_discarded())
+            die("cannot parse " + file);
+        for (const auto& d : spec.value("devices", json::array()))
+            if (d.value("name", "") == argv[2]) {
+                edits = d.at("containerEdits");
+                kind = spec.value("kind", "");
+                ++found;
+            }
+    }
+    if (found > 1) {
+        std::fprintf(stderr, "tagmem-cdi-run: conflicting CDI device %s/%s\n", kind.c_str(),
+                     argv[2]);
+        return 3;
+    }
     if (edits.is_null()) {
-        std::fprintf(stderr, "tagmem-cdi-run: unresolvable CDI device %s/%s\n",
-                     spec.value("kind", "").c_str(), argv[2]);
+        std::fprintf(stderr, "tagmem-cdi-run: unresolvable CDI device tagmem.io/tag/%s\n", argv[2]);
         return 3;
     }
 
