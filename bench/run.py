@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import multiprocessing as mp
 import os
 import platform
 import random
@@ -339,7 +340,21 @@ def propagation(tools, cfg, n, host_root, work, sender) -> dict:
                        min(cfg["prop_reps"], n))
     out = {"remove_ms": [], "add_ms": [], "remove_requests": [], "add_requests": []}
     d = Daemon(tools, fuse, work / f"tagmemfs-prop-{n}.log")
+    abusers = []
     try:
+        if cfg.get("abuse"):
+            # Issue 9: what a hostile local user costs everyone else. As
+            # nobody: idle connection floods and malformed, oversized and
+            # half-written requests, for as long as the changes are timed.
+            from abuse import abuser
+            ctx = mp.get_context("fork")
+            counts = ctx.Queue()
+            stop_at = time.time() + 3600
+            abusers = [ctx.Process(target=abuser, args=(d.socket, stop_at, 300, 100 + k, counts))
+                       for k in range(2)]
+            for a in abusers:
+                a.start()
+            time.sleep(2)  # the flood is on before the first change
         for dev_id in picks:
             tag = hg.scale_tag(dev_id)
             tag_dir, data = fuse / tag, fuse / tag / "data"
@@ -372,6 +387,9 @@ def propagation(tools, cfg, n, host_root, work, sender) -> dict:
         time.sleep(cfg["idle_s"])
         out["idle_cpu_pct"] = 100 * (d.cpu_s() - c0) / (time.perf_counter() - t0)
     finally:
+        for a in abusers:
+            a.terminate()
+            a.join()
         d.stop()
     return out
 
@@ -805,6 +823,8 @@ def main() -> int:
     ap.add_argument("--only", default="cold,warm,memory,propagation,qemu",
                     help="figure groups to run: cold (3, 4 cold, 5), warm (1, 2, 4), memory (6), "
                     "propagation (7), qemu (8)")
+    ap.add_argument("--abuse", action="store_true",
+                    help="time propagation while two clients as nobody flood the watch socket")
     ap.add_argument("--label", default="", help="a note for the table (e.g. 'before the fix')")
     ap.add_argument("--out-dir", help="where benchmarks.md/.json go (default docs/, "
                     "or <build>/bench-smoke with --smoke)")
@@ -820,6 +840,7 @@ def main() -> int:
     tools = Tools(build)
     cfg = settings(args)
     cfg["only"] = set(args.only.split(","))
+    cfg["abuse"] = args.abuse
     if not cfg["qemu"]:
         cfg["only"].discard("qemu")
     out_dir = Path(args.out_dir) if args.out_dir else (

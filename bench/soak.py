@@ -37,12 +37,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import pwd
 import queue
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,7 @@ sys.path.insert(0, str(REPO / "tests" / "synthetic"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(HERE))
 import hostgen as hg  # noqa: E402
+from abuse import abuser  # noqa: E402
 
 INNER_ENV = "TAGMEM_SOAK_IN_NAMESPACE"
 MNT = Path("/run/tagmem")
@@ -243,66 +242,6 @@ def reader(n: int, seed: int, stop_at: float, out_path: str, counts) -> None:
     counts.put(ops)
 
 
-# -- abusers ----------------------------------------------------------------
-
-def abuser(stop_at: float, idle_conns: int, seed: int, counts) -> None:
-    """As nobody: idle connections held and replaced, and malformed requests."""
-    nobody = pwd.getpwnam("nobody")
-    os.setgroups([])
-    os.setgid(nobody.pw_gid)
-    os.setuid(nobody.pw_uid)
-    rng = random.Random(seed)
-    held: list[socket.socket] = []
-    stats = {"connections": 0, "refused": 0, "malformed": 0}
-    bad = [b"\n", b"{}\n", b"[]\n", b"null\n", b"{\"op\":1}\n", b"{\"op\":\"nope\"}\n",
-           b"{\"op\":\"stats\"}\n", b"{\"op\":\"wait\",\"tag\":\"x\"}\n",
-           b"{\"op\":\"wait\",\"tag\":7}\n", b"{\"op\":\"wait\"}\n", b"\xff\xfe\x00\n",
-           b"{\"op\":\"watch\"" + b" " * 5000 + b"}\n", b"{" * 3000 + b"\n", b"x" * 70000]
-
-    def connect():
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(0.5)
-        try:
-            s.connect(str(SOCK))
-            stats["connections"] += 1
-            return s
-        except OSError:
-            stats["refused"] += 1
-            s.close()
-            return None
-
-    while time.time() < stop_at:
-        # Top up the idle flood, then replace a tenth of it.
-        while len(held) < idle_conns:
-            s = connect()
-            if s is None:
-                break
-            held.append(s)
-        for s in held[: max(1, idle_conns // 10)]:
-            s.close()
-        del held[: max(1, idle_conns // 10)]
-        # A burst of malformed requests, some half-written and abandoned.
-        for _ in range(20):
-            s = connect()
-            if s is None:
-                continue
-            try:
-                msg = rng.choice(bad)
-                if rng.random() < 0.3:
-                    msg = msg[: rng.randrange(len(msg))]  # no newline: never finished
-                s.sendall(msg)
-                stats["malformed"] += 1
-                if rng.random() < 0.5:
-                    s.recv(4096)
-            except OSError:
-                pass
-            s.close()
-        time.sleep(0.2)
-    for s in held:
-        s.close()
-    counts.put(stats)
-
-
 # -- report -----------------------------------------------------------------
 
 def slope_per_hour(xs: list[float], ys: list[float]) -> float:
@@ -463,7 +402,7 @@ def main() -> int:
                                                       str(work / f"reader{k}.log"), counts))
                      for k in range(args.readers)]
             abuse_q = ctx.Queue()
-            procs += [ctx.Process(target=abuser, args=(stop_at, args.idle_conns, 200 + k,
+            procs += [ctx.Process(target=abuser, args=(SOCK, stop_at, args.idle_conns, 200 + k,
                                                        abuse_q))
                       for k in range(args.abusers)]
             for p in procs:
