@@ -65,11 +65,14 @@ Result<CdiDir> CdiDir::open(const std::string& dir) {
 CdiDir::~CdiDir() {
     if (!dir_)
         return;
-    while (!written_.empty())
-        if (auto gone = remove(*written_.begin()); !gone) {
+    // A copy of each tag: remove() erases it from written_, and a reference
+    // into the set would dangle (ASan caught that). remove() forgets the
+    // tag even when unlinking fails, so this loop ends.
+    while (!written_.empty()) {
+        const Uuid tag = *written_.begin();
+        if (auto gone = remove(tag); !gone)
             log::warning("{}", gone.error().message);
-            written_.erase(written_.begin());
-        }
+    }
 }
 
 std::string CdiDir::path(const Uuid& tag) const {
@@ -108,10 +111,13 @@ Status CdiDir::write(const Uuid& tag, const std::string& content) {
 }
 
 Status CdiDir::remove(const Uuid& tag) {
+    // Forgotten last: the caller's tag may be the set's own element.
+    const std::string name = cdi_file_name(tag);
+    Status done = Ok{};
+    if (::unlinkat(dir_.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        done = sys_error(fmt::format("cannot remove {}/{}", dir_path_, name));
     written_.erase(tag);
-    if (::unlinkat(dir_.get(), cdi_file_name(tag).c_str(), 0) != 0 && errno != ENOENT)
-        return sys_error(fmt::format("cannot remove {}", path(tag)));
-    return Ok{};
+    return done;
 }
 
 Status CdiDir::unlink_owned(const std::string& name) {
