@@ -36,7 +36,8 @@ if command -v ccache >/dev/null; then
 fi
 
 # What the tests run (not tagmem-bench: no benchmarks here).
-test_targets=(tagmemfs tagmem tagmem_unit_tests)
+# old_kernel_shim: preloaded into tagmemfs by test_fs.py (a kernel without no-open).
+test_targets=(tagmemfs tagmem tagmem_unit_tests old_kernel_shim)
 
 log() { echo "test-sanitizers: $*" >&2; }
 
