@@ -45,6 +45,13 @@ def set_fd_limit(pid: int, soft: int) -> None:
 def starve(pid: int, spare: int) -> None:
     """From now on the daemon can open at most `spare` more descriptors
     (more only where it has closed some below its highest)."""
+    if "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ:
+        # The sanitizer runtimes open files of their own (report files,
+        # /proc/self/maps to symbolize) and fail hard when they cannot: a
+        # daemon starved of descriptors under them tests the runtime. These
+        # tests run in the plain build (the main CTest pass) only.
+        pytest.skip("SKIPPED LOUDLY: descriptor starvation is not tested under sanitizers "
+                    "(their runtimes need descriptors); it runs in the plain build")
     set_fd_limit(pid, lowest_free_fd(pid) + spare)
 
 
@@ -231,6 +238,15 @@ def test_lost_device_events_cause_a_full_rescan(make_host, tagmemfs, tmp_path, u
     assert "device events were lost" in d.text()
 
 
+def traced_env() -> dict:
+    """LeakSanitizer cannot work under ptrace (strace): under ASan the traced
+    daemon runs without leak checking, every other check still on."""
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] += ":detect_leaks=0"
+    return env
+
+
 def test_a_node_is_never_more_open_than_its_final_mode(make_host, tmp_path):
     """The node of a tag for user 65534 with mode 0060 (its group only):
     made with no access at all, then given its owner, then its mode. Made
@@ -244,7 +260,7 @@ def test_a_node_is_never_more_open_than_its_final_mode(make_host, tmp_path):
     proc = subprocess.Popen(["strace", "-f", "-qq", "-s", "64", "-o", str(trace), "-e",
                              "trace=mknodat,fchownat,fchmodat,renameat", str(TAGMEMFS), "-f",
                              "--config", str(conf), "--uevents", "none", str(mnt)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=traced_env())
     try:
         eventually(lambda: " mounted " in (tmp_path / "tagmemfs.log").read_text(),
                    what="the mount")
