@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cerrno>
+#include <cstring>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -47,6 +49,13 @@ using Status = Result<Ok>;
 
 inline Error make_error(int code, std::string message) {
     return Error{code, std::move(message)};
+}
+
+// The Error of a system call that just failed: errno, and "<what>: <reason>".
+// errno is read first, before building the message can change it.
+inline Error sys_error(std::string_view what) {
+    const int err = errno;
+    return make_error(err, std::string(what) + ": " + std::strerror(err));
 }
 
 } // namespace tagmem

@@ -22,10 +22,6 @@ namespace {
 // One name will do: every write happens on the event thread, one at a time.
 constexpr const char* kTempName = ".tagmem.json.tmp";
 
-Error sys_error(const std::string& what) {
-    return make_error(errno, fmt::format("{}: {}", what, std::strerror(errno)));
-}
-
 Status mkdirs(const std::string& dir) {
     for (std::size_t at = 1; at <= dir.size(); ++at) {
         if (at != dir.size() && dir[at] != '/')

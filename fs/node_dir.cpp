@@ -20,10 +20,6 @@ namespace {
 
 constexpr const char* kSource = "tagmem-nodes";
 
-Error sys_error(const std::string& what) {
-    return make_error(errno, fmt::format("{}: {}", what, std::strerror(errno)));
-}
-
 // Whether the top mount at path is one of ours (a previous daemon's).
 bool is_nodes_mount(const std::string& path) {
     auto mi = find_mount(path);
