@@ -40,6 +40,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests" / "synthetic"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 import hostgen as hg  # noqa: E402
+from namespace import enter_private_namespace  # noqa: E402
 
 INNER_ENV = "TAGMEM_BENCH_IN_NAMESPACE"
 FUSE, TWIN = "tagmem", "twinfs"  # /run/tagmem and /run/twinfs: same length and depth
@@ -125,22 +126,6 @@ class Tools:
         if r.returncode != 0:
             raise RuntimeError(f"tagmem-bench {args[0]} failed: {r.stderr.strip()}")
         return json.loads(r.stdout)
-
-
-# -- the namespace ----------------------------------------------------------
-
-def in_private_namespace() -> bool:
-    return os.environ.get(INNER_ENV) == "1" and (
-        os.stat("/proc/self/ns/mnt").st_ino != os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino)
-
-
-def reexec_in_namespace() -> None:
-    if os.geteuid() != 0:
-        sys.exit("bench/run.py needs root (mount namespaces, FUSE, mknod)")
-    os.environ[INNER_ENV] = "1"
-    argv = ["unshare", "--mount", "--net", "--propagation", "private", sys.executable,
-            str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp(argv[0], argv)
 
 
 class HostMount:
@@ -833,8 +818,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.render:
         return render_only(Path(args.render), Path(args.out_dir) if args.out_dir else None)
-    if not in_private_namespace():
-        reexec_in_namespace()
+    enter_private_namespace(__file__, INNER_ENV)
 
     build = Path(args.build_dir).resolve()
     tools = Tools(build)

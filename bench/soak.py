@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO / "tests" / "synthetic"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(HERE))
 import hostgen as hg  # noqa: E402
+from namespace import enter_private_namespace  # noqa: E402
 from abuse import abuser  # noqa: E402
 
 INNER_ENV = "TAGMEM_SOAK_IN_NAMESPACE"
@@ -63,22 +64,6 @@ SOCK = Path("/run/tagmem.sock")
 
 def log(msg: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- the namespace ----------------------------------------------------------
-
-def in_private_namespace() -> bool:
-    return os.environ.get(INNER_ENV) == "1" and (
-        os.stat("/proc/self/ns/mnt").st_ino != os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino)
-
-
-def reexec_in_namespace() -> None:
-    if os.geteuid() != 0:
-        sys.exit("bench/soak.py needs root (mount namespaces, FUSE, mknod)")
-    os.environ[INNER_ENV] = "1"
-    argv = ["unshare", "--mount", "--net", "--propagation", "private", sys.executable,
-            str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp(argv[0], argv)
 
 
 # -- the daemon -------------------------------------------------------------
@@ -351,8 +336,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(REPO / "docs"))
     args = ap.parse_args()
     command = shlex.join(["sudo", "bench/soak.sh", *sys.argv[1:]])
-    if not in_private_namespace():
-        reexec_in_namespace()
+    enter_private_namespace(__file__, INNER_ENV)
 
     build = Path(args.build_dir).resolve()
     tagmemfs, tagmem = build / "fs" / "tagmemfs", build / "cli" / "tagmem"
