@@ -22,6 +22,23 @@ from pathlib import Path
 
 import pytest
 
+
+def eventually(check, timeout=10.0, what="condition", pause=0.01, ignore=()):
+    """Polls check() until it is true; fails after timeout seconds. Exceptions
+    of the types in `ignore` count as "not yet" (a path that vanishes and
+    comes back while a tag changes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except ignore:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(pause)
+
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "synthetic"))

@@ -10,6 +10,7 @@ the daemon must not spin; and SIGTERM must still unmount at once.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
+import conftest
 from conftest import TAGMEM, run_as
 
 NOBODY = 65534
@@ -119,12 +121,7 @@ def cpu_shares(pids: list[int], seconds: float) -> list[float]:
     return [(cpu_seconds(p) - c) / elapsed for p, c in zip(pids, c0)]
 
 
-def eventually(check, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+eventually = functools.partial(conftest.eventually, timeout=5.0)
 
 
 def as_user(uid: int, code: str) -> subprocess.Popen:

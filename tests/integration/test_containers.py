@@ -26,6 +26,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
+import conftest
 from conftest import run_tagmem, write_config
 
 HERE = Path(__file__).resolve().parent
@@ -154,12 +155,7 @@ def device_names(spec: dict) -> list[str]:
     return [d["name"] for d in spec["devices"]]
 
 
-def eventually(check, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+eventually = conftest.eventually
 
 
 # -- the spec ----------------------------------------------------------------

@@ -9,6 +9,7 @@ its other descriptors open would do, without depending on how (the watch
 socket's connections may be limited per user)."""
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
+import conftest
 from conftest import TAGMEMFS, write_config
 
 GiB, MiB = hg.GiB, hg.MiB
@@ -65,12 +67,7 @@ def snapshot(mnt: Path) -> dict[str, str]:
     return {tag: (mnt / tag / "metadata").read_text() for tag in sorted(os.listdir(mnt))}
 
 
-def eventually(check, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+eventually = functools.partial(conftest.eventually, timeout=30.0, pause=0.05)
 
 
 def start(tagmemfs, tmp_path, uevents="none"):

@@ -4,6 +4,7 @@ udev-format events (sent by uevent.py in a private network namespace), DCD
 extents are polled, and programs wait and watch through the socket."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
+import conftest
 from conftest import TAGMEM, run_as, run_tagmem
 
 GiB, MiB = hg.GiB, hg.MiB
@@ -32,17 +34,7 @@ def plug(udev, path: str) -> None:
     udev.send("bind", path, "dax", DRIVER="device_dax")
 
 
-def eventually(check, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+eventually = functools.partial(conftest.eventually, pause=0.005, ignore=OSError)
 
 
 class Watcher:
