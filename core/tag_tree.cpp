@@ -335,10 +335,12 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         e.record = record;
         e.metadata_size = 0;
         e.changed = t;
-        ch.changed.push_back(ino_of(old->second, NodeKind::dir));
+        const std::uint64_t dir = ino_of(old->second, NodeKind::dir);
+        ch.changed.push_back(dir);
         for (auto kind : kFileKinds)
             if (has_kind(e, kind))
-                ch.changed.push_back(ino_of(old->second, kind));
+                ch.refreshed.push_back(
+                    {dir, ino_of(old->second, kind), std::string(kind_name(kind))});
     }
     if (!ch.added.empty() || !ch.removed.empty()) {
         root_changed_ = t;

@@ -78,18 +78,24 @@ struct TagEvent {
 
 // What the kernel must forget after an update.
 struct TreeChanges {
-    struct Removed {
+    struct Entry {
         std::uint64_t parent;
         std::uint64_t child;
         std::string name;
     };
     std::vector<std::pair<std::uint64_t, std::string>>
         added; // (parent, name): kill negative dentries
-    std::vector<Removed> removed;
-    std::vector<std::uint64_t> changed; // inodes whose attributes, content or listing changed
+    std::vector<Entry> removed;
+    // Files whose size or content changed, by name: the kernel may be
+    // creating their inode from a reply made before the change (see
+    // fs/notify.cpp), which an inode invalidation alone cannot reach.
+    std::vector<Entry> refreshed;
+    std::vector<std::uint64_t> changed; // directories whose attributes or listing changed
     std::vector<TagEvent> events;       // one per tag added, removed or changed
 
-    bool empty() const { return added.empty() && removed.empty() && changed.empty(); }
+    bool empty() const {
+        return added.empty() && removed.empty() && refreshed.empty() && changed.empty();
+    }
 };
 
 class TagTree {

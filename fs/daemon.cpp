@@ -292,6 +292,9 @@ void Daemon::note_health() {
 }
 
 void Daemon::event_loop() {
+    // Told apart from libfuse's workers (which keep the process's name) in
+    // `top -H`, gdb and /proc/PID/task/*/comm.
+    pthread_setname_np(pthread_self(), "tagmem-events");
     using clock = std::chrono::steady_clock;
     using std::chrono::milliseconds;
     auto next_poll = clock::now() + milliseconds(opt_.extent_poll_ms);

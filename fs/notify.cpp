@@ -24,10 +24,27 @@ void notify_kernel(fuse_session* se, const TreeChanges& changes) {
         report(fuse_lowlevel_notify_delete(se, r.parent, r.child, r.name.data(), r.name.size()),
                "delete", r.child);
     // A name that appears may sit in the dentry cache as a negative entry.
+    // The kernel takes the directory's lock for this, so a LOOKUP answered
+    // before the change is instantiated first and then forgotten.
     for (const auto& [parent, name] : changes.added)
         report(fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size()),
                "inval_entry", parent);
-    // Attributes, file contents and cached directory listings.
+    // A file whose size or content changed. Invalidating its inode alone is
+    // not enough: a LOOKUP (or READDIRPLUS) answered before the change may
+    // not have created the inode yet. The kernel then finds none (ENOENT),
+    // and the reply creates it afterwards with the old size, which caps
+    // every read for the attribute timeout (a day): JSON cut short. The
+    // kernel holds the directory's lock from sending such a request until
+    // the inode exists, and inval_entry takes that lock, so it is a
+    // barrier: once it returns, the inode is there if any reply made it, and
+    // the inval_inode after it reaches that inode.
+    for (const auto& f : changes.refreshed) {
+        report(fuse_lowlevel_notify_inval_entry(se, f.parent, f.name.data(), f.name.size()),
+               "inval_entry", f.parent);
+        report(fuse_lowlevel_notify_inval_inode(se, f.child, 0, 0), "inval_inode", f.child);
+    }
+    // Directories: attributes and cached listings. Their inodes are not new
+    // in the kernel when a reply about their children is in flight.
     for (auto ino : changes.changed)
         report(fuse_lowlevel_notify_inval_inode(se, ino, 0, 0), "inval_inode", ino);
 }

@@ -11,8 +11,9 @@ build_pkgs=(
   libsystemd-dev
 )
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
-# python3 for the FUSE/fixture tests, clang-format for the style check.
-test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
+# python3 for the FUSE/fixture tests, clang-format for the style check, strace
+# to order and delay the daemon's system calls (test_faults.py).
+test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod strace)
 # Containers (tests/integration/test_containers.py): Debian's podman with
 # runc (crun fails on hybrid cgroups), a static busybox and libc for the test
 # image, and the CDI schema with a validator for the spec tagmemfs writes.

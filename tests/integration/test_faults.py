@@ -12,9 +12,12 @@ from __future__ import annotations
 import functools
 import os
 import resource
+import shutil
 import signal
+import json
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -278,3 +281,67 @@ def test_a_node_is_never_more_open_than_its_final_mode(make_host, tmp_path):
     assert calls[0].startswith("mknodat(") and "S_IFCHR|000," in calls[0], calls
     assert calls[1].startswith("fchownat(") and "65534, 65534" in calls[1], calls
     assert calls[2].startswith("fchmodat(") and ", 060" in calls[2], calls
+
+
+def fuse_workers(pid: int) -> list[str]:
+    """The daemon's threads but its event thread: the main thread and
+    libfuse's workers, which answer the kernel's requests."""
+    return [tid for tid in os.listdir(f"/proc/{pid}/task")
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() != "tagmem-events"]
+
+
+def traced_by(tid: str, pid: int) -> int:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("TracerPid:")))
+
+
+def test_a_change_racing_a_lookup_reaches_the_new_inode(make_host, tagmemfs, tmp_path):
+    """The race behind the soak's truncated `metadata` (docs/soak.md): a
+    LOOKUP is answered from the old record, the tag changes, and the
+    change's inode invalidation reaches the kernel before the reply has
+    created the inode. Made certain here by holding every reply of the FUSE
+    workers (strace delays their writev) while the event thread, untraced,
+    applies the change. Without a barrier the inode is created afterwards
+    with the old size for a day, and reads stop there: cut JSON."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing (scripts/install-deps.sh installs it)")
+    make_host("dcd")
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nname = short\n")
+    # One FUSE worker, so that no untraced one is started later (strace
+    # without -f: with it, attaching one thread attaches the event thread).
+    d = tagmemfs("-c", conf, "--uevents", "none", "--threads", "1")
+    tag_dir = d.mount_point / hg.TAG_A
+    os.stat(tag_dir)  # the directory is known to the kernel, its files not yet
+    delay_s = 1.5
+    workers = fuse_workers(d.proc.pid)
+    tracer = subprocess.Popen(
+        ["strace", "-qq", "-o", "/dev/null", "-e", "trace=writev", "-e",
+         f"inject=writev:delay_enter={int(delay_s * 1e6)}"]
+        + [arg for tid in workers for arg in ("-p", tid)], env=traced_env())
+    try:
+        eventually(lambda: all(traced_by(t, d.proc.pid) == tracer.pid for t in workers),
+                   what="strace attached to every FUSE worker")
+        got: dict[str, str] = {}
+        reader = threading.Thread(
+            target=lambda: got.setdefault("text", (tag_dir / "metadata").read_text()))
+        reader.start()
+        # The LOOKUP of `metadata` is answered at once; its reply now waits
+        # in writev. The change happens in that window.
+        time.sleep(delay_s / 3)
+        long_name = "a-much-longer-name-" * 6  # within the 128-byte limit
+        conf.write_text(f"[tag {hg.TAG_A}]\nname = {long_name}\n")
+        d.rescan()
+        reader.join(timeout=60)
+        assert not reader.is_alive(), "the read of metadata never returned"
+    finally:
+        tracer.terminate()  # detaches; the daemon runs on untraced
+        tracer.wait(30)
+    # The reader's own view may be of before or after the change, but whole.
+    # Cut at the old length, it is not JSON.
+    first = json.loads(got["text"])
+    assert first["name"] in ("short", long_name)
+    # And from now on every read sees the change, size and content.
+    now = (tag_dir / "metadata").read_text()
+    assert json.loads(now)["name"] == long_name, now
+    assert os.stat(tag_dir / "metadata").st_size == len(now.encode())
