@@ -106,15 +106,15 @@ int cmd_memory_change(MemoryChange change, const std::string& tag_text, const Qu
         if (code == kInUseError)
             return fail(kExitInUse, done.error().message);
         return fail(kExitKernelRefused,
-                    fmt::format("tagmem {} {}: {}", verb, tag->str(), done.error().message));
+                    fmt::format("{} of tag {} failed: {}", verb, tag->str(), done.error().message));
     }
     if (change == MemoryChange::online) {
         auto blocks = memory_blocks(dev.resource, dev.size, os);
         std::string where;
         if (blocks && !blocks->blocks.empty())
-            where = fmt::format(" ({} in {} memory blocks, NUMA node {})",
+            where = fmt::format(" ({} in {} memory block{}, NUMA node {})",
                                 human_size(blocks->online_bytes()), blocks->blocks.size(),
-                                blocks->blocks.front().node);
+                                blocks->blocks.size() == 1 ? "" : "s", blocks->blocks.front().node);
         fmt::print("tag {} ({}) is system RAM now{}, target node {}\n", tag->str(), dev.name, where,
                    dev.target_node);
     } else {

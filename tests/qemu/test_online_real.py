@@ -65,7 +65,9 @@ ALLOW={ALLOW} DENY={DENY} SHARE={SHARE}
 A_DEV=$(vmkit_dax_for_tag $ALLOW)
 D_DEV=$(vmkit_dax_for_tag $DENY)
 S_DEV=$(vmkit_dax_for_tag $SHARE)
-echo "TM-DEVS A=$A_DEV D=$D_DEV S=$S_DEV node=$(cat /sys/bus/dax/devices/${{A_DEV##*/}}/target_node)"
+A_SYS=/sys/bus/dax/devices/${{A_DEV##*/}}
+echo "TM-DEVS A=$A_DEV D=$D_DEV S=$S_DEV node=$(cat $A_SYS/target_node)" \
+     "resource=$(cat $A_SYS/resource) size=$(cat $A_SYS/size)"
 MEMINFO=/sys/devices/system/node/node{NODE}/meminfo
 
 # Everything a change would touch, one line each: drivers, node memory,
@@ -176,7 +178,8 @@ def test_online_offline_and_every_refusal(vm_assets, product, guest_tools, vm_ti
 
 
 def _check(res: vmkit.BootResult) -> None:
-    m = re.search(r"^TM-DEVS A=(\S+) D=(\S+) S=(\S+) node=(\d+)$", res.console, re.M)
+    m = re.search(r"^TM-DEVS A=(\S+) D=(\S+) S=(\S+) node=(\d+) resource=(\w+) size=(\d+)$",
+                  res.console, re.M)
     assert m, res.tail()
     a_dev = m.group(1)
     a_name = a_dev.rsplit("/", 1)[1]
@@ -229,9 +232,13 @@ def _check(res: vmkit.BootResult) -> None:
     assert meta["state"] == "system-ram" and meta["tag"] == ALLOW
     assert meta["devices"][0]["mode"] == "system-ram"
     assert meta["devices"][0]["target_node"] == NODE
+    # The device's blocks: those whose start lies in its range (node 1 also
+    # has boot memory of its own).
+    dev_start, dev_size = int(m.group(5), 16), int(m.group(6))
     blocks = [line.split() for line in section(res, "blocks-online").splitlines()]
-    ours = [b for b in blocks if b[2] == f"node{NODE}"]
-    assert len(ours) == 1 and ours[0][3] == "Movable", blocks
+    ours = [b for b in blocks if 0 <= int(b[1], 16) * block - dev_start < dev_size]
+    assert len(ours) == 1, blocks
+    assert ours[0][2] == f"node{NODE}" and ours[0][3] == "Movable", ours
     assert _rc(res, "online-again") == 0
     assert "already system RAM" in section(res, "online-again")
 
