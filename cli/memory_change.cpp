@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 namespace tagmem::cli {
@@ -37,6 +38,20 @@ int exit_code_of(Refusal r) {
     case Refusal::in_use: return kExitInUse;
     }
     return kExitError;
+}
+
+void interrupted(int) {}
+
+// Ctrl-C or SIGTERM during a change interrupts the kernel's work (the write
+// returns EINTR) instead of killing tagmem half-way: core then puts back
+// what it had done and says so.
+void interrupt_instead_of_dying() {
+    struct sigaction sa {};
+    sa.sa_handler = &interrupted;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; // no SA_RESTART
+    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, nullptr);
 }
 
 Result<std::vector<DeviceUser>> users_of(const TagRecord* record, HostOs& os) {
@@ -82,6 +97,7 @@ int cmd_memory_change(MemoryChange change, const std::string& tag_text, const Qu
     }
 
     const DaxDevice& dev = record->device()->dev;
+    interrupt_instead_of_dying();
     Status done = Ok{};
     if (change == MemoryChange::online) {
         // The first look at /proc was made while the device could still be

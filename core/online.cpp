@@ -399,7 +399,8 @@ Status to_devdax(const std::string& device, HostOs& os) {
             rc == -EBUSY || (rc >= 0 && still > 0)
                 ? "the kernel could not migrate every page out of them (pages in use that "
                   "cannot move: pinned, or not in ZONE_MOVABLE)"
-                : "offlining failed";
+            : rc == -EINTR ? "interrupted by a signal"
+                           : "offlining failed";
         const std::string log = d.said();
         int back = daxctl_memory_online(mem);
         return make_error(rc == -EINTR ? EINTR : EBUSY,

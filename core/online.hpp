@@ -103,7 +103,10 @@ Status to_system_ram(const std::string& device, HostOs& os, const std::function<
 // system-ram -> devdax: offlines the blocks, unbinds kmem, binds
 // device_dax. When a block cannot be offlined, the device stays system RAM
 // (the blocks offlined so far are onlined again) and the error says which
-// blocks failed.
+// blocks failed. The kernel retries busy pages until a signal interrupts
+// it; the caller should catch SIGINT/SIGTERM (no SA_RESTART) so that an
+// interrupted offline returns EINTR here and is undone, rather than killing
+// the process half-way.
 Status to_devdax(const std::string& device, HostOs& os);
 
 } // namespace tagmem
