@@ -13,6 +13,13 @@ enum ExitCode : int {
     kExitConflict = 4,   // several devices claim the tag
     kExitTimeout = 6,    // tagmem wait gave up
     kExitNotUsable = 5,  // the tag exists but is not mappable (system-ram, disabled)
+    // tagmem online / offline (docs/online.md); 10 and up, apart from the
+    // codes every command shares.
+    kExitNotRoot = 10,       // only root may change what memory is
+    kExitNotAllowed = 11,    // tagmem.conf does not opt the tag in
+    kExitInUse = 12,         // a process has the device open or mapped
+    kExitKernelRefused = 13, // the kernel could not (offline: pages that cannot move)
+    kExitConfigInvalid = 14, // tagmem.conf has errors: nothing is decided on it
 };
 
 } // namespace tagmem::cli

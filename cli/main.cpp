@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// tagmem(1): list tagged memory, show one tag, resolve a tag to its device.
+// tagmem(1): list tagged memory, show one tag, resolve a tag to its device,
+// and (root, opted in) make a tag's memory system RAM and back.
 #include "exit_codes.hpp"
 #include "format.hpp"
+#include "memory_change.hpp"
 #include "query.hpp"
 #include "watch_client.hpp"
 
@@ -140,7 +142,7 @@ int run(int argc, char** argv) {
     Options opt;
     app.add_option("-c,--config", opt.query.config_path,
                    fmt::format("configuration file (default {}, optional); list, show and "
-                               "resolve then scan the host",
+                               "resolve then scan the host; online and offline need it valid",
                                kDefaultConfigPath));
 
     auto* list = app.add_subcommand("list", "list every tag on this host");
@@ -172,6 +174,17 @@ int run(int argc, char** argv) {
         ->capture_default_str();
     cdi->add_option("--nodes-dir", cdi_paths.nodes_dir,
                     "tagmemfs's --nodes-dir (default: <mount point>.nodes)");
+
+    // tagmem online / offline: root, and only for tags tagmem.conf opts in.
+    std::string change_tag;
+    auto* online = app.add_subcommand(
+        "online", "make a tag's device system RAM (root; only if tagmem.conf says "
+                  "online = allow); refusals exit 3-5 or 10-14");
+    auto* offline = app.add_subcommand(
+        "offline", "return a tag's system RAM to devdax (root; the same opt-in); exit 13 when "
+                   "the kernel cannot offline it");
+    for (auto* sub : {online, offline})
+        sub->add_option("tag", change_tag, "the tag (UUID)")->required();
 
     WatchOptions wopt;
     auto* wait = app.add_subcommand(
@@ -209,6 +222,10 @@ int run(int argc, char** argv) {
         return cmd_resolve(opt);
     if (*cdi)
         return cmd_cdi(opt, cdi_paths, cdi_tags);
+    if (*online)
+        return cmd_memory_change(MemoryChange::online, change_tag, opt.query);
+    if (*offline)
+        return cmd_memory_change(MemoryChange::offline, change_tag, opt.query);
     if (*wait)
         return cmd_wait(wopt);
     if (*watch)

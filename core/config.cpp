@@ -25,13 +25,21 @@ struct ParseState {
     bool current_bad = false;
     std::set<std::string> keys_seen;
     std::set<Uuid> sections_seen;
-    int lines_read = 0; // counted by read_ini_line
+    int online_shareable_line = 0; // where online-shareable = allow was said
+    int lines_read = 0;            // counted by read_ini_line
 
     void error(int line, const std::string& what) {
         config.errors.push_back(fmt::format("{}:{}: {}", config.origin, line, what));
     }
 
     void finish_section() {
+        if (current && !current_bad && current->online_shareable && !current->online) {
+            // Alone it would read as an opt-in that is not one.
+            error(online_shareable_line, "online-shareable = allow without online = allow: "
+                                         "the second setting only extends the first");
+            current_bad = true;
+        }
+        online_shareable_line = 0;
         if (current && !current_bad)
             config.tags.emplace(current->tag, *current);
         current.reset();
@@ -116,9 +124,19 @@ struct ParseState {
             if (!n || *n < 0 || *n > 4095)
                 return bad("a NUMA node number from 0 to 4095");
             t.match_node = static_cast<int>(*n);
+        } else if (name == "online" || name == "online-shareable") {
+            auto allow = parse_allow(value);
+            if (!allow)
+                return bad(allow.error().message);
+            if (name == "online") {
+                t.online = *allow;
+            } else {
+                t.online_shareable = *allow;
+                online_shareable_line = line;
+            }
         } else {
             bad("unknown key (known: name, shareable, owner, group, mode, match-range, "
-                "match-node)");
+                "match-node, online, online-shareable)");
         }
     }
 };
@@ -206,6 +224,15 @@ Result<mode_t> parse_mode(std::string_view raw) {
                                               "permission bits (0000-0777) are allowed",
                                               text));
     return static_cast<mode_t>(v);
+}
+
+Result<bool> parse_allow(std::string_view raw) {
+    auto text = trim_attr(raw);
+    if (text == "allow")
+        return true;
+    if (text == "deny")
+        return false;
+    return make_error(EINVAL, fmt::format("expected allow or deny, not '{}'", text));
 }
 
 Result<PhysRange> parse_phys_range(std::string_view raw) {

@@ -10,6 +10,8 @@
 //   owner       = famfs
 //   group       = famfs
 //   mode        = 0660
+//   online      = allow      # tagmem online may make it system RAM
+//   online-shareable = allow # ... even though it is shareable
 //
 // match-* tag memory that carries no UUID of its own; owner/group/mode decide
 // who may open the tag's data (default root:root 0600). See tagmem.conf(5).
@@ -53,6 +55,12 @@ struct TagConfig {
     std::optional<mode_t> mode;
     std::optional<PhysRange> match_range;
     std::optional<int> match_node;
+    // The opt-in to `tagmem online`/`offline` (docs/online.md): deny unless
+    // said. A shareable tag needs both: onlining zeroes nothing but hands the
+    // capacity to this host's page allocator, which other hosts sharing it
+    // cannot know.
+    bool online = false;
+    bool online_shareable = false;
 
     bool has_match() const { return match_range || match_node; }
 };
@@ -79,5 +87,7 @@ Config load_config(const std::string& path, bool missing_ok, HostOs& os);
 
 Result<PhysRange> parse_phys_range(std::string_view text);
 Result<mode_t> parse_mode(std::string_view text);
+// allow or deny, nothing else (no yes/no: the word says what it does).
+Result<bool> parse_allow(std::string_view text);
 
 } // namespace tagmem

@@ -143,6 +143,17 @@ class RealHostOs final : public HostOs {
         struct stat st {};
         if (::lstat(path.c_str(), &st) != 0)
             return errno_error(errno, "cannot stat", path);
+        return node_info(st);
+    }
+
+    Result<NodeInfo> stat_node(const std::string& path) override {
+        struct stat st {};
+        if (::stat(path.c_str(), &st) != 0)
+            return errno_error(errno, "cannot stat", path);
+        return node_info(st);
+    }
+
+    static NodeInfo node_info(const struct stat& st) {
         NodeInfo info;
         switch (st.st_mode & S_IFMT) {
         case S_IFCHR: info.type = NodeType::char_device; break;

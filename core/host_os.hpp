@@ -74,6 +74,15 @@ class HostOs {
     }
     // lstat(): a symlink is reported as a symlink, never followed.
     virtual Result<NodeInfo> lstat_node(const std::string& path) = 0;
+    // stat(): links followed, /proc's fd and map_files links included (to
+    // the file they hold, even one deleted). The default resolves the path
+    // first, for hosts whose links are ordinary.
+    virtual Result<NodeInfo> stat_node(const std::string& path) {
+        auto real = real_path(path);
+        if (!real)
+            return real.error();
+        return lstat_node(*real);
+    }
     virtual bool exists(const std::string& path) = 0;
     // The character major the running kernel registered for "dax"; nullopt
     // when none is, an error when /proc/devices cannot be read.

@@ -289,6 +289,64 @@ INSTANTIATE_TEST_SUITE_P(
         BadLine{"group with a comma", "group = a,b", "','"}),
     [](const auto& param_info) { return "case" + std::to_string(param_info.index); });
 
+// --- the opt-in to system RAM (docs/online.md) ----------------------------
+
+TEST(ParseConfig, OnlineIsDeniedUnlessAllowed) {
+    auto c = parse_config(std::string("[tag ") + kA + "]\nname = a\n[tag " + kB +
+                              "]\nonline = deny\n[tag " + kC + "]\nonline = allow\n",
+                          "f.conf");
+    EXPECT_THAT(c.errors, IsEmpty()) << joined(c.errors);
+    ASSERT_THAT(tags_of(c), SizeIs(3));
+    EXPECT_FALSE(c.find(U(kA))->online);
+    EXPECT_FALSE(c.find(U(kA))->online_shareable);
+    EXPECT_FALSE(c.find(U(kB))->online);
+    EXPECT_TRUE(c.find(U(kC))->online);
+    EXPECT_FALSE(c.find(U(kC))->online_shareable);
+}
+
+TEST(ParseConfig, OnlineShareableNeedsOnline) {
+    auto c = parse_config(std::string("[tag ") + kA +
+                              "]\nshareable = yes\nonline = allow\nonline-shareable = allow\n"
+                              "[tag " +
+                              kB + "]\nonline-shareable = allow\n[tag " + kC +
+                              "]\nonline-shareable = allow\nonline = deny\n",
+                          "f.conf");
+    ASSERT_THAT(c.errors, SizeIs(2)) << joined(c.errors);
+    EXPECT_THAT(c.errors[0], AllOf(StartsWith("f.conf:6: "),
+                                   HasSubstr("online-shareable = allow without online = allow")));
+    EXPECT_THAT(c.errors[1], StartsWith("f.conf:8: "));
+    ASSERT_THAT(tags_of(c), ElementsAre(U(kA)));
+    EXPECT_TRUE(c.find(U(kA))->online);
+    EXPECT_TRUE(c.find(U(kA))->online_shareable);
+}
+
+TEST(ParseConfig, OnlineValuesAreAllowOrDenyOnly) {
+    for (const char* value : {"yes", "true", "1", "Allow", "allowed", "", "allow deny"}) {
+        auto c = parse_config(std::string("[tag ") + kA + "]\nonline = " + value + "\n", "f.conf");
+        ASSERT_THAT(c.errors, SizeIs(1)) << value;
+        EXPECT_THAT(c.errors[0],
+                    AllOf(StartsWith("f.conf:2: "), HasSubstr("expected allow or deny")))
+            << value;
+        EXPECT_THAT(tags_of(c), IsEmpty()) << value;
+        auto d = parse_config(std::string("[tag ") + kA +
+                                  "]\nonline = allow\nonline-shareable = " + value + "\n",
+                              "f.conf");
+        ASSERT_THAT(d.errors, SizeIs(1)) << value;
+        EXPECT_THAT(d.errors[0],
+                    AllOf(StartsWith("f.conf:3: "), HasSubstr("expected allow or deny")))
+            << value;
+        EXPECT_THAT(tags_of(d), IsEmpty()) << value;
+    }
+}
+
+TEST(ParseConfig, OnlineGivenTwiceIsAnError) {
+    auto c =
+        parse_config(std::string("[tag ") + kA + "]\nonline = deny\nonline = allow\n", "f.conf");
+    ASSERT_THAT(c.errors, SizeIs(1)) << joined(c.errors);
+    EXPECT_THAT(c.errors[0], HasSubstr("given twice"));
+    EXPECT_THAT(tags_of(c), IsEmpty());
+}
+
 // shareable is the section's first key in the table above, so here:
 TEST(ParseConfig, BadBoolean) {
     auto c = parse_config(std::string("[tag ") + kA + "]\nshareable = maybe\n[tag " + kB +
