@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -247,3 +248,64 @@ def test_libvirt_fragment_is_a_valid_domain_part(make_host, tagmemfs, tmp_path):
     _full_domain(r.stdout).write(path, encoding="unicode")
     v = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True)
     assert v.returncode == 0, (v.stdout, v.stderr, path.read_text())
+
+
+@pytest.mark.parametrize("machine,memory,ram_spans", [
+    ("pc", "512M", [(0, 512 * MiB)]),
+    ("pc", "8G", [(0, 3 * GiB), (4 * GiB, 9 * GiB)]),
+    ("q35", "3G", [(0, 2 * GiB), (4 * GiB, 5 * GiB)]),
+])
+def test_qemu_places_every_tag_at_its_guest_start(make_host, tmp_path, machine, memory,
+                                                  ram_spans):
+    """The layout rule against QEMU itself: QEMU started (-S, no guest) with
+    the generated arguments, its memory map read from the monitor. Only the
+    tags' mem-path is swapped for sparse files of their size (no devdax here)."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        pytest.skip("qemu-system-x86_64 is not installed (TAGMEM_SKIP_QEMU_DEPS?): "
+                    "the layout was not checked against QEMU")
+    h = make_host("dcd")
+    r = vm_args("--format", "json", "--machine", machine, "--memory", memory, "--cpus", "2",
+                hg.TAG_B, hg.TAG_A)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    h.unmount()  # QEMU runs on the real /dev and /sys; mounted again for the fixture
+    try:
+        mon = _qemu_memory_map(qemu, out, tmp_path)
+    finally:
+        h.mount()
+    assert mon.returncode == 0, mon.stderr
+    # "0000000100000000-000000010fffffff (prio 0, ram): tagmem1" in the
+    # flat view of the system address space (AS "memory").
+    views = [v for v in mon.stdout.split("FlatView #") if 'AS "memory"' in v]
+    assert len(views) == 1, mon.stdout
+    system = views[0]
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for m in re.finditer(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (\S+)", system, re.M):
+        spans.setdefault(m[3], []).append((int(m[1], 16), int(m[2], 16) + 1))
+    for t in out["layout"]["tags"]:
+        assert spans[t["object_id"]] == [(t["guest_start"], t["guest_start"] + t["size"])], \
+            system
+    # Node 0: all of RAM below the cap (less the legacy hole), the rest at 4 GiB.
+    ram = spans["tagmem-ram"]
+    assert ram[0][0] == 0 and ram[-1][1] == ram_spans[-1][1], system
+    if len(ram_spans) > 1:
+        assert (4 * GiB, ram_spans[1][1]) in ram and ram[-2][1] == ram_spans[0][1], system
+    assert "node 1 size: 256 MB" in mon.stdout and "node 2 size: 1536 MB" in mon.stdout
+
+
+def _qemu_memory_map(qemu: str, out: dict, tmp_path) -> subprocess.CompletedProcess:
+    """QEMU started (-S) with vm-args' arguments, the tags' mem-path swapped
+    for sparse files; the monitor's memory map and NUMA nodes."""
+    args = out["qemu"]
+    for t in out["layout"]["tags"]:
+        backing = tmp_path / f"{t['object_id']}.img"
+        with open(backing, "wb") as f:
+            f.truncate(t["size"])
+        old = f"mem-path={t['mem_path']},"
+        assert sum(old in a for a in args) == 1
+        args = [a.replace(old, f"mem-path={backing},") for a in args]
+    return subprocess.run([qemu, "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+                           "-monitor", "stdio", *args],
+                          input="info mtree -f\ninfo numa\nquit\n", capture_output=True,
+                          text=True, timeout=120)
