@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 import hostgen as hg
 import pytest
-from conftest import run_tagmem, write_config
+from conftest import TAGMEM, run_as, run_tagmem, write_config
 
 GiB = hg.GiB
 MiB = 1 << 20
@@ -203,6 +203,15 @@ mode = 0600
     assert r.returncode == 0 and r.stdout
     assert f"daemon may not open {mnt}/{TAG_CFG}/data read-write (access nobody:root 0600)" \
         in r.stderr
+
+    # A caller who is not root, by default the user checked: told by the
+    # daemon (which lists every tag), warned about its own access.
+    code = (f"import subprocess, sys; r = subprocess.run([{str(TAGMEM)!r}, 'vm-args', '-m', "
+            f"{str(mnt)!r}, {TAG_CFG!r}], capture_output=True, text=True); "
+            "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); sys.exit(r.returncode)")
+    r = run_as(65533, 65533, code)
+    assert r.returncode == 0 and r.stdout, r.stderr
+    assert f"uid 65533 may not open {mnt}/{TAG_CFG}/data read-write" in r.stderr
 
 
 def _full_domain(fragment: str) -> ET.ElementTree:
