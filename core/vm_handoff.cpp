@@ -310,8 +310,8 @@ PlanResult plan_handoff(const json& tags, const std::vector<Uuid>& wanted, const
         pt.guest_start = next;
         if (next + pt.size < next || total + pt.size < total || next + pt.size > guest.phys_limit) {
             refuse(Refusal::layout,
-                   fmt::format("tag {} ({}) would end at {}, beyond the guest's {} physical "
-                               "address space",
+                   fmt::format("tag {} ({}) would end at {}, beyond {}, where QEMU moves guest "
+                               "RAM above 4 GiB to 1 TiB or refuses to start",
                                pt.tag, size_text(pt.size),
                                next + pt.size < next ? std::string("2^64") : hex(next + pt.size),
                                size_text(guest.phys_limit)));

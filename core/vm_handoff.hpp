@@ -41,9 +41,13 @@ inline constexpr std::size_t kMaxTags = 127;
 // Of x86's 2048-byte kernel command line, what the memmap= parameters may
 // take, leaving the rest to the guest's own parameters.
 inline constexpr std::size_t kMaxKernelParamBytes = 1024;
-// QEMU's default guest phys-bits (TCG, and KVM CPU models without
-// host-phys-bits) is 40: RAM must end below 1 TiB.
-inline constexpr std::uint64_t kDefaultPhysLimit = 1ull << 40;
+// Where guest RAM must end: below AMD's HyperTransport hole at 1012 GiB
+// less QEMU's 32 GiB 64-bit PCI window. Beyond it QEMU 7.2 either refuses
+// to start (phys-bits 40: "Address space limit ... phys-bits too low") or,
+// with more phys-bits and an AMD CPU model (TCG's default), silently moves
+// all RAM above 4 GiB to 1 TiB, and every guest_start would be wrong
+// (docs/vm.md). Measured: a tag ending at 980 GiB starts, one at 981 fails.
+inline constexpr std::uint64_t kDefaultPhysLimit = 980ull << 30;
 
 // pc: i440fx (QEMU puts at most 3 GiB of RAM below 4 GiB); q35: at most
 // 2 GiB (QEMU 7.2 pc_piix.c and pc_q35.c).

@@ -162,7 +162,7 @@ match-node = 3
     r = run_tagmem("vm-args", TAG_ODD, config=conf)
     assert r.returncode == 7 and "not a multiple of 2 MiB" in r.stderr, r.stderr
     r = run_tagmem("vm-args", TAG_CFG, config=conf)
-    assert r.returncode == 7 and "beyond the guest's 1024 GiB" in r.stderr, r.stderr
+    assert r.returncode == 7 and "beyond 980 GiB" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,message", [
@@ -303,7 +303,40 @@ def test_qemu_places_every_tag_at_its_guest_start(make_host, tmp_path, machine, 
     assert "node 1 size: 256 MB" in mon.stdout and "node 2 size: 1536 MB" in mon.stdout
 
 
-def _qemu_memory_map(qemu: str, out: dict, tmp_path) -> subprocess.CompletedProcess:
+def test_largest_layout_is_not_moved_by_qemu(make_host, tmp_path):
+    """A tag ending at 980 GiB, the most vm-args lays out, stays at 4 GiB even
+    with the CPU (AMD model, phys-bits 42) under which QEMU moves RAM above
+    4 GiB to 1 TiB once it nears the HyperTransport hole; 2 MiB more is refused."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        pytest.skip("qemu-system-x86_64 is not installed (TAGMEM_SKIP_QEMU_DEPS?)")
+    h = hg.Host()
+    h.hmem(region_id=2, base=0x100_0000_0000, size=976 * GiB, target_node=2)
+    h.hmem(region_id=3, base=0x200_0000_0000, size=976 * GiB + 2 * MiB, target_node=3)
+    host = make_host(h)
+    conf = write_config(tmp_path, f"""[tag {TAG_CFG}]
+match-node = 2
+[tag {TAG_ODD}]
+match-node = 3
+""")
+    r = run_tagmem("vm-args", "--memory", "512M", "--machine", "q35", "--format", "json",
+                   TAG_CFG, config=conf)
+    assert r.returncode == 0, r.stderr
+    too_big = run_tagmem("vm-args", "--memory", "512M", "--machine", "q35", TAG_ODD,
+                         config=conf)
+    assert too_big.returncode == 7 and "beyond 980 GiB" in too_big.stderr
+    out = json.loads(r.stdout)
+    host.unmount()
+    try:
+        mon = _qemu_memory_map(qemu, out, tmp_path, ["-cpu", "max,phys-bits=42"])
+    finally:
+        host.mount()
+    assert mon.returncode == 0, mon.stderr
+    assert re.search(r"^\s*0000000100000000-000000f4ffffffff \(prio 0, ram\): tagmem1$",
+                     mon.stdout, re.M), mon.stdout
+
+
+def _qemu_memory_map(qemu: str, out: dict, tmp_path, extra=()) -> subprocess.CompletedProcess:
     """QEMU started (-S) with vm-args' arguments, the tags' mem-path swapped
     for sparse files; the monitor's memory map and NUMA nodes."""
     args = out["qemu"]
@@ -315,6 +348,6 @@ def _qemu_memory_map(qemu: str, out: dict, tmp_path) -> subprocess.CompletedProc
         assert sum(old in a for a in args) == 1
         args = [a.replace(old, f"mem-path={backing},") for a in args]
     return subprocess.run([qemu, "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
-                           "-monitor", "stdio", *args],
+                           "-monitor", "stdio", *extra, *args],
                           input="info mtree -f\ninfo numa\nquit\n", capture_output=True,
                           text=True, timeout=120)

@@ -326,14 +326,14 @@ TEST(VmHandoff, SizesNotOn2MiBAreRefused) {
 }
 
 TEST(VmHandoff, TagsBeyondTheAddressSpaceAreRefused) {
-    // Three 512 GiB tags: the third ends past QEMU's 40-bit default.
+    // The third ends past 980 GiB, where QEMU would relocate or refuse.
     json tags = {tag_json(1, {.size = 512 * GiB}), tag_json(2, {.size = 256 * GiB}),
                  tag_json(3, {.size = 512 * GiB})};
     auto r = refused(tags, {tag_n(1), tag_n(2), tag_n(3)});
     ASSERT_EQ(r.size(), 1u);
     EXPECT_EQ(r[0].why, Refusal::layout);
     EXPECT_THAT(r[0].message, HasSubstr(tag_n(3).str()));
-    EXPECT_THAT(r[0].message, HasSubstr("beyond the guest's 1024 GiB"));
+    EXPECT_THAT(r[0].message, HasSubstr("beyond 980 GiB, where QEMU moves"));
     // With a larger limit they fit.
     GuestSpec g = guest();
     g.phys_limit = 1ull << 46;
