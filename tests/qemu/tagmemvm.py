@@ -470,3 +470,112 @@ def wait_all(guests: Sequence[vmkit.Guest], grace_s: float = 15.0) -> list[vmkit
     finally:
         for g in guests:
             g.kill()
+
+
+# --------------------------------------------------------------------------
+# the VM hand-off (issue 12): a host tag given to guests as their own NUMA
+# node, shared by test_vm_handoff.py and demo.py
+# --------------------------------------------------------------------------
+
+HANDOFF_TAG = "7a9e0000-0000-4000-8000-00000000c0de"
+HANDOFF_NAME = "vm-shared"
+HANDOFF_SIZE = 64 * vmkit.MiB
+HANDOFF_RAM = 512 * vmkit.MiB  # each guest's own RAM, node 0
+#: What the host's metadata says of the tag's memory (HMAT access0).
+HANDOFF_PERF = {"read_latency_ns": 180, "write_latency_ns": 210,
+                "read_bandwidth_mbps": 14000, "write_bandwidth_mbps": 9000}
+HANDOFF_ITEM = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw"
+
+
+def contract_vm_args(tags: Sequence[Mapping], ram: int = HANDOFF_RAM, cpus: int = 1,
+                     machine: str = "pc", mount_point: str = "/run/tagmem") -> dict:
+    """What `tagmem vm-args --format json` gives for ``tags`` (dicts with tag,
+    name, shareable, size and host), written out from the contract between the
+    host and guest sides (docs/vm.md): node 0 is the guest's RAM, all of it
+    below 4 GiB (max-ram-below-4g); tag i is node i+1 at 4 GiB + the sizes of
+    the tags before it; memmap= makes each range soft-reserved; the metadata
+    rides in the fw_cfg item. Used until the test runs the real command."""
+    args = ["-machine", f"{machine},max-ram-below-4g={ram}",
+            "-m", f"{(ram + sum(t['size'] for t in tags)) // vmkit.MiB}M",
+            "-smp", str(cpus),
+            "-object", f"memory-backend-ram,id=tagmem-ram,size={ram}",
+            "-numa", f"node,nodeid=0,cpus={0 if cpus == 1 else f'0-{cpus - 1}'},memdev=tagmem-ram"]
+    start = 4 * vmkit.GiB
+    entries, memmap = [], []
+    for i, t in enumerate(tags, start=1):
+        args += ["-object", f"memory-backend-file,id=tagmem{i},size={t['size']},"
+                            f"mem-path={mount_point}/{t['tag']}/data,share=on",
+                 "-numa", f"node,nodeid={i},memdev=tagmem{i}"]
+        entries.append({"tag": t["tag"], "name": t["name"], "shareable": t["shareable"],
+                        "size": t["size"], "guest_start": start, "guest_node": i,
+                        "host": t["host"]})
+        memmap.append(f"memmap={t['size']:#x}%{start:#x}-1+0xefffffff")
+        start += t["size"]
+    item = json.dumps({"format": "tagmem-handoff", "version": 1, "tags": entries},
+                      separators=(",", ":"))
+    args += ["-fw_cfg", "name=opt/org.tagmem/tags,string=" + item.replace(",", ",,")]
+    return {"qemu": args, "kernel_cmdline": " ".join(memmap)}
+
+
+def with_backing_file(qemu_args: Sequence[str], tag: str, path: os.PathLike | str,
+                      mount_point: str = "/run/tagmem") -> list[str]:
+    """The tests' one switch (issue 12): this CI host has no real devdax, so
+    the tag's memory backend maps a plain file instead of
+    <mount point>/<tag>/data. Everything else stays as generated."""
+    want = f"mem-path={mount_point}/{tag}/data"
+    out, hits = [], 0
+    for a in qemu_args:
+        if a.startswith("memory-backend-file,") and want + "," in a + ",":
+            a = a.replace(want, "mem-path=" + str(path).replace(",", ",,"))
+            hits += 1
+        out.append(a)
+    if hits != 1:
+        raise vmkit.VmError(f"{want} appears {hits} times in the generated arguments")
+    return out
+
+
+def handoff_host_file(path: Path, seed: int = 0x7a9e) -> str:
+    """The host's "tag": HANDOFF_SIZE bytes of seeded noise (not zeros, so
+    that anything written into it by the hand-off shows). Its sha256."""
+    import random
+    data = random.Random(seed).randbytes(HANDOFF_SIZE)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def handoff_scenario(tag: str, steps: str) -> str:
+    """A hand-off guest: load the modules QEMU's memory needs (qemu_fw_cfg
+    shows the item, dax_hmem makes the soft-reserved range a dax device),
+    show that the device starts disabled, start tagmemfs (which enables it
+    because the item names it), show the tag, then ``steps`` (shell, with
+    $D the tag's data), then stop tagmemfs."""
+    return f"""
+modprobe qemu_fw_cfg
+modprobe dax_hmem
+for i in $(seq 100); do [ -e /sys/bus/dax/devices/dax0.0 ] && break; sleep 0.1; done
+tm_section handoff-item cat {HANDOFF_ITEM}
+tm_dax_drivers() {{
+    for d in /sys/bus/dax/devices/*; do
+        drv=$(readlink "$d/driver" || true)
+        echo "${{d##*/}} driver=${{drv##*/}} target_node=$(cat $d/target_node) size=$(cat $d/size)"
+    done
+}}
+tm_section dax-before tm_dax_drivers
+echo "TM-EVENT: host $TM_HOST booted uptime=$(tm_now)"
+tm_start
+tm_show {tag}
+tm_section dax-after tm_dax_drivers
+D=$TM_MNT/{tag}/data
+# Until PATTERN (SEED LEN OFF) is at OFF of data (up to 120 s).
+tm_wait_pattern() {{
+    tm_i=0
+    until daxmap verify "$D" "$1" "$2" "$3" >/tmp/wait.out 2>&1; do
+        tm_i=$((tm_i + 1))
+        if [ $tm_i -gt 600 ]; then cat /tmp/wait.out; return 1; fi
+        sleep 0.2
+    done
+    cat /tmp/wait.out
+}}
+{steps}
+tm_stop
+"""
