@@ -7,12 +7,14 @@ namespace tagmem::cli {
 
 enum ExitCode : int {
     kExitOk = 0,
-    kExitError = 1,      // the scan itself failed (e.g. libdaxctl cannot start)
-    kExitUsage = 2,      // bad argument or option
-    kExitUnknownTag = 3, // no device carries the tag
-    kExitConflict = 4,   // several devices claim the tag
-    kExitTimeout = 6,    // tagmem wait gave up
-    kExitNotUsable = 5,  // the tag exists but is not mappable (system-ram, disabled)
+    kExitError = 1,       // the scan itself failed (e.g. libdaxctl cannot start)
+    kExitUsage = 2,       // bad argument or option
+    kExitUnknownTag = 3,  // no device carries the tag
+    kExitConflict = 4,    // several devices claim the tag
+    kExitTimeout = 6,     // tagmem wait gave up
+    kExitNotUsable = 5,   // the tag exists but is not mappable (system-ram, disabled)
+    kExitNoLayout = 7,    // vm-args: the tags do not fit a guest (sizes, address space)
+    kExitUnsupported = 8, // vm-args --hotplug: the mechanism cannot (docs/vm.md)
 };
 
 } // namespace tagmem::cli

@@ -3,6 +3,7 @@
 #include "exit_codes.hpp"
 #include "format.hpp"
 #include "query.hpp"
+#include "vm_args.hpp"
 #include "watch_client.hpp"
 
 #include "cdi.hpp"
@@ -139,8 +140,8 @@ int run(int argc, char** argv) {
     app.set_version_flag("--version", std::string("tagmem ") + kVersion);
     Options opt;
     app.add_option("-c,--config", opt.query.config_path,
-                   fmt::format("configuration file (default {}, optional); list, show and "
-                               "resolve then scan the host",
+                   fmt::format("configuration file (default {}, optional); list, show, "
+                               "resolve and vm-args then scan the host",
                                kDefaultConfigPath));
 
     auto* list = app.add_subcommand("list", "list every tag on this host");
@@ -153,9 +154,39 @@ int run(int argc, char** argv) {
     auto* resolve = app.add_subcommand(
         "resolve", "print the device path of a tag; exit 3 unknown, 4 conflict, 5 not usable");
     resolve->add_option("tag", opt.tag_text, "the tag (UUID)")->required();
+    VmArgsOptions vopt;
+    auto* vm_args = app.add_subcommand(
+        "vm-args", "QEMU arguments (or libvirt XML) that hand tags to a guest; exit 3 unknown, "
+                   "4 conflict, 5 not usable, 7 no layout, 8 hotplug");
+    vm_args->add_option("tag", vopt.tags, "the tags (UUIDs), in guest NUMA node order")->required();
+    vm_args
+        ->add_option("--memory", vopt.memory,
+                     "guest RAM, node 0 (a number of MiB, or with K, M, G, T)")
+        ->capture_default_str();
+    vm_args->add_option("--cpus", vopt.cpus, "guest CPUs, all on node 0")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 4096u));
+    vm_args
+        ->add_option("--machine", vopt.machine,
+                     "QEMU machine type: pc, q35 or a versioned pc-i440fx-*, pc-q35-*")
+        ->capture_default_str();
+    vm_args
+        ->add_option("--format", vopt.format,
+                     "shell (one shell-quoted line), lines (one argument per line), json")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"shell", "lines", "json"}));
+    vm_args->add_flag("--libvirt", vopt.libvirt, "a libvirt domain XML fragment instead");
+    vm_args->add_flag("--kernel-cmdline", vopt.kernel_cmdline,
+                      "only the guest kernel's memmap= parameters");
+    vm_args->add_option("--user", vopt.user,
+                        "warn unless this user (QEMU's) may open the tags' data (default: the "
+                        "caller)");
+    vm_args->add_flag("--hotplug", vopt.hotplug,
+                      "into a running guest: refused (exit 8), the mechanism cannot");
+
     // Answers come from tagmemfs when it runs (what /run/tagmem shows),
     // else from a scan of the host.
-    for (auto* sub : {list, show, resolve}) {
+    for (auto* sub : {list, show, resolve, vm_args}) {
         sub->add_flag("--scan", opt.query.scan, "scan the host even if tagmemfs runs");
         sub->add_option("-m,--mount-point", opt.query.mount_point, "where tagmemfs is mounted")
             ->capture_default_str();
@@ -209,6 +240,8 @@ int run(int argc, char** argv) {
         return cmd_resolve(opt);
     if (*cdi)
         return cmd_cdi(opt, cdi_paths, cdi_tags);
+    if (*vm_args)
+        return cmd_vm_args(opt.query, vopt);
     if (*wait)
         return cmd_wait(wopt);
     if (*watch)

@@ -18,6 +18,9 @@ test_pkgs=(util-linux procps jq python3 python3-pytest clang-format kmod)
 # image, and the CDI schema with a validator for the spec tagmemfs writes.
 test_pkgs+=(podman runc busybox-static libc6-dev python3-jsonschema
   golang-github-container-orchestrated-devices-container-device-interface-dev)
+# tagmem vm-args --libvirt (tests/integration/test_vm.py): virt-xml-validate
+# checks the generated fragment inside a whole domain against libvirt's schema.
+test_pkgs+=(libvirt-clients)
 # The sanitizer and fuzzing pass (scripts/test-sanitizers.sh): clang with
 # libFuzzer and its sanitizer runtimes, llvm-symbolizer for readable reports.
 test_pkgs+=(clang libclang-rt-14-dev llvm-14)

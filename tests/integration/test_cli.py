@@ -13,7 +13,7 @@ from conftest import ROOT, TAGMEM, TAGMEMFS, run_tagmem
 
 
 @pytest.mark.parametrize("args", [[], ["list"], ["show"], ["resolve"], ["wait"], ["watch"],
-                                  ["cdi"]])
+                                  ["cdi"], ["vm-args"]])
 def test_every_command_has_help(args):
     r = run_tagmem(*args, "--help")
     assert r.returncode == 0, r.stderr
@@ -106,6 +106,7 @@ def _man_options(page) -> set[str]:
     ([str(TAGMEM), "wait"], "tagmem.1"),
     ([str(TAGMEM), "watch"], "tagmem.1"),
     ([str(TAGMEM), "cdi"], "tagmem.1"),
+    ([str(TAGMEM), "vm-args"], "tagmem.1"),
     ([str(TAGMEMFS)], "tagmemfs.8"),
 ])
 def test_man_page_documents_every_option(argv, page):
@@ -116,7 +117,7 @@ def test_man_page_documents_every_option(argv, page):
 def test_man_page_options_exist():
     for argv, page in (([str(TAGMEM)], "tagmem.1"), ([str(TAGMEMFS)], "tagmemfs.8")):
         helped = set()
-        subs = ([], ["list"], ["show"], ["resolve"], ["wait"], ["watch"], ["cdi"])
+        subs = ([], ["list"], ["show"], ["resolve"], ["wait"], ["watch"], ["cdi"], ["vm-args"])
         for sub in subs if page == "tagmem.1" else ([],):
             helped |= _help_options(argv + sub)
         stale = _man_options(page) - helped - {"--help"}
