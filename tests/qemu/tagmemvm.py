@@ -579,3 +579,36 @@ tm_wait_pattern() {{
 {steps}
 tm_stop
 """
+
+
+def vm_args_from_synthetic_host(build: Path, workdir: Path, ram: int = HANDOFF_RAM,
+                                cpus: int = 1) -> dict:
+    """`tagmem vm-args --format json` for HANDOFF_TAG, run for real: against a
+    synthetic host (tests/synthetic/hostgen.py, mounted over /sys and /dev in
+    a private mount namespace; needs root) holding the tag as a 64 MiB hmem
+    device on NUMA node 1 with HMAT data HANDOFF_PERF, named and made
+    shareable by that host's tagmem.conf. Its `qemu` arguments name
+    /run/tagmem/<tag>/data as the memory backend (with_backing_file swaps it
+    for a file) and `kernel_cmdline` the guest's memmap=."""
+    import sys
+    sys.path.insert(0, str(REPO / "tests" / "synthetic"))
+    import hostgen as hg
+    base = 0x1040000000
+    h = hg.Host()
+    h.node(1, read_latency=HANDOFF_PERF["read_latency_ns"],
+           write_latency=HANDOFF_PERF["write_latency_ns"],
+           read_bandwidth=HANDOFF_PERF["read_bandwidth_mbps"],
+           write_bandwidth=HANDOFF_PERF["write_bandwidth_mbps"])
+    h.hmem(region_id=0, base=base, size=HANDOFF_SIZE, target_node=1)
+    root = workdir / "vm-args-host"
+    h.write(root)
+    conf = workdir / "vm-args-host.conf"
+    conf.write_text(conf_text({HANDOFF_TAG: {
+        "name": HANDOFF_NAME, "shareable": "yes",
+        "match-range": f"{base:#x}-{base + HANDOFF_SIZE - 1:#x}"}}, "the host's tag"))
+    r = hg.run_in_host(root, [str(build / "cli" / "tagmem"), "--config", str(conf), "vm-args",
+                              "--format", "json", "--memory", f"{ram // vmkit.MiB}M",
+                              "--cpus", str(cpus), HANDOFF_TAG])
+    if r.returncode != 0:
+        raise vmkit.VmError(f"tagmem vm-args exited {r.returncode}: {r.stderr}")
+    return json.loads(r.stdout)

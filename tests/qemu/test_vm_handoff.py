@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Issue 12: a host tag handed to two QEMU guests (CTest qemu_vm_handoff).
 
-The guests get the arguments the host side generates (contract_vm_args,
-until the test runs `tagmem vm-args` itself) with one documented switch:
+The guests get the arguments `tagmem vm-args` generates on a synthetic host
+that has the tag (tagmemvm.vm_args_from_synthetic_host), with one documented
+switch:
 this CI host has no real devdax, so the tag's memory backend maps a plain
 file instead of /run/tagmem/<tag>/data (tagmemvm.with_backing_file). Each
 guest runs the unchanged tagmem and tagmemfs, which find the tag through the
@@ -66,11 +67,10 @@ def test_two_guests_share_a_handed_tag(vm_assets, product, guest_tools, vm_timin
         fh.write(vmkit.daxmap_pattern(seeds["host"], LEN))
     before = _hash_outside(backing, holes)
 
-    host_tag = {"tag": TAG, "name": tagmemvm.HANDOFF_NAME, "shareable": True,
-                "size": tagmemvm.HANDOFF_SIZE,
-                "host": {"device": "dax0.0", "numa_node": 1, "source": "nvdimm",
-                         "performance": tagmemvm.HANDOFF_PERF}}
-    generated = tagmemvm.contract_vm_args([host_tag])
+    # The real `tagmem vm-args`, against a synthetic host that has the tag.
+    generated = tagmemvm.vm_args_from_synthetic_host(tagmemvm.build_dir(), tmp_path)
+    host_part = generated["fw_cfg"]["content"]["tags"][0]["host"]
+    assert host_part["performance"] == tagmemvm.HANDOFF_PERF, host_part
     qemu_args = tagmemvm.with_backing_file(generated["qemu"], TAG, backing)
 
     steps = f"""
@@ -131,8 +131,8 @@ esac
             assert dev["performance"] == tagmemvm.HANDOFF_PERF
             assert dev["performance_source"] == {k: "host via fw_cfg"
                                                  for k in tagmemvm.HANDOFF_PERF}
-            assert dev["handoff"]["host"] == {"device": "dax0.0", "numa_node": 1,
-                                              "source": "nvdimm"}
+            assert dev["handoff"]["host"] == {k: v for k, v in host_part.items()
+                                              if k != "performance"}
             assert (dev["device"], dev["mode"], dev["target_node"]) == ("dax0.0", "devdax", 1)
             assert shown["devices"][0]["ranges"] == [
                 {"start": 4 << 30, "end": (4 << 30) + tagmemvm.HANDOFF_SIZE - 1,
