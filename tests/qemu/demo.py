@@ -278,7 +278,8 @@ def handoff_demo(args, assets, product, tools, log: QuietLog, log_dir: Path) -> 
     print(textwrap.dedent(f"""\
         Now this machine is the host. It gives its tag {bold(tag[:8] + '...')}
         ("{tagmemvm.HANDOFF_NAME}", {tagmemvm.HANDOFF_SIZE // vmkit.MiB} MiB, shareable) to two
-        guests with the arguments `tagmem vm-args` generates: the tag becomes
+        guests with the arguments `tagmem vm-args` generates (asked of a synthetic
+        host that has the tag as an hmem device): the tag becomes
         the guest's NUMA node 1 (memory-backend-file, share=on), the guest kernel
         makes it soft-reserved (memmap=), dax_hmem makes it a dax device, and the
         tag's metadata rides beside it in a QEMU fw_cfg item. Nothing is written
@@ -287,13 +288,11 @@ def handoff_demo(args, assets, product, tools, log: QuietLog, log_dir: Path) -> 
         """))
     backing = log_dir / "handoff-tag.data"
     digest = tagmemvm.handoff_host_file(backing)
-    host_tag = {"tag": tag, "name": tagmemvm.HANDOFF_NAME, "shareable": True,
-                "size": tagmemvm.HANDOFF_SIZE,
-                "host": {"device": "dax0.0", "numa_node": 1, "source": "nvdimm",
-                         "performance": tagmemvm.HANDOFF_PERF}}
-    generated = tagmemvm.contract_vm_args([host_tag])
+    # `tagmem vm-args` on a synthetic host that has the tag (this one has none).
+    generated = tagmemvm.vm_args_from_synthetic_host(Path(args.build).resolve(), log_dir)
     qemu_args = tagmemvm.with_backing_file(generated["qemu"], tag, backing)
-    sub("QEMU arguments for the tag, and the guest kernel's parameter")
+    sub(f"tagmem vm-args --format json --memory 512M --cpus 1 {tag}: "
+        "QEMU arguments and the guest kernel's parameter")
     print(indent(" ".join(generated["qemu"]), 4))
     print(indent(generated["kernel_cmdline"], 4))
     steps = f"""

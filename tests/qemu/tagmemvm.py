@@ -487,36 +487,6 @@ HANDOFF_PERF = {"read_latency_ns": 180, "write_latency_ns": 210,
 HANDOFF_ITEM = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw"
 
 
-def contract_vm_args(tags: Sequence[Mapping], ram: int = HANDOFF_RAM, cpus: int = 1,
-                     machine: str = "pc", mount_point: str = "/run/tagmem") -> dict:
-    """What `tagmem vm-args --format json` gives for ``tags`` (dicts with tag,
-    name, shareable, size and host), written out from the contract between the
-    host and guest sides (docs/vm.md): node 0 is the guest's RAM, all of it
-    below 4 GiB (max-ram-below-4g); tag i is node i+1 at 4 GiB + the sizes of
-    the tags before it; memmap= makes each range soft-reserved; the metadata
-    rides in the fw_cfg item. Used until the test runs the real command."""
-    args = ["-machine", f"{machine},max-ram-below-4g={ram}",
-            "-m", f"{(ram + sum(t['size'] for t in tags)) // vmkit.MiB}M",
-            "-smp", str(cpus),
-            "-object", f"memory-backend-ram,id=tagmem-ram,size={ram}",
-            "-numa", f"node,nodeid=0,cpus={0 if cpus == 1 else f'0-{cpus - 1}'},memdev=tagmem-ram"]
-    start = 4 * vmkit.GiB
-    entries, memmap = [], []
-    for i, t in enumerate(tags, start=1):
-        args += ["-object", f"memory-backend-file,id=tagmem{i},size={t['size']},"
-                            f"mem-path={mount_point}/{t['tag']}/data,share=on",
-                 "-numa", f"node,nodeid={i},memdev=tagmem{i}"]
-        entries.append({"tag": t["tag"], "name": t["name"], "shareable": t["shareable"],
-                        "size": t["size"], "guest_start": start, "guest_node": i,
-                        "host": t["host"]})
-        memmap.append(f"memmap={t['size']:#x}%{start:#x}-1+0xefffffff")
-        start += t["size"]
-    item = json.dumps({"format": "tagmem-handoff", "version": 1, "tags": entries},
-                      separators=(",", ":"))
-    args += ["-fw_cfg", "name=opt/org.tagmem/tags,string=" + item.replace(",", ",,")]
-    return {"qemu": args, "kernel_cmdline": " ".join(memmap)}
-
-
 def with_backing_file(qemu_args: Sequence[str], tag: str, path: os.PathLike | str,
                       mount_point: str = "/run/tagmem") -> list[str]:
     """The tests' one switch (issue 12): this CI host has no real devdax, so
