@@ -237,6 +237,31 @@ Result<std::vector<DaxDevice>> daxctl_enumerate() {
     return out;
 }
 
+Status daxctl_enable_devdax(const std::string& name) {
+    daxctl_ctx* raw = nullptr;
+    if (int rc = daxctl_new(&raw); rc < 0)
+        return make_error(-rc, fmt::format("libdaxctl: cannot start: {}", std::strerror(-rc)));
+    DaxctlCtx ctx(raw);
+    daxctl_set_log_fn(ctx.get(), &quiet_log);
+    daxctl_region* region;
+    daxctl_region_foreach(ctx.get(), region) {
+        daxctl_dev* dev;
+        daxctl_dev_foreach(region, dev) {
+            if (name != daxctl_dev_get_devname(dev))
+                continue;
+            if (daxctl_dev_is_enabled(dev))
+                return Ok{};
+            if (int rc = daxctl_dev_enable_devdax(dev); rc < 0)
+                return make_error(-rc, fmt::format("libdaxctl: enabling {} as devdax: {}", name,
+                                                   std::strerror(-rc)));
+            if (!daxctl_dev_is_enabled(dev))
+                return make_error(ENXIO, fmt::format("{} is still disabled after enabling", name));
+            return Ok{};
+        }
+    }
+    return make_error(ENOENT, fmt::format("libdaxctl does not list {}", name));
+}
+
 Result<DaxctlScan> scan_dax_devices(HostOs& os) {
     auto listed = os.daxctl_devices();
     if (!listed)

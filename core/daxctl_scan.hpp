@@ -33,6 +33,13 @@ Result<DaxctlScan> scan_dax_devices(HostOs& os);
 // libdaxctl's enumeration alone (RealHostOs::daxctl_devices).
 Result<std::vector<DaxDevice>> daxctl_enumerate();
 
+// Binds one disabled dax device to device_dax the way `daxctl
+// enable-device` does (daxctl_dev_enable_devdax: the driver's module is
+// loaded, the device bound, nothing onlined). ENOENT when libdaxctl does
+// not list the device; the error libdaxctl gave, or ENXIO when the device
+// is still not enabled afterwards.
+Status daxctl_enable_devdax(const std::string& name);
+
 // Reads one device the way libdaxctl reads it, for hotplug: libdaxctl has no
 // way to refresh a single device, and a full enumeration of a host with
 // thousands of devices is far too slow to run per event. ENOENT when the

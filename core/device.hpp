@@ -24,7 +24,9 @@ namespace tagmem {
 enum class DevMode : std::uint8_t { devdax, system_ram, disabled };
 const char* to_string(DevMode mode);
 
-enum class TagSource : std::uint8_t { dcd, nvdimm, config };
+// handoff: a VM guest's memory that its host named in the fw_cfg hand-off
+// item (core/handoff.hpp).
+enum class TagSource : std::uint8_t { dcd, nvdimm, config, handoff };
 const char* to_string(TagSource source);
 
 // An extent directory's name, extent<region>.<index>, kept as two numbers:
@@ -65,6 +67,26 @@ struct Performance {
                !write_bandwidth_mbps;
     }
     auto operator<=>(const Performance&) const = default;
+};
+
+// One tag of a VM hand-off (core/handoff.hpp): what the host says of the
+// memory it gave this guest at [guest_start, guest_start + size) on guest
+// NUMA node guest_node.
+struct HandoffEntry {
+    Uuid tag;
+    std::string name;
+    bool shareable = false;
+    std::uint64_t size = 0;
+    std::uint64_t guest_start = 0;
+    int guest_node = -1;
+    // What the host said of its own device, shown in the guest's metadata.
+    std::string host_device;
+    std::optional<int> host_numa_node;
+    std::string host_source;
+    Performance host_performance; // only the values the host knew
+
+    PhysRange range() const { return {guest_start, guest_start + size - 1}; }
+    bool operator==(const HandoffEntry&) const = default;
 };
 
 // An immutable value that many devices share (one per NUMA node, say).
@@ -114,10 +136,15 @@ struct DaxDevice {
 // What only some devices have. Kept behind one pointer (null for most
 // devices): at 100,000 DCD devices these empty fields cost 56 bytes each.
 struct DeviceNotes {
-    std::optional<Uuid> infoblock_uuid; // NVDIMM: nd_dax uuid
-    std::string namespace_name;         // NVDIMM: namespaceR.N
-    std::vector<std::string> warnings;  // non-fatal oddities
-    bool empty() const { return !infoblock_uuid && namespace_name.empty() && warnings.empty(); }
+    std::optional<Uuid> infoblock_uuid;  // NVDIMM: nd_dax uuid
+    std::string namespace_name;          // NVDIMM: namespaceR.N
+    std::vector<std::string> warnings;   // non-fatal oddities
+    std::optional<HandoffEntry> handoff; // the hand-off entry naming this device
+    std::string enable_error;            // why enabling it as devdax failed
+    bool empty() const {
+        return !infoblock_uuid && namespace_name.empty() && warnings.empty() && !handoff &&
+               enable_error.empty();
+    }
     bool operator==(const DeviceNotes&) const = default;
 };
 

@@ -198,6 +198,7 @@ class RealHostOs final : public HostOs {
     }
 
     Result<std::vector<DaxDevice>> daxctl_devices() override { return daxctl_enumerate(); }
+    Status enable_devdax(const std::string& name) override { return daxctl_enable_devdax(name); }
 
     Result<uid_t> user_id(const std::string& name) override {
         if (is_account_number(name))

@@ -10,6 +10,7 @@
 #include "result.hpp"
 #include "sysfs_value.hpp"
 
+#include <fmt/format.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -91,6 +92,13 @@ class HostOs {
     // (daxctl_scan.cpp). libdaxctl reads /sys itself and drops, without a
     // word, a device it fails to read: the list may be short, never wrong.
     virtual Result<std::vector<DaxDevice>> daxctl_devices() = 0;
+    // Binds a disabled dax device to device_dax, as `daxctl enable-device`
+    // does (libdaxctl's daxctl_dev_enable_devdax). Never onlines memory.
+    // Called only for a device a VM hand-off names (core/handoff.hpp): the
+    // host's hand-off is the opt-in. A host that cannot do it says so.
+    virtual Status enable_devdax(const std::string& name) {
+        return make_error(ENOTSUP, fmt::format("cannot enable {} as devdax here", name));
+    }
 
     // A number is taken as parse_account_id() takes it (0..4294967294, no
     // sign or leading zero); a name must pass check_account_name(). ENOENT

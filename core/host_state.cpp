@@ -106,12 +106,17 @@ void HostState::keep(const std::string& name, const Previous& previous, Error wh
     pending_[name] = std::move(why);
 }
 
-void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched, const Previous& previous,
-                            Result<DeviceReading>* early) {
-    forget_device(dev.name, touched); // a device is loaded once: no stale slot entry
-    pending_.erase(dev.name);
+void HostState::load_device(const DaxDevice& listed, std::set<Uuid>& touched,
+                            const Previous& previous, Result<DeviceReading>* early) {
+    forget_device(listed.name, touched); // a device is loaded once: no stale slot entry
+    pending_.erase(listed.name);
     // A reading taken ahead (see read_ahead) stands if it is of this very
     // sysfs device; a failed one is confirmed by reading again.
+    const HandoffEntry* handoff = handoff_.match(listed);
+    std::string enable_error;
+    const DaxDevice dev = handoff ? enable_for_handoff(listed, *handoff, enable_error) : listed;
+    if (dev.mode != listed.mode)
+        early = nullptr; // read before it was enabled
     Result<DeviceReading> reading =
         early && *early && (*early)->probed.dev.sysfs_path() == dev.sysfs_path()
             ? std::move(*early)
@@ -139,7 +144,23 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched, const
     reading->probed.dev = dev;
     reading->probed.dev.size = size;
     reading->probed.dev.devno = devno;
+    if (handoff) {
+        reading->notes.enable_error = std::move(enable_error);
+        apply_handoff(*reading, *handoff, config_);
+    }
     ProbedDevice p = complete_probe(std::move(*reading), cache_);
+    if (p.notes->handoff) {
+        // The host's performance data, value by value; the guest's own HMAT
+        // data (none for a soft-reserved node so far) fills the gaps.
+        Performance merged = *p.performance;
+        const Performance& host = p.notes->handoff->host_performance;
+        for (auto field : {&Performance::read_latency_ns, &Performance::write_latency_ns,
+                           &Performance::read_bandwidth_mbps, &Performance::write_bandwidth_mbps})
+            if (host.*field)
+                merged.*field = host.*field;
+        if (!merged.empty())
+            p.performance = Shared(merged);
+    }
     if (auto failed = cache_.take_failure()) {
         // Its extents or HMAT data failed to read: what was known of the
         // device stands; a device never seen is shown as read, and read
@@ -161,6 +182,70 @@ void HostState::load_device(const DaxDevice& dev, std::set<Uuid>& touched, const
         }
     }
     add_device(std::make_shared<const ProbedDevice>(std::move(p)), touched);
+}
+
+DaxDevice HostState::enable_for_handoff(const DaxDevice& dev, const HandoffEntry& entry,
+                                        std::string& enable_error) {
+    if (dev.mode != DevMode::disabled || !enable_tried_.insert(dev.sysfs_path()).second)
+        return dev;
+    if (auto ok = os_.enable_devdax(dev.name); !ok) {
+        enable_error = ok.error().message;
+        return dev;
+    }
+    auto fresh = read_dax_device(dev.name, os_);
+    if (!fresh) {
+        enable_error = fmt::format("enabled for tag {}, but cannot be read again: {}",
+                                   entry.tag.str(), fresh.error().message);
+        return dev;
+    }
+    return *fresh;
+}
+
+void HostState::apply_handoff(DeviceReading& reading, const HandoffEntry& entry,
+                              const Config& config) {
+    ProbedDevice& p = reading.probed;
+    // A tag the device carries itself (an NVDIMM namespace, a DCD extent)
+    // is the platform's word on this very memory: it wins.
+    if (p.tag && *p.tag != entry.tag) {
+        reading.notes.warnings.push_back(
+            fmt::format("the VM hand-off names this memory tag {}, but it carries tag {} of its "
+                        "own, which wins",
+                        entry.tag.str(), p.tag->str()));
+        return;
+    }
+    // The hand-off wins over the guest's tagmem.conf match-range/match-node,
+    // which names memory that carries no tag: this memory has the host's.
+    if (!p.tag)
+        if (auto configured = config_tag_for(p.dev, config);
+            configured && *configured && **configured != entry.tag)
+            reading.notes.warnings.push_back(
+                fmt::format("tagmem.conf matches this memory to tag {}, but the VM hand-off "
+                            "names it tag {}, which wins",
+                            (*configured)->str(), entry.tag.str()));
+    if (!p.tag) {
+        p.tag = entry.tag;
+        p.source = TagSource::handoff;
+    }
+    reading.notes.handoff = entry;
+}
+
+void HostState::read_handoff_item() {
+    auto item = read_handoff(os_);
+    if (item) {
+        handoff_ = std::move(*item);
+        handoff_error_.reset();
+    } else if (is_transient(item.error().code)) {
+        // Unreadable now (EMFILE...): what was read before stands.
+        rescan_pending_ = true;
+        note_failure(item.error());
+    } else {
+        handoff_ = {};
+        // Shown as the reason of a rejection named after the item itself.
+        std::string_view why = item.error().message;
+        if (const std::string prefix = std::string(kHandoffItem) + ": "; why.starts_with(prefix))
+            why.remove_prefix(prefix.size());
+        handoff_error_ = std::string(why);
+    }
 }
 
 void HostState::touch_tags_of(const std::vector<Extent>& extents, std::set<Uuid>& touched) {
@@ -280,6 +365,7 @@ Result<TagDelta> HostState::rescan(const Config& config) {
         return it == before.end() ? Previous{} : it->second;
     };
     config_ = config;
+    read_handoff_item();
     devices_.clear();
     rejected_.clear();
     pending_.clear();
@@ -641,6 +727,17 @@ ScanResult HostState::snapshot() const {
               [](const auto& a, const auto& b) { return a.device < b.device; });
     for (const auto& [name, issue] : rejected_)
         s.rejected.push_back(issue);
+    // The hand-off item: malformed, or naming memory this guest lacks.
+    if (handoff_error_)
+        s.rejected.push_back({kHandoffItem, *handoff_error_});
+    for (const auto& e : handoff_.entries)
+        if (std::none_of(devices_.begin(), devices_.end(), [&](const auto& d) {
+                return d.second->notes->handoff && d.second->notes->handoff->tag == e.tag;
+            }))
+            s.rejected.push_back(
+                {kHandoffItem, fmt::format("tag {}: no dax device has its range on guest "
+                                           "node {} (is dax_hmem loaded, and memmap= given?)",
+                                           e.tag.str(), e.guest_node)});
     return s;
 }
 

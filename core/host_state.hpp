@@ -17,6 +17,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "handoff.hpp"
 #include "probe.hpp"
 #include "result.hpp"
 #include "tag_record.hpp"
@@ -102,8 +103,22 @@ class HostState {
     Result<Signature> signature_of(const std::string& region);
     TagDelta rebuild(const std::set<Uuid>& touched);
 
+    // A VM guest's hand-off item (core/handoff.hpp), read at each rescan:
+    // QEMU's fw_cfg items do not change while the guest runs.
+    void read_handoff_item();
+    // The device named by a hand-off entry, enabled as devdax if it is
+    // disabled (once per device: an admin who disables it later is obeyed).
+    DaxDevice enable_for_handoff(const DaxDevice& dev, const HandoffEntry& entry,
+                                 std::string& enable_error);
+    // The hand-off entry's tag, name, node and performance on the device.
+    static void apply_handoff(DeviceReading& reading, const HandoffEntry& entry,
+                              const Config& config);
+
     HostOs& os_;
     Config config_;
+    Handoff handoff_;
+    std::optional<std::string> handoff_error_; // the item is malformed
+    std::set<std::string> enable_tried_;       // sysfs paths
     ScanCache cache_;
     // Probed fine, by name; the key views the device's own name (no copy:
     // at 100,000 devices every node counts).

@@ -46,6 +46,30 @@ json device_json(const ProbedDevice& p, bool privileged) {
         put("read_bandwidth_mbps", p.performance->read_bandwidth_mbps);
         put("write_bandwidth_mbps", p.performance->write_bandwidth_mbps);
         j["performance"] = std::move(perf);
+        // Where each value came from: a VM guest's memory has the host's
+        // (the guest kernel shows no HMAT data for a soft-reserved node).
+        json from = json::object();
+        auto src = [&](const char* key, const std::optional<std::uint64_t>& v,
+                       const std::optional<std::uint64_t>& host) {
+            if (v)
+                from[key] = host ? "host via fw_cfg" : "HMAT access0";
+        };
+        const Performance none;
+        const Performance& host = p.notes->handoff ? p.notes->handoff->host_performance : none;
+        src("read_latency_ns", p.performance->read_latency_ns, host.read_latency_ns);
+        src("write_latency_ns", p.performance->write_latency_ns, host.write_latency_ns);
+        src("read_bandwidth_mbps", p.performance->read_bandwidth_mbps, host.read_bandwidth_mbps);
+        src("write_bandwidth_mbps", p.performance->write_bandwidth_mbps, host.write_bandwidth_mbps);
+        j["performance_source"] = std::move(from);
+    }
+    if (const auto& h = p.notes->handoff) {
+        json host = {{"device", h->host_device}, {"source", h->host_source}};
+        if (h->host_numa_node)
+            host["numa_node"] = *h->host_numa_node;
+        j["handoff"] = {{"item", "fw_cfg opt/org.tagmem/tags"},
+                        {"tag", h->tag.str()},
+                        {"guest_node", h->guest_node},
+                        {"host", std::move(host)}};
     }
     if (!p.notes->warnings.empty())
         j["warnings"] = p.notes->warnings;

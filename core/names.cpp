@@ -61,6 +61,7 @@ const char* to_string(ShareableFrom from) {
     switch (from) {
     case ShareableFrom::default_value: return "default";
     case ShareableFrom::config: return "config";
+    case ShareableFrom::handoff: return "handoff";
     }
     return "unknown";
 }
@@ -70,6 +71,7 @@ const char* to_string(TagSource source) {
     case TagSource::dcd: return "dcd";
     case TagSource::nvdimm: return "nvdimm";
     case TagSource::config: return "config";
+    case TagSource::handoff: return "handoff";
     }
     return "unknown";
 }

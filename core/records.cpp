@@ -98,6 +98,16 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
         }
     }
     r.access = resolve_access(c, os, lookup_failure);
+    // A VM guest's tag: its name and shareable flag are the host's, whatever
+    // the guest's tagmem.conf says (docs/vm.md); owner, group and mode stay
+    // the guest's own.
+    if (r.devices.size() == 1 && r.devices[0]->notes->handoff &&
+        r.devices[0]->notes->handoff->tag == tag) {
+        const HandoffEntry& h = *r.devices[0]->notes->handoff;
+        r.name = h.name;
+        r.shareable = h.shareable;
+        r.shareable_from = ShareableFrom::handoff;
+    }
 
     if (r.devices.empty()) {
         r.state = TagState::offered;
@@ -118,6 +128,9 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
         r.state = TagState::disabled;
         r.reason =
             fmt::format("{} has no driver bound (not in devdax mode)", r.devices[0]->dev.name);
+        if (!r.devices[0]->notes->enable_error.empty())
+            r.reason += fmt::format("; enabling it as devdax failed: {}",
+                                    r.devices[0]->notes->enable_error);
     }
     return r;
 }

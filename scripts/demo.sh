@@ -3,6 +3,11 @@
 # The tagmem demo: two emulated hosts (QEMU guests) share one memory device
 # and find the same allocation by its tag, though their /dev/daxX.Y names
 # differ; they then exchange messages through /run/tagmem/<tag>/data.
+# Part 2 (issue 12): this machine hands one tag to two VMs with the arguments
+# `tagmem vm-args` makes; each VM's tagmem finds it by the same tag with the
+# host's metadata, they exchange messages through data, and the host finds
+# the same bytes in its file (a plain file stands in for the tag's data).
+# --no-handoff skips part 2.
 #
 # Needs root on Debian 12 (apt, QEMU). Installs what is missing, builds
 # tagmem and tagmemfs into ./build (or $TAGMEM_BUILD_DIR), then runs

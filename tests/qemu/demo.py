@@ -11,7 +11,12 @@ mappings of /run/tagmem/<tag>/data. This script prints what each host saw,
 then a summary. Kernel console output is kept out of the way unless a guest
 fails.
 
+Part 2 (issue 12): this machine hands one tag to two VMs (its own NUMA node
+in each, metadata in a fw_cfg item); they ping-pong through their
+/run/tagmem/<tag>/data and the host reads the last messages from its file.
+
 Usage: demo.py [--build DIR] [--rounds N] [--started EPOCH] [--verbose]
+               [--no-handoff] [--handoff-rounds N]
 """
 
 from __future__ import annotations
@@ -80,8 +85,9 @@ class QuietLog:
             print(dim(f"   [vmkit] {msg}"), flush=True)
 
 
-def watch(guest: vmkit.Guest, host: str, lock: threading.Lock, t0: float) -> None:
-    """Print the milestones of one guest as they happen."""
+def watch(guest: vmkit.Guest, host: str, lock: threading.Lock, t0: float,
+          label: str | None = None) -> None:
+    """Print the milestones of one guest as they happen (host A pings)."""
     role = "ping" if host == "A" else "pong"
     steps = [
         (r"TAGMEM-STAGE: init", "kernel booted, /init running"),
@@ -96,7 +102,7 @@ def watch(guest: vmkit.Guest, host: str, lock: threading.Lock, t0: float) -> Non
         except vmkit.VmError:
             return
         with lock:
-            print(f"   host {host}  {time.monotonic() - t0:5.1f}s  {text}", flush=True)
+            print(f"   {label or 'host ' + host}  {time.monotonic() - t0:5.1f}s  {text}", flush=True)
 
 
 def compact_metadata(meta: dict) -> str:
@@ -150,6 +156,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--started", type=float, default=None,
                     help="epoch seconds when the demo started (for the total time)")
     ap.add_argument("--verbose", action="store_true", help="show vmkit's log lines")
+    ap.add_argument("--no-handoff", action="store_true",
+                    help="skip part 2, the host handing a tag to two VMs")
+    ap.add_argument("--handoff-rounds", type=int, default=100,
+                    help="ping-pong round trips between the two VMs")
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     wall0 = args.started or time.time()
@@ -255,7 +265,100 @@ def main(argv: list[str]) -> int:
     print(f"\n   Guest consoles: {log_dir}/host-A.log and host-B.log")
     print("   The same scenario, with assertions: tests/qemu/test_real_devdax.py "
           "(scripts/test.sh runs it)")
-    return 0 if same and ib_a == ib_b and dev_a != dev_b else 1
+    ok = same and ib_a == ib_b and dev_a != dev_b
+    if not args.no_handoff:
+        ok = handoff_demo(args, assets, product, tools, log, log_dir) and ok
+    return 0 if ok else 1
+
+
+def handoff_demo(args, assets, product, tools, log: QuietLog, log_dir: Path) -> bool:
+    """Part 2 (issue 12): this machine hands one tag to two virtual machines."""
+    tag = tagmemvm.HANDOFF_TAG
+    heading("Part 2: the host hands one tag to two virtual machines")
+    print(textwrap.dedent(f"""\
+        Now this machine is the host. It gives its tag {bold(tag[:8] + '...')}
+        ("{tagmemvm.HANDOFF_NAME}", {tagmemvm.HANDOFF_SIZE // vmkit.MiB} MiB, shareable) to two
+        guests with the arguments `tagmem vm-args` generates (asked of a synthetic
+        host that has the tag as an hmem device): the tag becomes
+        the guest's NUMA node 1 (memory-backend-file, share=on), the guest kernel
+        makes it soft-reserved (memmap=), dax_hmem makes it a dax device, and the
+        tag's metadata rides beside it in a QEMU fw_cfg item. Nothing is written
+        into the memory. (This machine has no real devdax: a plain file stands in
+        for /run/tagmem/<tag>/data, the one difference from real use.)
+        """))
+    backing = log_dir / "handoff-tag.data"
+    digest = tagmemvm.handoff_host_file(backing)
+    # `tagmem vm-args` on a synthetic host that has the tag (this one has none).
+    generated = tagmemvm.vm_args_from_synthetic_host(Path(args.build).resolve(), log_dir)
+    qemu_args = tagmemvm.with_backing_file(generated["qemu"], tag, backing)
+    sub(f"tagmem vm-args --format json --memory 512M --cpus 1 {tag}: "
+        "QEMU arguments and the guest kernel's parameter")
+    print(indent(" ".join(generated["qemu"]), 4))
+    print(indent(generated["kernel_cmdline"], 4))
+    steps = f"""
+echo "TM-EVENT: pingpong start uptime=$(tm_now)"
+daxmap pingpong "$D" "$TM_ROLE" {args.handoff_rounds} 120
+echo "TM-EVENT: pingpong done uptime=$(tm_now)"
+"""
+    initrd = tagmemvm.build_initrd(log_dir / "handoff.cpio", tagmemvm.handoff_scenario(tag, steps),
+                                   assets=assets, product=product, tools=tools, log=log)
+    heading("Booting VM 1 and VM 2 from the same host tag")
+    t_boot = time.monotonic()
+    guests = tagmemvm.start_all([
+        dict(initrd=initrd, smp=1, timeout_s=300, name=f"vm-{h}",
+             env={"TM_HOST": h, "TM_ROLE": role}, append=generated["kernel_cmdline"],
+             machine_args=qemu_args, log_path=log_dir / f"vm-{h}.log", echo=False,
+             assets=assets, log=log)
+        for h, role in (("1", "ping"), ("2", "pong"))])
+    lock = threading.Lock()
+    watchers = [threading.Thread(target=watch, args=(g, h, lock, t_boot, f"VM {n}"), daemon=True)
+                for g, h, n in zip(guests, "AB", "12")]
+    for w in watchers:
+        w.start()
+    results = tagmemvm.wait_all(guests)
+    for w in watchers:
+        w.join(2)
+    if not all(r.passed for r in results):
+        fail(results, log, log_dir)
+        return False
+    metas = []
+    for res, h in zip(results, "12"):
+        heading(f"VM {h}: what it sees")
+        sub("tagmem list")
+        print(indent(tagmemvm.section(res, "list")))
+        meta = tagmemvm.section_json(res, f"metadata-{tag}")
+        sub(f"cat /run/tagmem/{tag}/metadata   (JSON, one key per line here)")
+        print(indent(compact_metadata(meta)))
+        metas.append(meta)
+    ping, pong = tagmemvm.parse_pingpong(results[0]), tagmemvm.parse_pingpong(results[1])
+    with open(backing, "rb") as fh:
+        raw = fh.read(4096 + 128)
+    host_ping = raw[32:128].split(b"\0")[0].decode(errors="replace")
+    host_pong = raw[4096 + 32:4096 + 128].split(b"\0")[0].decode(errors="replace")
+    heading("Summary of the hand-off")
+    keys = ("tag", "size", "name", "shareable", "source")
+    same = all(m[k] == metas[0][k] for m in metas for k in keys) and metas[0]["tag"] == tag
+    perf_ok = all(m["devices"][0].get("performance") == tagmemvm.HANDOFF_PERF for m in metas)
+    bytes_ok = host_ping == pong.messages[-1] and host_pong == ping.messages[-1] \
+        if ping.messages and pong.messages else False
+    rows = [
+        ("tag in both VMs", (green("yes") if same else red("NO"))
+         + f"  {tag} \"{metas[0]['name']}\", source={metas[0]['source']}"),
+        ("host's performance data", (green("yes") if perf_ok else red("NO"))
+         + f"  {json.dumps(metas[0]['devices'][0].get('performance_source', {}))}"),
+        ("messages exchanged", f"{len(ping.messages)} round trips through data, "
+                               f"last {pong.messages[-1]!r} / {ping.messages[-1]!r}"
+         if ping.messages and pong.messages else red("none")),
+        ("the host's file says", (green("same bytes") if bytes_ok else red("DIFFERENT"))
+         + f"  offset 32: {host_ping!r}, offset 4128: {host_pong!r}"),
+        ("boot", f"both VMs done after {time.monotonic() - t_boot:.1f}s"),
+    ]
+    for k, v in rows:
+        print(f"   {k:<27} {v}")
+    print(f"\n   VM consoles: {log_dir}/vm-1.log and vm-2.log; host file {backing} "
+          f"(sha256 before the VMs: {digest[:16]}...)")
+    print("   With assertions: tests/qemu/test_vm_handoff.py (CTest qemu_vm_handoff)")
+    return same and perf_ok and bytes_ok
 
 
 if __name__ == "__main__":

@@ -470,3 +470,115 @@ def wait_all(guests: Sequence[vmkit.Guest], grace_s: float = 15.0) -> list[vmkit
     finally:
         for g in guests:
             g.kill()
+
+
+# --------------------------------------------------------------------------
+# the VM hand-off (issue 12): a host tag given to guests as their own NUMA
+# node, shared by test_vm_handoff.py and demo.py
+# --------------------------------------------------------------------------
+
+HANDOFF_TAG = "7a9e0000-0000-4000-8000-00000000c0de"
+HANDOFF_NAME = "vm-shared"
+HANDOFF_SIZE = 64 * vmkit.MiB
+HANDOFF_RAM = 512 * vmkit.MiB  # each guest's own RAM, node 0
+#: What the host's metadata says of the tag's memory (HMAT access0).
+HANDOFF_PERF = {"read_latency_ns": 180, "write_latency_ns": 210,
+                "read_bandwidth_mbps": 14000, "write_bandwidth_mbps": 9000}
+HANDOFF_ITEM = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw"
+
+
+def with_backing_file(qemu_args: Sequence[str], tag: str, path: os.PathLike | str,
+                      mount_point: str = "/run/tagmem") -> list[str]:
+    """The tests' one switch (issue 12): this CI host has no real devdax, so
+    the tag's memory backend maps a plain file instead of
+    <mount point>/<tag>/data. Everything else stays as generated."""
+    want = f"mem-path={mount_point}/{tag}/data"
+    out, hits = [], 0
+    for a in qemu_args:
+        if a.startswith("memory-backend-file,") and want + "," in a + ",":
+            a = a.replace(want, "mem-path=" + str(path).replace(",", ",,"))
+            hits += 1
+        out.append(a)
+    if hits != 1:
+        raise vmkit.VmError(f"{want} appears {hits} times in the generated arguments")
+    return out
+
+
+def handoff_host_file(path: Path, seed: int = 0x7a9e) -> str:
+    """The host's "tag": HANDOFF_SIZE bytes of seeded noise (not zeros, so
+    that anything written into it by the hand-off shows). Its sha256."""
+    import random
+    data = random.Random(seed).randbytes(HANDOFF_SIZE)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def handoff_scenario(tag: str, steps: str) -> str:
+    """A hand-off guest: load the modules QEMU's memory needs (qemu_fw_cfg
+    shows the item, dax_hmem makes the soft-reserved range a dax device),
+    show that the device starts disabled, start tagmemfs (which enables it
+    because the item names it), show the tag, then ``steps`` (shell, with
+    $D the tag's data), then stop tagmemfs."""
+    return f"""
+modprobe qemu_fw_cfg
+modprobe dax_hmem
+for i in $(seq 100); do [ -e /sys/bus/dax/devices/dax0.0 ] && break; sleep 0.1; done
+tm_section handoff-item cat {HANDOFF_ITEM}
+tm_dax_drivers() {{
+    for d in /sys/bus/dax/devices/*; do
+        drv=$(readlink "$d/driver" || true)
+        echo "${{d##*/}} driver=${{drv##*/}} target_node=$(cat $d/target_node) size=$(cat $d/size)"
+    done
+}}
+tm_section dax-before tm_dax_drivers
+echo "TM-EVENT: host $TM_HOST booted uptime=$(tm_now)"
+tm_start
+tm_show {tag}
+tm_section dax-after tm_dax_drivers
+D=$TM_MNT/{tag}/data
+# Until PATTERN (SEED LEN OFF) is at OFF of data (up to 120 s).
+tm_wait_pattern() {{
+    tm_i=0
+    until daxmap verify "$D" "$1" "$2" "$3" >/tmp/wait.out 2>&1; do
+        tm_i=$((tm_i + 1))
+        if [ $tm_i -gt 600 ]; then cat /tmp/wait.out; return 1; fi
+        sleep 0.2
+    done
+    cat /tmp/wait.out
+}}
+{steps}
+tm_stop
+"""
+
+
+def vm_args_from_synthetic_host(build: Path, workdir: Path, ram: int = HANDOFF_RAM,
+                                cpus: int = 1) -> dict:
+    """`tagmem vm-args --format json` for HANDOFF_TAG, run for real: against a
+    synthetic host (tests/synthetic/hostgen.py, mounted over /sys and /dev in
+    a private mount namespace; needs root) holding the tag as a 64 MiB hmem
+    device on NUMA node 1 with HMAT data HANDOFF_PERF, named and made
+    shareable by that host's tagmem.conf. Its `qemu` arguments name
+    /run/tagmem/<tag>/data as the memory backend (with_backing_file swaps it
+    for a file) and `kernel_cmdline` the guest's memmap=."""
+    import sys
+    sys.path.insert(0, str(REPO / "tests" / "synthetic"))
+    import hostgen as hg
+    base = 0x1040000000
+    h = hg.Host()
+    h.node(1, read_latency=HANDOFF_PERF["read_latency_ns"],
+           write_latency=HANDOFF_PERF["write_latency_ns"],
+           read_bandwidth=HANDOFF_PERF["read_bandwidth_mbps"],
+           write_bandwidth=HANDOFF_PERF["write_bandwidth_mbps"])
+    h.hmem(region_id=0, base=base, size=HANDOFF_SIZE, target_node=1)
+    root = workdir / "vm-args-host"
+    h.write(root)
+    conf = workdir / "vm-args-host.conf"
+    conf.write_text(conf_text({HANDOFF_TAG: {
+        "name": HANDOFF_NAME, "shareable": "yes",
+        "match-range": f"{base:#x}-{base + HANDOFF_SIZE - 1:#x}"}}, "the host's tag"))
+    r = hg.run_in_host(root, [str(build / "cli" / "tagmem"), "--config", str(conf), "vm-args",
+                              "--format", "json", "--memory", f"{ram // vmkit.MiB}M",
+                              "--cpus", str(cpus), HANDOFF_TAG])
+    if r.returncode != 0:
+        raise vmkit.VmError(f"tagmem vm-args exited {r.returncode}: {r.stderr}")
+    return json.loads(r.stdout)

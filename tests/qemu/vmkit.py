@@ -110,8 +110,11 @@ def kernel_flavor(name: str | None = None) -> KernelFlavor:
 #: Modules /init loads, in this order after dependency sorting. The dax core
 #: (dax.ko) and FUSE are built into Debian's kernels (6.12 and 7.x alike).
 AUTOLOAD_MODULES = ("libnvdimm", "nfit", "nd_btt", "nd_pmem", "dax_pmem", "device_dax")
-#: Shipped in the guest but not loaded: scenarios can ``modprobe kmem``.
-EXTRA_MODULES = ("kmem",)
+#: Shipped in the guest but not loaded: scenarios can ``modprobe kmem``, and the
+#: VM hand-off scenarios (issue 12) ``modprobe qemu_fw_cfg dax_hmem``: dax_hmem
+#: makes devdax devices of soft-reserved ranges, qemu_fw_cfg shows the fw_cfg
+#: items under /sys/firmware/qemu_fw_cfg.
+EXTRA_MODULES = ("kmem", "dax_hmem", "qemu_fw_cfg")
 
 VERDICT_RE = re.compile(r"TAGMEM-VERDICT: (PASS|FAIL rc=(\d+))")
 #: Console lines that mean the guest kernel itself failed. After one, the guest
@@ -358,6 +361,8 @@ def _load_manifest(kdir: Path, cache_dir: Path, downloaded: bool,
     kernel = kdir / data["kernel"]
     if not kernel.is_file() or not all(m.path.is_file() for m in mods):
         return None
+    if not {*AUTOLOAD_MODULES, *EXTRA_MODULES} <= {m.name for m in mods}:
+        return None  # unpacked before a module was added to the lists: unpack again
     return Assets(cache_dir, data["package"], data["kver"], kernel, kdir / "modroot", mods,
                   downloaded, timings, data.get("flavor", DEFAULT_KERNEL))
 
@@ -1072,8 +1077,13 @@ def tcg_thread_mode() -> str:
 def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
               assets: Assets | None = None, mem: int | str = "1G", smp: int = 2,
               append: str = "", env: Mapping[str, str] | None = None,
-              extra_args: Sequence[str] = ()) -> list[str]:
-    """The qemu-system-x86_64 command line for one guest."""
+              extra_args: Sequence[str] = (),
+              machine_args: Sequence[str] | None = None) -> list[str]:
+    """The qemu-system-x86_64 command line for one guest.
+
+    ``machine_args`` replace vmkit's own ``-machine pc -m <mem>`` when the
+    caller lays out the guest's memory itself (the VM hand-off's NUMA nodes,
+    tests/qemu/test_vm_handoff.py); no NVDIMMs then."""
     assets = _assets(assets)
     mem_b = _parse_size(mem)
     # no_timer_check: on a loaded host the emulated CPU can miss the ticks the
@@ -1091,6 +1101,10 @@ def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
             "-serial", "stdio", "-no-reboot",
             "-kernel", str(assets.kernel), "-initrd", str(initrd), "-append", " ".join(cmdline)]
+    if machine_args is not None:
+        if nvdimms:
+            raise VmError("machine_args and NVDIMMs do not mix")
+        return argv + [*machine_args, *extra_args]
     if not nvdimms:
         return argv + ["-machine", "pc", "-m", f"{mem_b // MiB}M", *extra_args]
     base = _device_memory_base(mem_b)
@@ -1331,7 +1345,8 @@ def start(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), timeout
           mem: int | str = "1G", smp: int = 2, extra_args: Sequence[str] = (), *,
           append: str = "", env: Mapping[str, str] | None = None, name: str | None = None,
           log_path: os.PathLike | str | None = None, echo: bool | None = None,
-          assets: Assets | None = None, log: Log = _default_log) -> Guest:
+          assets: Assets | None = None, log: Log = _default_log,
+          machine_args: Sequence[str] | None = None) -> Guest:
     """Start a guest without waiting (for several guests on one backing file).
 
     ``env`` becomes environment variables of /init and the scenario (passed on
@@ -1341,7 +1356,7 @@ def start(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), timeout
     global _guest_counter
     _guest_counter += 1
     argv = qemu_argv(initrd, nvdimms, assets=assets, mem=mem, smp=smp, append=append, env=env,
-                     extra_args=extra_args)
+                     extra_args=extra_args, machine_args=machine_args)
     return Guest(argv, name or f"vm{_guest_counter}", timeout_s, log_path, echo, log)
 
 

@@ -439,4 +439,16 @@ void FakeHostOs::set_node_performance(int node, const Performance& perf) {
     put("write_bandwidth", perf.write_bandwidth_mbps);
 }
 
+Status FakeHostOs::enable_devdax(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    enabled_.push_back(name);
+    if (enable_error_)
+        return make_error(enable_error_, fmt::format("enabling {}: injected failure", name));
+    auto dir = resolve("/sys/bus/dax/devices/" + name, true);
+    if (!dir)
+        return dir.error();
+    add_relative_symlink(*dir + "/driver", "/sys/bus/dax/drivers/device_dax");
+    return Ok{};
+}
+
 } // namespace tagmem::fake

@@ -146,6 +146,12 @@ class FakeHostOs : public HostOs {
     // fail to read left out silently.
     Result<std::vector<DaxDevice>> daxctl_devices() override;
     Result<std::string> link_target(const std::string& path) override;
+    // As libdaxctl: binds the device to device_dax (its driver link), or
+    // fails with the error set by fail_enable().
+    Status enable_devdax(const std::string& name) override;
+    void fail_enable(int err) { enable_error_ = err; }
+    // Every device enable_devdax() was asked for, in order.
+    const std::vector<std::string>& enabled() const { return enabled_; }
     Result<uid_t> user_id(const std::string& name_or_number) override;
     Result<gid_t> group_id(const std::string& name_or_number) override;
 
@@ -185,6 +191,8 @@ class FakeHostOs : public HostOs {
     unsigned next_minor_ = 0;
     std::vector<std::string> reads_;
     std::map<std::string, int> list_counts_;
+    std::vector<std::string> enabled_;
+    int enable_error_ = 0;
 };
 
 // "/a/b/../c/./d" -> "/a/c/d" (no symlink resolution).

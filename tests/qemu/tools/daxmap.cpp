@@ -6,8 +6,9 @@
 // promised: written by one guest, found in the host's backing file, read by a
 // second guest, and still mapped after a daemon dies.
 //
-//   daxmap write    PATH SEED LEN       fill LEN bytes with the pattern for SEED
-//   daxmap verify   PATH SEED LEN       check them (read-only open)
+//   daxmap write    PATH SEED LEN [OFF] fill LEN bytes at byte OFF (default 0, a
+//                                       multiple of 8) with the pattern for SEED
+//   daxmap verify   PATH SEED LEN [OFF] check them (read-only open)
 //   daxmap pingpong PATH ping|pong ROUNDS [TIMEOUT_S]
 //                                       two hosts exchange ROUNDS messages
 //   daxmap hold     PATH SECONDS [LEN]  keep rewriting+verifying for SECONDS,
@@ -52,7 +53,7 @@ using Clock = std::chrono::steady_clock;
 }
 
 [[noreturn]] void usage() {
-    std::fputs("usage: daxmap write|verify PATH SEED LEN\n"
+    std::fputs("usage: daxmap write|verify PATH SEED LEN [OFFSET]\n"
                "       daxmap pingpong PATH ping|pong ROUNDS [TIMEOUT_S]\n"
                "       daxmap hold PATH SECONDS [LEN]\n",
                stderr);
@@ -176,18 +177,25 @@ std::uint64_t check(const std::uint64_t* w, std::uint64_t nwords, std::uint64_t 
     return bad;
 }
 
-int cmd_write_verify(bool write, const char* path, std::uint64_t seed, std::uint64_t len) {
+int cmd_write_verify(bool write, const char* path, std::uint64_t seed, std::uint64_t len,
+                     std::uint64_t offset) {
+    if (offset % 8) {
+        std::fprintf(stderr, "daxmap: offset %llu is not a multiple of 8\n",
+                     static_cast<unsigned long long>(offset));
+        return 2;
+    }
     Faults f0 = Faults::now();
     auto t0 = Clock::now();
-    Mapping m(path, len, write);
+    Mapping m(path, offset + len, write);
     std::uint64_t nwords = len / 8;
+    std::uint64_t* at = m.words() + offset / 8;
     if (write) {
-        fill(m.words(), nwords, seed);
+        fill(at, nwords, seed);
         m.sync();
         report("write", path, seed, nwords * 8, f0, t0, "OK");
         return 0;
     }
-    std::uint64_t bad = check(m.words(), nwords, seed);
+    std::uint64_t bad = check(at, nwords, seed);
     report("verify", path, seed, nwords * 8, f0, t0, bad ? "FAIL" : "OK");
     if (bad)
         std::printf("daxmap verify: %llu of %llu words differ\n",
@@ -417,8 +425,9 @@ int main(int argc, char** argv) {
         usage();
     std::string_view cmd = argv[1];
     const char* path = argv[2];
-    if ((cmd == "write" || cmd == "verify") && argc == 5)
-        return cmd_write_verify(cmd == "write", path, parse_u64(argv[3]), parse_u64(argv[4]));
+    if ((cmd == "write" || cmd == "verify") && (argc == 5 || argc == 6))
+        return cmd_write_verify(cmd == "write", path, parse_u64(argv[3]), parse_u64(argv[4]),
+                                argc == 6 ? parse_u64(argv[5]) : 0);
     if (cmd == "pingpong" && (argc == 5 || argc == 6))
         return cmd_pingpong(path, argv[3], parse_u64(argv[4]),
                             argc == 6 ? static_cast<double>(parse_u64(argv[5])) : 120.0);

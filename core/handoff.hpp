@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+// The guest side of a VM hand-off (issue 12, docs/vm.md): the host passes
+// each tag's metadata beside its memory in one QEMU fw_cfg item, and the
+// guest kernel makes a devdax device (dax_hmem) of each tag's range. This
+// reads that item and says which dax device each entry describes.
+//
+// The item is JSON (docs/vm.md has the format):
+//   {"format": "tagmem-handoff", "version": 1, "tags": [
+//     {"tag": "<uuid>", "name": "...", "shareable": true, "size": N,
+//      "guest_start": A, "guest_node": n,
+//      "host": {"device": "dax0.0", "numa_node": 1, "source": "nvdimm",
+//               "performance": {"read_latency_ns": ..., ...}}}]}
+// Parsing is strict: one malformed entry refuses the whole item (a
+// half-read item could hand a tag to the wrong memory), with a message
+// that names the entry by index and tag but never an address (the item is
+// root-only; messages are not). Unknown keys are ignored.
+#pragma once
+
+#include "device.hpp"
+#include "result.hpp"
+#include "uuid.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tagmem {
+
+class HostOs;
+
+inline constexpr const char* kHandoffPath =
+    "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw";
+inline constexpr const char* kHandoffItem = "fw_cfg opt/org.tagmem/tags";
+inline constexpr std::size_t kHandoffMaxBytes = 64 * 1024;
+
+// HandoffEntry is in device.hpp (a device carries the one that names it).
+
+struct Handoff {
+    std::vector<HandoffEntry> entries;
+
+    // The entry whose range is exactly the device's one physical range and
+    // whose node is the device's target node; null when none is.
+    const HandoffEntry* match(const DaxDevice& dev) const;
+    bool operator==(const Handoff&) const = default;
+};
+
+// EINVAL with the reason when the text is not a valid hand-off item.
+Result<Handoff> parse_handoff(std::string_view text);
+
+// The item of this guest: an empty hand-off when there is none (not a
+// QEMU guest, no qemu_fw_cfg module, no item); EINVAL when it is
+// malformed; other errors as reading gave them (is_transient).
+Result<Handoff> read_handoff(HostOs& os);
+
+} // namespace tagmem
