@@ -126,6 +126,14 @@ std::string format_tag(const json& t) {
         for (const auto& w : arr(d, "warnings"))
             line("  warning", w.is_string() ? w.get<std::string>() : w.dump());
     }
+    // Memory errors, as offsets within the tag's data (docs/health.md).
+    if (auto h = t.find("health"); h != t.end() && h->is_object()) {
+        line("health", str(*h, "status"));
+        for (const auto& b : arr(*h, "bad_ranges"))
+            line("  bad range",
+                 fmt::format("offset {:#x}, {} bytes, first seen {}", num(b, "offset"),
+                             num(b, "length"), str(b, "first_seen")));
+    }
     return out;
 }
 

@@ -223,6 +223,11 @@ int run(int argc, char** argv) {
         "wait", "wait until a tag is usable at <mount>/<tag>/data; exit 6 on timeout");
     wait->add_option("tag", wopt.tag_text, "the tag (UUID)")->required();
     wait->add_option("-t,--timeout", wopt.timeout_s, "give up after this many seconds");
+    wait->add_flag("--degraded", wopt.degraded,
+                   "instead: until the tag's memory has errors (at once if it has); "
+                   "prints its health as JSON");
+    wait->add_flag("--health-change", wopt.health_change,
+                   "instead: until the tag's health next changes; prints it as JSON");
     auto* watch = app.add_subcommand("watch", "print one line per change until interrupted");
     watch->add_flag("-j,--json", wopt.json, "the socket's JSON lines as they come");
     watch->add_flag("--snapshot", wopt.snapshot,
@@ -261,7 +266,7 @@ int run(int argc, char** argv) {
     if (*vm_args)
         return cmd_vm_args(opt.query, vopt);
     if (*wait)
-        return cmd_wait(wopt);
+        return wopt.degraded || wopt.health_change ? cmd_wait_health(wopt) : cmd_wait(wopt);
     if (*watch)
         return cmd_watch(wopt);
     return kExitUsage;

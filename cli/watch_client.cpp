@@ -95,6 +95,20 @@ std::optional<bool> read_lines(const Fd& fd, std::optional<double> timeout_s, Fn
     }
 }
 
+// "degraded: 4096+512 at 2026-12-01T19:05:02Z, ..." or "ok".
+std::string health_text(const nlohmann::json& j) {
+    std::string out = j.value("health", "?");
+    const auto bad = j.value("bad_ranges", nlohmann::json::array());
+    for (std::size_t i = 0; i < bad.size() && bad.is_array(); ++i) {
+        const auto& b = bad[i];
+        if (!b.is_object())
+            continue;
+        out += fmt::format("{} {}+{} since {}", i == 0 ? ":" : ",", b.value("offset", 0ull),
+                           b.value("length", 0ull), b.value("first_seen", "?"));
+    }
+    return out;
+}
+
 } // namespace
 
 int cmd_wait(const WatchOptions& opt) {
@@ -127,6 +141,69 @@ int cmd_wait(const WatchOptions& opt) {
     if (path.empty())
         return fail(kExitError, "tagmemfs closed the connection");
     fmt::print("{}\n", path);
+    return kExitOk;
+}
+
+int cmd_wait_health(const WatchOptions& opt) {
+    auto tag = Uuid::parse(opt.tag_text);
+    if (!tag)
+        return fail(kExitUsage, tag.error().message);
+    if (opt.timeout_s && *opt.timeout_s < 0)
+        return fail(kExitUsage, "--timeout must not be negative");
+    if (opt.degraded && opt.health_change)
+        return fail(kExitUsage, "--degraded and --health-change exclude each other");
+    auto fd = connect_to(opt.socket());
+    if (!fd)
+        return fail(kExitError, fd.error().message);
+    // The watch stream: the snapshot says whether the tag is degraded now
+    // (its "exists" line), the "health" lines after it say when that changes.
+    if (!send_line(*fd, {{"op", "watch"}}))
+        return fail(kExitError, "tagmemfs closed the connection");
+    const std::string want = tag->str();
+    std::optional<nlohmann::json> found;
+    bool degraded_now = false;
+    std::string error;
+    auto done = read_lines(*fd, opt.timeout_s, [&](const std::string& line) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_object())
+            return true;
+        const std::string event = j.value("event", "");
+        if (j.contains("error") || event == "overflow") {
+            error = j.contains("error") ? j["error"].dump() : "dropped: " + j.value("reason", "?");
+            return false;
+        }
+        if (j.value("tag", "") != want)
+            return true;
+        if (event == "exists" && opt.degraded && j.value("health", "") == "degraded") {
+            degraded_now = true;
+            return false;
+        }
+        if (event == "health" && (opt.health_change || j.value("health", "") == "degraded")) {
+            found = nlohmann::json{{"tag", want},
+                                   {"health", j.value("health", "")},
+                                   {"bad_ranges", j.value("bad_ranges", nlohmann::json::array())}};
+            return false;
+        }
+        return true;
+    });
+    if (!done)
+        return fail(kExitTimeout, fmt::format("the health of tag {} did not {} within {} s", want,
+                                              opt.degraded ? "degrade" : "change", *opt.timeout_s));
+    if (!error.empty())
+        return fail(kExitError, fmt::format("tagmemfs: {}", error));
+    if (degraded_now) {
+        // The snapshot line says degraded; the ranges are in the tag's object.
+        auto shown = ask_daemon(opt.socket(), {{"op", "show"}, {"tag", want}}, 10);
+        if (!shown)
+            return fail(kExitError, shown.error().message);
+        auto h = shown->value("health", nlohmann::json::object());
+        found = nlohmann::json{{"tag", want},
+                               {"health", h.value("status", "degraded")},
+                               {"bad_ranges", h.value("bad_ranges", nlohmann::json::array())}};
+    }
+    if (!found)
+        return fail(kExitError, "tagmemfs closed the connection");
+    fmt::print("{}\n", found->dump());
     return kExitOk;
 }
 
@@ -168,10 +245,15 @@ int cmd_watch(const WatchOptions& opt) {
             return true;
         if (opt.json)
             fmt::print("{}\n", line);
-        else if (ended.empty() && event != "snapshot-end")
-            fmt::print("{:<8} {} {} {}\n", event.empty() ? "?" : event, j.value("tag", "?"),
+        else if (ended.empty() && event == "health")
+            fmt::print("{:<8} {} {} {} {}\n", event, j.value("tag", "?"),
                        j.value("device", "") == "" ? "-" : j.value("device", ""),
-                       j.value("state", "?"));
+                       j.value("state", "?"), health_text(j));
+        else if (ended.empty() && event != "snapshot-end")
+            fmt::print("{:<8} {} {} {}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
+                       j.value("device", "") == "" ? "-" : j.value("device", ""),
+                       j.value("state", "?"),
+                       j.value("health", "") == "degraded" ? " degraded" : "");
         return ended.empty();
     });
     (void)done;

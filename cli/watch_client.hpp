@@ -19,11 +19,17 @@ struct WatchOptions {
     bool snapshot = false; // watch: print the tags that exist before the changes
     std::optional<double> timeout_s;
     std::string tag_text;
+    // wait: for the tag's health rather than its readiness (docs/health.md).
+    bool degraded = false;      // until it is degraded (at once if it is)
+    bool health_change = false; // until its health next changes
 
     std::string socket() const { return socket_path.empty() ? mount_point + ".sock" : socket_path; }
 };
 
 int cmd_wait(const WatchOptions& opt);
+// wait --degraded / --health-change: prints one JSON line, the tag's health
+// ({"tag","health","bad_ranges"}), when it happens.
+int cmd_wait_health(const WatchOptions& opt);
 // Prints changes; with opt.snapshot, first the tags as they are.
 int cmd_watch(const WatchOptions& opt);
 

@@ -78,6 +78,17 @@ json device_json(const ProbedDevice& p, bool privileged) {
 
 } // namespace
 
+json health_to_json(const TagHealth* health) {
+    json bad = json::array();
+    if (health)
+        for (const auto& b : health->bad)
+            bad.push_back({{"offset", b.offset},
+                           {"length", b.length},
+                           {"first_seen", iso8601_utc(b.first_seen)}});
+    const bool degraded = health && health->degraded();
+    return {{"status", degraded ? "degraded" : "ok"}, {"bad_ranges", std::move(bad)}};
+}
+
 json tag_to_json(const TagRecord& t, bool privileged) {
     json j = {
         {"tag", t.tag.str()},
@@ -111,6 +122,9 @@ json tag_to_json(const TagRecord& t, bool privileged) {
     for (const auto& d : t.devices)
         devs.push_back(device_json(*d, privileged));
     j["devices"] = std::move(devs);
+    // Offsets within the tag's data only: the physical addresses of the bad
+    // ranges are root's (docs/health.md).
+    j["health"] = health_to_json(t.health.get());
     return j;
 }
 

@@ -18,6 +18,9 @@
 namespace tagmem {
 
 nlohmann::json tag_to_json(const TagRecord& tag, bool privileged);
+// {"status": "ok"|"degraded", "bad_ranges": [{"offset", "length",
+// "first_seen"}]}: offsets within the tag's data, never physical addresses.
+nlohmann::json health_to_json(const TagHealth* health);
 nlohmann::json scan_to_json(const ScanResult& scan, bool privileged);
 
 } // namespace tagmem

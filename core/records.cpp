@@ -69,6 +69,11 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
     return std::optional<Uuid>{hits[0]->tag};
 }
 
+static bool same_health(const TagRecord& a, const TagRecord& b) {
+    const bool da = a.health && a.health->degraded(), db = b.health && b.health->degraded();
+    return da == db && (!da || *a.health == *b.health);
+}
+
 bool TagRecord::operator==(const TagRecord& o) const {
     auto same_devices = [&] {
         return std::equal(devices.begin(), devices.end(), o.devices.begin(), o.devices.end(),
@@ -76,7 +81,8 @@ bool TagRecord::operator==(const TagRecord& o) const {
     };
     return tag == o.tag && name == o.name && source == o.source && state == o.state &&
            reason == o.reason && offered_extents == o.offered_extents && shareable == o.shareable &&
-           shareable_from == o.shareable_from && access == o.access && same_devices();
+           shareable_from == o.shareable_from && access == o.access && same_devices() &&
+           same_health(*this, o);
 }
 
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "device.hpp"
+#include "health.hpp"
 
 #include <sys/types.h>
 
@@ -54,6 +55,9 @@ struct TagRecord {
     SmallVec<std::shared_ptr<const ProbedDevice>> devices;
     std::vector<Extent> offered_extents; // offered: the extents carrying the tag
     Access access;
+    // Memory errors in the tag's data (core/health.hpp); null: none known.
+    // Set by the daemon over what the scan produced.
+    std::shared_ptr<const TagHealth> health;
 
     bool usable() const { return state == TagState::ready; }
     // Equal content (devices compared by value, not by pointer).

@@ -69,6 +69,7 @@ const char* to_string(TagEventKind kind) {
     case TagEventKind::added: return "added";
     case TagEventKind::removed: return "removed";
     case TagEventKind::changed: return "changed";
+    case TagEventKind::health: return "health";
     }
     return "unknown";
 }
@@ -284,7 +285,8 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
     // The previous apply()'s caller has told the kernel by now.
     retire_locked();
     auto event = [&](TagEventKind kind, const TagRecord& r) {
-        ch.events.push_back({kind, r.tag, single_device(r), to_string(r.state), r.access});
+        ch.events.push_back(
+            {kind, r.tag, single_device(r), to_string(r.state), r.access, r.health});
     };
     auto remove_slot = [&](std::uint64_t slot) {
         TagEntry& e = *entry_at(slot);
@@ -325,8 +327,14 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         }
         TagEntry& e = *entry_at(old->second);
         if (*e.record == r)
-            continue; // re-read, unchanged
-        event(TagEventKind::changed, r);
+            continue;                   // re-read, unchanged
+        TagRecord old_rest = *e.record; // all but the health
+        old_rest.health = r.health;
+        const bool health_changed = !(old_rest == *e.record);
+        if (!(old_rest == r))
+            event(TagEventKind::changed, r);
+        if (health_changed)
+            event(TagEventKind::health, r);
         if (identity(*e.record) != identity(r)) {
             remove_slot(old->second);
             add_slot(record);

@@ -65,7 +65,9 @@ struct DirEntry {
     std::uint64_t cookie = 0; // pass back as the offset to continue after it
 };
 
-enum class TagEventKind { added, removed, changed };
+// health: only the tag's health (core/health.hpp) changed; its files stay
+// the same inodes. A change of both is `changed` followed by `health`.
+enum class TagEventKind { added, removed, changed, health };
 const char* to_string(TagEventKind kind);
 
 struct TagEvent {
@@ -73,7 +75,8 @@ struct TagEvent {
     Uuid tag;
     std::string device; // daxX.Y, or empty when the tag has no single device
     std::string state;
-    Access access; // of the tag's data: who may learn of the event
+    Access access;                           // of the tag's data: who may learn of the event
+    std::shared_ptr<const TagHealth> health; // as published (null: ok)
 };
 
 // What the kernel must forget after an update.

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "daemon.hpp"
 
+#include "badblocks_watch.hpp"
 #include "cdi.hpp"
 #include "cdi_file.hpp"
 #include "config.hpp"
 #include "fd.hpp"
+#include "health.hpp"
 #include "host_os.hpp"
 #include "host_state.hpp"
 #include "mount.hpp"
@@ -27,9 +29,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <optional>
@@ -78,7 +82,8 @@ void drain_eventfd(int fd) {
 
 class Daemon {
   public:
-    explicit Daemon(const DaemonOptions& o) : opt_(o), state_(real_host_os()) {}
+    explicit Daemon(const DaemonOptions& o)
+        : opt_(o), state_(real_host_os()), health_(real_host_os()) {}
 
     int run();
 
@@ -104,12 +109,23 @@ class Daemon {
     bool retry_wanted() const { return state_.needs_retry() || !node_failed_.empty(); }
     void retry();
     void note_health();
+    // Memory errors (core/health.hpp): the record as shown, with its health.
+    std::shared_ptr<const TagRecord> with_health(std::shared_ptr<const TagRecord> r) const;
+    // Re-reads every region's badblocks (a rescan, an nd uevent).
+    void rescan_badblocks(const char* why);
+    // The bad ranges changed: republish the tags whose health did.
+    void publish_health(const char* why);
+    void log_badblock_failures();
+    void sync_badblocks();
 
     DaemonOptions opt_;
     // First: released last, once the mount and the nodes are gone.
     std::optional<MountLock> lock_;
     Config config_;
-    HostState state_; // owned by the event thread once serving
+    HostState state_;                                      // owned by the event thread once serving
+    HealthTracker health_;                                 // event thread, as state_
+    BadblocksWatch badblocks_;                             // its notifications
+    std::map<std::string, std::string> badblock_failures_; // as last logged
     std::optional<NodeDir> nodes_;
     std::unique_ptr<TagTree> tree_;
     FsContext context_;
@@ -149,6 +165,8 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     // /dev and sysfs in the scan that produced the record.
     std::vector<std::string> stale;
     TagDelta shown = delta;
+    for (auto& r : shown.upserts)
+        r = with_health(std::move(r));
     for (auto& r : shown.upserts) {
         const bool failed_before = node_failed_.erase(r->tag) > 0;
         if (!r->usable()) {
@@ -213,6 +231,61 @@ void Daemon::write_cdi(const std::vector<Uuid>& tags) {
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
+std::shared_ptr<const TagRecord> Daemon::with_health(std::shared_ptr<const TagRecord> r) const {
+    TagHealth h = health_.health_of(*r);
+    const bool had = r->health && r->health->degraded();
+    if (!h.degraded() && !had)
+        return r;
+    if (had && *r->health == h)
+        return r;
+    auto shown = std::make_shared<TagRecord>(*r);
+    shown->health = h.degraded() ? std::make_shared<const TagHealth>(std::move(h)) : nullptr;
+    return shown;
+}
+
+void Daemon::log_badblock_failures() {
+    const auto& now = health_.failures();
+    for (const auto& [what, why] : now)
+        if (!badblock_failures_.contains(what))
+            log::warning("memory errors: {}; keeping what was last read", why);
+    for (const auto& [what, why] : badblock_failures_)
+        if (!now.contains(what))
+            log::info("memory errors: {} reads again", what);
+    badblock_failures_ = now;
+}
+
+void Daemon::sync_badblocks() {
+    std::map<std::string, std::string> paths;
+    for (const auto& region : health_.regions())
+        paths.emplace(region, health_.badblocks_path(region));
+    badblocks_.sync(paths);
+}
+
+void Daemon::rescan_badblocks(const char* why) {
+    const bool changed = health_.rescan(std::time(nullptr));
+    log_badblock_failures();
+    sync_badblocks();
+    if (changed && tree_)
+        publish_health(why);
+}
+
+void Daemon::publish_health(const char* why) {
+    TagDelta delta;
+    for (auto& r : tree_->records()) {
+        // A record shown without its node keeps that: publish() would
+        // retry the node, which is not what changed.
+        if (node_failed_.contains(r->tag))
+            continue;
+        if (auto shown = with_health(r); shown != r)
+            delta.upserts.push_back(std::move(shown));
+    }
+    for (const auto& r : delta.upserts)
+        log::warning("tag {}: memory {} ({} bad ranges in its data) [{}]", r->tag.str(),
+                     r->health ? "degraded" : "ok again", r->health ? r->health->bad.size() : 0,
+                     why);
+    publish(delta, why);
+}
+
 void Daemon::rescan(const char* why) {
     bool ok = false;
     Config fresh = load(&ok);
@@ -221,6 +294,9 @@ void Daemon::rescan(const char* why) {
     else
         log::error("{}: keeping the previous configuration", config_path());
     const auto t0 = std::chrono::steady_clock::now();
+    // The bad ranges first: the records published below carry them.
+    const bool health_changed = health_.rescan(std::time(nullptr));
+    log_badblock_failures();
     auto delta = state_.rescan(config_);
     const auto t1 = std::chrono::steady_clock::now();
     const bool retrying = std::string_view(why) == "retry";
@@ -234,6 +310,9 @@ void Daemon::rescan(const char* why) {
         for (const auto& r : state_.snapshot().rejected)
             log::warning("{}: rejected: {}", r.device, r.reason);
     publish(*delta, why);
+    sync_badblocks();
+    if (health_changed)
+        publish_health(why); // tags the scan found unchanged
     if (watchers_)
         watchers_->invalidate(); // rejected and untagged devices raise no tag event
     // A scan allocates and frees a lot (libdaxctl's own objects among it):
@@ -263,6 +342,10 @@ void Daemon::on_uevents() {
             plan.devices.insert(std::move(name));
     if (!plan.devices.empty())
         publish(state_.refresh(plan.devices), "uevent");
+    // A region came, went or changed: its bad ranges too.
+    if (std::any_of(events.begin(), events.end(),
+                    [](const auto& ev) { return ev.subsystem == "nd"; }))
+        rescan_badblocks("uevent");
     if (watchers_)
         watchers_->invalidate(); // rejected and untagged devices raise no tag event
 }
@@ -319,7 +402,9 @@ void Daemon::event_loop() {
         fds.push_back({rescan_event_.get(), POLLIN, 0});
         fds.push_back({uevents_ ? uevents_->fd() : -1, POLLIN, 0});
         fds.push_back({stop_request_.get(), POLLIN, 0});
-        std::size_t first_watch_fd = fds.size();
+        const std::size_t first_badblocks_fd = fds.size();
+        badblocks_.poll_fds(fds);
+        const std::size_t first_watch_fd = fds.size();
         if (watchers_)
             watchers_->poll_fds(fds);
         int timeout = -1;
@@ -367,6 +452,19 @@ void Daemon::event_loop() {
             if (fds[3].revents) {
                 drain_eventfd(stop_request_.get());
                 stopping = true;
+            }
+            if (auto notified = badblocks_.handle(std::vector<pollfd>(
+                    fds.begin() + first_badblocks_fd, fds.begin() + first_watch_fd));
+                !notified.empty()) {
+                bool changed = false;
+                for (auto& [region, text] : notified) {
+                    log::debug("{}/badblocks: notified", region);
+                    changed |= health_.update_region(region, text, std::time(nullptr));
+                }
+                log_badblock_failures();
+                if (changed)
+                    publish_health("badblocks");
+                sync_badblocks(); // a region whose attribute went is no longer watched
             }
             if (watchers_) {
                 watchers_->handle(std::vector<pollfd>(fds.begin() + first_watch_fd, fds.end()));

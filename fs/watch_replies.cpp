@@ -29,10 +29,21 @@ std::string to_line(const nlohmann::json& j) {
 
 // An event line without its closing brace, so that each watcher's own seq
 // can be appended (nlohmann orders keys, so "seq" would come last anyway).
+// `health` events carry the tag's health (offsets within its data, never
+// physical addresses); `exists` lines say "health":"degraded" for a tag that
+// is, so a snapshot tells a waiter where things stand.
 std::string event_prefix(const char* event, const Uuid& tag, const std::string& device,
-                         const std::string& state) {
-    std::string line = to_line(
-        nlohmann::json{{"event", event}, {"tag", tag.str()}, {"device", device}, {"state", state}});
+                         const std::string& state, const TagHealth* health = nullptr,
+                         bool full_health = false) {
+    nlohmann::json j{{"event", event}, {"tag", tag.str()}, {"device", device}, {"state", state}};
+    if (full_health) {
+        auto h = health_to_json(health);
+        j["health"] = h["status"];
+        j["bad_ranges"] = std::move(h["bad_ranges"]);
+    } else if (health && health->degraded()) {
+        j["health"] = "degraded";
+    }
+    std::string line = to_line(j);
     line.pop_back();
     return line;
 }
@@ -102,7 +113,7 @@ void WatchServer::continue_snapshot(Client& c) {
             if (r && may_see(c, r->access))
                 enqueue(c, with_seq(event_prefix("exists", r->tag,
                                                  r->device() ? r->device()->dev.name : "",
-                                                 to_string(r->state)),
+                                                 to_string(r->state), r->health.get()),
                                     ++c.seq));
             continue;
         }
@@ -140,7 +151,8 @@ void WatchServer::publish(const std::vector<TagEvent>& events) {
                 continue;
             if (c.phase == Phase::watching) {
                 if (prefix.empty())
-                    prefix = event_prefix(to_string(e.kind), e.tag, e.device, e.state);
+                    prefix = event_prefix(to_string(e.kind), e.tag, e.device, e.state,
+                                          e.health.get(), e.kind == TagEventKind::health);
                 deliver(c, prefix);
             }
             if (c.phase == Phase::waiting && c.waiting == e.tag &&

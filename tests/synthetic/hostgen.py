@@ -563,6 +563,9 @@ def _write_nvdimm_region(w: "_TreeWriter", region: NvdimmRegion) -> None:
                         ("numa_node", region.numa_node), ("target_node", region.target_node),
                         ("devtype", "nd_pmem")):
         w.file(f"{top}/{attr}", f"{value}\n")
+    # The bad ranges (512-byte sectors in the region): none, as on a healthy
+    # pmem region. Tests write "<sector> <count>" lines into it.
+    w.file(f"{top}/badblocks", "")
     w.link(f"bus/nd/devices/region{region.region_id}", top)
     for ns in region.namespaces:
         ns_dir, nd_dax_dir = f"{top}/{ns.name}", f"{top}/{ns.nd_dax_name}"

@@ -199,6 +199,35 @@ TEST(TagTree, SameRecordAgainChangesNothing) {
     EXPECT_THAT(ch.events, IsEmpty());
 }
 
+// Memory errors (core/health.hpp) change the metadata, not the inodes: one
+// `health` event, and a change of device as well gives both events.
+TEST(TagTree, HealthChangeIsItsOwnEventOnTheSameInodes) {
+    TagTree t(kNodes);
+    t.apply(upserts({ready(1, 1)}));
+    auto before = t.lookup(kRootIno, tag_n(1).str()).value();
+    auto sick = std::make_shared<TagRecord>(*ready(1, 1));
+    TagHealth h;
+    h.bad.push_back({4096, 512, 1});
+    sick->health = std::make_shared<const TagHealth>(h);
+    auto ch = t.apply(upserts({sick}));
+    ASSERT_THAT(ch.events, SizeIs(1));
+    EXPECT_EQ(ch.events[0].kind, TagEventKind::health);
+    ASSERT_TRUE(ch.events[0].health);
+    EXPECT_TRUE(ch.events[0].health->degraded());
+    EXPECT_THAT(ch.removed, IsEmpty());
+    EXPECT_EQ(t.lookup(kRootIno, tag_n(1).str()).value().ino, before.ino);
+    auto meta = t.lookup(before.ino, "metadata").value();
+    EXPECT_NE(t.contents(meta.ino).value().find("\"degraded\""), std::string::npos);
+    // Same health again: nothing.
+    EXPECT_THAT(t.apply(upserts({sick})).events, IsEmpty());
+    // Healthy on another device: changed, then health.
+    ch = t.apply(upserts({ready(1, 2)}));
+    ASSERT_THAT(ch.events, SizeIs(2));
+    EXPECT_EQ(ch.events[0].kind, TagEventKind::changed);
+    EXPECT_EQ(ch.events[1].kind, TagEventKind::health);
+    EXPECT_FALSE(ch.events[1].health);
+}
+
 TEST(TagTree, NewDeviceMeansNewInodesNeverReusedNumbers) {
     // The kernel fixes a node's identity when it first sees the inode: a
     // tag that moved to another device must get new inode numbers.
