@@ -5,13 +5,22 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 
 namespace tagmem {
 namespace {
 
 // ENOENT means the kernel had nothing cached: nothing to forget.
+// ENOTEMPTY from a delete means a file of the directory is still in use (a
+// reader has it open): the kernel has unhashed the directory's entry all the
+// same, so the next path walk asks the daemon; it only could not mark the
+// directory dead. Expected under readers, so not worth a warning.
 void report(int rc, const char* what, std::uint64_t ino) {
-    if (rc != 0 && rc != -ENOENT)
+    if (rc == 0 || rc == -ENOENT)
+        return;
+    if (rc == -ENOTEMPTY && std::string_view(what) == "delete")
+        log::debug("notify {} for inode {}: {}", what, ino, std::strerror(-rc));
+    else
         log::warning("notify {} for inode {}: {}", what, ino, std::strerror(-rc));
 }
 
