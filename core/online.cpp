@@ -207,46 +207,40 @@ Result<std::vector<DeviceUser>> find_device_users(DevNumber rdev, HostOs& os) {
         auto found = [&](std::string how) {
             users.push_back({std::stoi(pid), command_of(pid), std::move(how)});
         };
-        // Open descriptors: stat() follows each to the file it holds.
-        auto fds = os.list_dir(dir + "/fd");
-        if (!fds) {
-            if (vanished(fds.error()))
-                continue;
-            return fds.error();
-        }
-        for (const auto& fd : *fds) {
-            auto hit = is_the_device(dir + "/fd/" + fd);
-            if (!hit) {
-                if (vanished(hit.error()))
-                    continue;
-                return make_error(hit.error().code,
-                                  fmt::format("cannot tell whether pid {} uses the device: {}", pid,
-                                              hit.error().message));
+        // The links in dir/sub that lead to the device. False: the process
+        // ended while being looked at, which is no user.
+        auto scan = [&](const char* sub, const char* verb, const char* label) -> Result<bool> {
+            auto entries = os.list_dir(dir + "/" + sub);
+            if (!entries) {
+                if (vanished(entries.error()))
+                    return false;
+                return entries.error();
             }
-            if (*hit)
-                found("fd " + fd);
-        }
+            for (const auto& entry : *entries) {
+                auto hit = is_the_device(dir + "/" + sub + "/" + entry);
+                if (!hit) {
+                    if (vanished(hit.error()))
+                        continue;
+                    return make_error(hit.error().code,
+                                      fmt::format("cannot tell whether pid {} {} the device: {}",
+                                                  pid, verb, hit.error().message));
+                }
+                if (*hit)
+                    found(fmt::format("{} {}", label, entry));
+            }
+            return true;
+        };
+        // Open descriptors: stat() follows each to the file it holds.
+        auto alive = scan("fd", "uses", "fd");
+        if (!alive)
+            return alive.error();
+        if (!*alive)
+            continue;
         // Mappings outlive the descriptor they were made through.
         // map_files lists the file mappings, named start-end; following
         // one takes CAP_SYS_ADMIN (tagmem online runs as root).
-        auto maps = os.list_dir(dir + "/map_files");
-        if (!maps) {
-            if (vanished(maps.error()))
-                continue;
-            return maps.error();
-        }
-        for (const auto& range : *maps) {
-            auto hit = is_the_device(dir + "/map_files/" + range);
-            if (!hit) {
-                if (vanished(hit.error()))
-                    continue;
-                return make_error(hit.error().code,
-                                  fmt::format("cannot tell whether pid {} maps the device: {}", pid,
-                                              hit.error().message));
-            }
-            if (*hit)
-                found("mapping " + range);
-        }
+        if (auto mapped = scan("map_files", "maps", "mapping"); !mapped)
+            return mapped.error();
     }
     return users;
 }
