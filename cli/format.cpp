@@ -57,7 +57,7 @@ std::string extent_text(const json& e) {
 } // namespace
 
 std::string format_table(const json& scan) {
-    std::string out = fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", "TAG", "DEVICE",
+    std::string out = fmt::format("{:<36}  {:<10} {:>10}  {:<7}  {:<10}  {}\n", "TAG", "DEVICE",
                                   "SIZE", "SOURCE", "STATE", "NAME");
     const json& tags = arr(scan, "tags");
     for (const auto& t : tags) {
@@ -67,7 +67,7 @@ std::string format_table(const json& scan) {
                           : ndev == 0 ? std::string(1, '-')
                                       : fmt::format("{} devices", ndev);
         std::string size = one ? human_size(num(t, "size")) : std::string(1, '-');
-        out += fmt::format("{:<36}  {:<10} {:>10}  {:<6}  {:<10}  {}\n", str(t, "tag"), dev, size,
+        out += fmt::format("{:<36}  {:<10} {:>10}  {:<7}  {:<10}  {}\n", str(t, "tag"), dev, size,
                            str(t, "source"), str(t, "state"), str(t, "name"));
     }
     if (tags.empty())

@@ -173,14 +173,20 @@ int run(int argc, char** argv) {
         ->add_option("--machine", vopt.machine,
                      "QEMU machine type: pc, q35 or a versioned pc-i440fx-*, pc-q35-*")
         ->capture_default_str();
-    vm_args
-        ->add_option("--format", vopt.format,
-                     "shell (one shell-quoted line), lines (one argument per line), json")
-        ->capture_default_str()
-        ->check(CLI::IsMember({"shell", "lines", "json"}));
-    vm_args->add_flag("--libvirt", vopt.libvirt, "a libvirt domain XML fragment instead");
-    vm_args->add_flag("--kernel-cmdline", vopt.kernel_cmdline,
-                      "only the guest kernel's memmap= parameters");
+    auto* vm_format =
+        vm_args
+            ->add_option("--format", vopt.format,
+                         "shell (one shell-quoted line), lines (one argument per line), json")
+            ->capture_default_str()
+            ->check(CLI::IsMember({"shell", "lines", "json"}));
+    auto* vm_libvirt =
+        vm_args->add_flag("--libvirt", vopt.libvirt, "a libvirt domain XML fragment instead");
+    auto* vm_cmdline = vm_args->add_flag("--kernel-cmdline", vopt.kernel_cmdline,
+                                         "only the guest kernel's memmap= parameters");
+    // Three different outputs: asking for two is a mistake to report, not
+    // one to guess at.
+    vm_format->excludes(vm_libvirt)->excludes(vm_cmdline);
+    vm_libvirt->excludes(vm_cmdline);
     vm_args->add_option("--user", vopt.user,
                         "warn unless this user (QEMU's) may open the tags' data (default: the "
                         "caller)");

@@ -175,6 +175,10 @@ match-node = 3
     (["--user", "no-such-user-here"], "no user"),
     (["not-a-uuid"], "not a UUID"),
     ([hg.TAG_A], "asked for twice"),
+    # Three kinds of output: two at once is refused, not one of them guessed.
+    (["--libvirt", "--format", "json"], "excludes"),
+    (["--format", "lines", "--kernel-cmdline"], "excludes"),
+    (["--libvirt", "--kernel-cmdline"], "excludes"),
 ])
 def test_bad_requests_exit_2(make_host, args, message):
     make_host("dcd")
