@@ -399,9 +399,6 @@ std::string libvirt_xml(const Plan& p) {
     x += "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n";
     x += fmt::format("  <memory unit='KiB'>{}</memory>\n", ram_kib);
     x += fmt::format("  <vcpu placement='static'>{}</vcpu>\n", p.guest.cpus);
-    x += "  <sysinfo type='fwcfg'>\n";
-    x += fmt::format("    <entry name='{}'>{}</entry>\n", kFwCfgName, xml_escape(handoff_json(p)));
-    x += "  </sysinfo>\n";
     x += "  <cpu>\n    <numa>\n";
     x += fmt::format("      <cell id='0' cpus='{}' memory='{}' unit='KiB'/>\n",
                      cpu_list(p.guest.cpus), ram_kib);
@@ -423,6 +420,12 @@ std::string libvirt_xml(const Plan& p) {
         arg("-numa");
         arg(numa_node(t));
     }
+    // Not <sysinfo type='fwcfg'><entry>: libvirt 9.0 passes the entry to
+    // QEMU XML-escaped (&quot;) and with its commas unescaped, so QEMU
+    // refuses it ("Invalid parameter"); seen under libvirtd 9.0. The
+    // passthrough carries exactly the plain QEMU argument.
+    arg("-fw_cfg");
+    arg(fmt::format("name={},string={}", kFwCfgName, qemu_escape(handoff_json(p))));
     x += "  </qemu:commandline>\n";
     x += "</domain>\n";
     return x;
