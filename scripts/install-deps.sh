@@ -30,6 +30,11 @@ qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 # The Debian package booted in a Debian 12 guest (tests/qemu/test_booted_system.py):
 # building the .deb, checking it, making the guest's root filesystem and disk.
 qemu_pkgs+=(debhelper dpkg-dev lintian mmdebstrap e2fsprogs)
+# A guest started by a real libvirtd from `tagmem vm-args --libvirt`
+# (tests/qemu/test_libvirt_handoff.py): the daemon and its QEMU driver; the
+# test runs its own session-mode libvirtd, so libvirt-daemon-system (system
+# services, the libvirt-qemu user) is not needed. virsh: libvirt-clients.
+qemu_pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}")
 if [[ "${TAGMEM_SKIP_QEMU_DEPS:-0}" != 1 ]]; then

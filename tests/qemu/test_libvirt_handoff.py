@@ -236,7 +236,7 @@ echo "TM-EVENT: wrote uptime=$(tm_now)"
         assert res.passed, f"{res.verdict}\n{res.tail(80)}\nQEMU log:\n{argv[-3000:]}"
         # libvirt started QEMU with the passthrough: the tag's backend and node.
         assert f"mem-path={backing}" in argv and "node,nodeid=1,memdev=tagmem1" in argv, argv
-        assert "-fw_cfg name=opt/org.tagmem/tags,string=" in argv, argv  # passthrough
+        assert "name=opt/org.tagmem/tags,string=" in argv, argv  # -fw_cfg passthrough
         item = tagmemvm.section_json(res, "handoff-item")
         assert item == generated["fw_cfg"]["content"], item
         assert "dax0.0 driver= target_node=1 " in tagmemvm.section(res, "dax-before")
