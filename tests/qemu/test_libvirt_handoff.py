@@ -22,7 +22,9 @@ configuration, sockets or domains is used or changed. QEMU then runs as that
 user, as it runs as libvirt-qemu under qemu:///system; the least privilege
 that lets it map the tag is the tag's own access: the backing file (the
 tag's data) is owned by that user, mode 0600, like `owner = ` in
-tagmem.conf(5). The daemon, the domain and its QEMU are gone at the end
+tagmem.conf(5). Before that, with the file root's (0600, tagmem.conf's
+default), `virsh start` must fail with "Permission denied" and leave the
+domain shut off. The daemon, the domain and its QEMU are gone at the end
 (finally), whatever happened.
 """
 from __future__ import annotations
@@ -210,6 +212,13 @@ echo "TM-EVENT: wrote uptime=$(tm_now)"
         r = lv.virsh("define", str(xml_path))
         assert r.returncode == 0, (r.stdout, r.stderr, xml_path.read_text())
         defined = True
+        # Access is the tag's: while the data is root's (0600, tagmem.conf's
+        # default) libvirt's QEMU may not open it and the domain does not start.
+        os.chown(backing, 0, 0)
+        r = lv.virsh("start", name)
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (r.stdout, r.stderr)
+        assert lv.virsh("domstate", name).stdout.strip() == "shut off"
+        os.chown(backing, VMM_UID, VMM_UID)
         t1 = time.monotonic()
         r = lv.virsh("start", name)
         qemu_log = root / "home" / ".cache" / "libvirt" / "qemu" / "log" / f"{name}.log"
