@@ -518,12 +518,18 @@ def _handoff(tmp_path: Path, seed_host: int) -> dict:
             "nvdimm_addr": vmkit._align_up(end, vmkit.GiB)}
 
 
+def _section(res: vmkit.BootResult, name: str) -> str:
+    """A section's output without the stage shell's `sh -x` trace lines."""
+    return "".join(ln for ln in res.section(name).splitlines(keepends=True)
+                   if not ln.startswith("+ "))
+
+
 def _check_handoff(res: vmkit.BootResult, handoff: dict, seeds: dict) -> None:
     """What the guest's systemd-started tagmemfs showed of the handed tag,
     and what the host's file holds after the guest powered off."""
     host_part = handoff["generated"]["fw_cfg"]["content"]["tags"][0]["host"]
-    meta = json.loads(res.section("handoff-metadata"))
-    shown = json.loads(res.section("handoff-show"))
+    meta = json.loads(_section(res, "handoff-metadata"))
+    shown = json.loads(_section(res, "handoff-show"))
     assert meta == tagmemvm.without_ranges(shown)
     assert (meta["tag"], meta["state"], meta["source"]) == (HANDOFF_TAG, "ready", "handoff"), meta
     assert meta["size"] == tagmemvm.HANDOFF_SIZE
@@ -537,9 +543,9 @@ def _check_handoff(res: vmkit.BootResult, handoff: dict, seeds: dict) -> None:
     start = handoff["generated"]["layout"]["tags"][0]["guest_start"]
     assert shown["devices"][0]["ranges"] == [
         {"start": start, "end": start + tagmemvm.HANDOFF_SIZE - 1, "size": tagmemvm.HANDOFF_SIZE}]
-    assert res.section("handoff-size").strip() == str(tagmemvm.HANDOFF_SIZE)
-    assert res.section("handoff-shareable").strip() == "1"
-    assert f"{dev['device']} driver=device_dax target_node=1" in res.section("handoff-dax")
+    assert _section(res, "handoff-size").strip() == str(tagmemvm.HANDOFF_SIZE)
+    assert _section(res, "handoff-shareable").strip() == "1"
+    assert f"{dev['device']} driver=device_dax target_node=1" in _section(res, "handoff-dax")
     backing = handoff["backing"]
     assert _read(backing, K_HOST, HANDOFF_LEN) == vmkit.daxmap_pattern(seeds["SEEDH"], HANDOFF_LEN)
     assert _read(backing, K_GUEST, HANDOFF_LEN) == \
