@@ -370,16 +370,26 @@ def disk_image(out: Path, tarball: Path, assets: vmkit.Assets,
 # --------------------------------------------------------------------------
 
 
+#: The booted guest's RAM (node 0 when a hand-off adds NUMA nodes).
+GUEST_MEM = "1G"
+
+
 def start(initrd: Path, disk: Path, nvdimms: Sequence[vmkit.NvdimmSpec] = (), *,
           timeout_s: float = 600, stage: str = "", name: str | None = None,
           assets: vmkit.Assets | None = None, log: Log = _log,
-          log_path: os.PathLike | str | None = None) -> vmkit.Guest:
+          log_path: os.PathLike | str | None = None, extra_args: Sequence[str] = (),
+          append: str = "") -> vmkit.Guest:
     """Boot the disk under systemd. ``stage`` reaches the guest as
-    ``tagmem.stage=`` on the kernel command line."""
-    append = ("root=/dev/vda rw systemd.firstboot=off systemd.show_status=error "
-              "udev.log_level=err")
+    ``tagmem.stage=`` on the kernel command line. ``extra_args`` follow
+    vmkit's ``-machine``/``-m`` (QEMU merges a later ``-machine`` or ``-m``
+    into the earlier one: e.g. `tagmem vm-args` output); ``append`` is added
+    to the kernel command line."""
+    cmdline = ("root=/dev/vda rw systemd.firstboot=off systemd.show_status=error "
+               "udev.log_level=err")
     if stage:
-        append += f" tagmem.stage={stage}"
-    extra = ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe"]
-    return vmkit.start(initrd, nvdimms, timeout_s, mem="1G", extra_args=extra, append=append,
-                       name=name, assets=assets, log=log, log_path=log_path)
+        cmdline += f" tagmem.stage={stage}"
+    if append:
+        cmdline += f" {append}"
+    extra = ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe", *extra_args]
+    return vmkit.start(initrd, nvdimms, timeout_s, mem=GUEST_MEM, extra_args=extra,
+                       append=cmdline, name=name, assets=assets, log=log, log_path=log_path)

@@ -19,12 +19,21 @@ tagmemfs's) checks, in the init mount namespace, over three boots of one disk:
    use; `apt remove` leaves nothing behind; then it is installed again.
 2. boot: the service serves /run/tagmem from boot, the consumer unit saw
    the mount at its start; then the unit is disabled and an fstab line added.
+   This boot is also a guest the host handed a tag to (issue 12): the
+   arguments of the real `tagmem vm-args` (run on a synthetic host, as in
+   test_vm_handoff.py, with its one switch: a plain file instead of
+   /run/tagmem/<tag>/data) and its memmap= on the kernel command line. With
+   no modprobe anywhere, udevd loads dax_hmem and qemu_fw_cfg, the service
+   lists the tag with the host's metadata beside the NVDIMM's tags, and its
+   `data` is the host file's bytes at the same offsets.
 3. fstab: the fstab line serves /run/tagmem at boot (mount.tagmem under
    run-tagmem.mount); unmounting leaves nothing; `apt purge` removes /etc/tagmem.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import subprocess
@@ -34,6 +43,7 @@ from pathlib import Path
 import pytest
 
 import bootkit
+import tagmemvm
 import vmkit
 
 T1 = "d1d1d1d1-0010-4000-8000-0000000000d1"
@@ -42,6 +52,12 @@ T3 = "d3d3d3d3-0010-4000-8000-0000000000d3"  # hotplugged
 NS_SIZE = "256M"
 #: Per boot; a boot under TCG takes well under a minute, stage 1 a few.
 BOOT_TIMEOUT_S = 900
+#: The hand-off (stage boot): the host's pattern at K_HOST before the boot,
+#: the guest's at K_GUEST; both odd offsets (multiples of daxmap's 8).
+HANDOFF_TAG = tagmemvm.HANDOFF_TAG
+HANDOFF_LEN = 256 * 1024
+K_HOST = 3 * vmkit.MiB + 5 * 4096 + 8
+K_GUEST = 41 * vmkit.MiB + 4096 + 24
 #: The hardened unit's `systemd-analyze security` score must stay at most this
 #: (the unit before issue 10 scored 6.2; see docs/systemd.md).
 MAX_EXPOSURE = 4.5
@@ -294,6 +310,40 @@ section journal-boot journalctl -b -u tagmemfs.service -o short-monotonic --no-p
 section chain systemd-analyze critical-chain --no-pager tagmem-consumer.service
 section failed systemctl --failed --no-pager --no-legend
 
+say "hand-off: the host's tag through fw_cfg and memmap=, nothing loaded by hand"
+TH=@TH@
+section handoff-cmdline cat /proc/cmdline
+section handoff-iomem grep -iE 'soft reserved|persistent|reserved|system ram' /proc/iomem
+section handoff-modules sh -c 'lsmod | grep -E "^(dax_hmem|qemu_fw_cfg|device_dax|kmem|dax_pmem) "; true'
+lsmod | grep -q '^dax_hmem '
+lsmod | grep -q '^qemu_fw_cfg '
+# No modprobe in this test: the package's modules-load.d drop-in (before
+# tagmemfs starts) and udevd (modalias) load them.
+section handoff-modules-load sh -c "cat /usr/lib/modules-load.d/tagmem.conf; journalctl -b -u systemd-modules-load.service -o cat --no-pager"
+grep -qx dax_hmem /usr/lib/modules-load.d/tagmem.conf
+grep -qx qemu_fw_cfg /usr/lib/modules-load.d/tagmem.conf
+section handoff-modalias sh -c 'cat /sys/bus/platform/devices/hmem.*/modalias /sys/bus/platform/devices/QEMU0002:*/modalias; true'
+section handoff-item cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw
+within 60 listed $TH
+# Found by the first scan: the item never waited for its device.
+fails sh -c "journalctl -b -u tagmemfs.service -o cat --no-pager | grep -q 'no dax device has its range'"
+listed $T1
+listed $T2
+section handoff-list tagmem list
+section handoff-metadata cat $TM/$TH/metadata
+section handoff-show tagmem show --json $TH
+section handoff-size cat $TM/$TH/size
+section handoff-shareable cat $TM/$TH/shareable
+section handoff-dax sh -c 'for d in /sys/bus/dax/devices/*; do drv=$(readlink $d/driver || true); echo "${d##*/} driver=${drv##*/} target_node=$(cat $d/target_node) size=$(cat $d/size)"; done'
+section handoff-journal sh -c "journalctl -b -u tagmemfs.service -o cat --no-pager | grep -iE 'handoff|fw_cfg|$TH|enabl' || true"
+daxmap verify $TM/$TH/data @SEEDH@ @HLEN@ @KHOST@
+say "TM-EVENT: read the host's pattern"
+daxmap write $TM/$TH/data @SEEDG@ @HLEN@ @KGUEST@
+daxmap verify $TM/$TH/data @SEEDG@ @HLEN@ @KGUEST@
+say "TM-EVENT: wrote the guest's pattern"
+# The NVDIMM's tags still map beside it.
+daxmap verify $TM/$T1/data @SEED1@ 8M
+
 say "next boot: fstab instead of the unit"
 systemctl disable tagmemfs.service tagmem-consumer.service
 echo 'tagmem /run/tagmem tagmem defaults 0 0' >>/etc/fstab
@@ -363,6 +413,8 @@ served
 
 #: The stages, one boot each, in order on one disk.
 BOOT_STAGES = ("install", "boot", "fstab")
+#: The boot that is also handed a tag.
+HANDOFF_STAGE = "boot"
 
 DRIVER = r"""#!/bin/sh
 # tagmem-test.service: runs one stage of tests/qemu/test_booted_system.py per
@@ -426,7 +478,83 @@ ls -1 /run/tagmem || true
 """
 
 
-def _nvdimm(assets: vmkit.Assets, tmp_path: Path) -> vmkit.NvdimmSpec:
+def _read(path: Path, off: int, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(off)
+        return fh.read(n)
+
+
+def _hash_outside(path: Path, holes: list[tuple[int, int]]) -> str:
+    """sha256 of the file without the byte ranges in ``holes``."""
+    data = path.read_bytes()
+    h = hashlib.sha256()
+    pos = 0
+    for off, n in sorted(holes):
+        h.update(data[pos:off])
+        pos = off + n
+    h.update(data[pos:])
+    return h.hexdigest()
+
+
+def _handoff(tmp_path: Path, seed_host: int) -> dict:
+    """The host side of the hand-off: the tag's "data" (a file of noise
+    with the host's pattern at K_HOST), the real `tagmem vm-args` for a
+    guest of bootkit.GUEST_MEM and 2 CPUs (vmkit's -smp) on a synthetic
+    host, and the one switch (mem-path -> the file)."""
+    backing = tmp_path / "handoff-tag.data"
+    tagmemvm.handoff_host_file(backing)
+    with open(backing, "r+b") as fh:
+        fh.seek(K_HOST)
+        fh.write(vmkit.daxmap_pattern(seed_host, HANDOFF_LEN))
+    holes = [(K_HOST, HANDOFF_LEN), (K_GUEST, HANDOFF_LEN)]
+    generated = tagmemvm.vm_args_from_synthetic_host(
+        tagmemvm.build_dir(), tmp_path, ram=vmkit._parse_size(bootkit.GUEST_MEM), cpus=2)
+    (tag,) = generated["layout"]["tags"]
+    end = tag["guest_start"] + tag["size"]
+    return {"backing": backing, "holes": holes, "before": _hash_outside(backing, holes),
+            "generated": generated,
+            "qemu": tagmemvm.with_backing_file(generated["qemu"], HANDOFF_TAG, backing),
+            "kernel_cmdline": generated["kernel_cmdline"],
+            "nvdimm_addr": vmkit._align_up(end, vmkit.GiB)}
+
+
+def _section(res: vmkit.BootResult, name: str) -> str:
+    """A section's output without the stage shell's `sh -x` trace lines."""
+    return "".join(ln for ln in res.section(name).splitlines(keepends=True)
+                   if not ln.startswith("+ "))
+
+
+def _check_handoff(res: vmkit.BootResult, handoff: dict, seeds: dict) -> None:
+    """What the guest's systemd-started tagmemfs showed of the handed tag,
+    and what the host's file holds after the guest powered off."""
+    host_part = handoff["generated"]["fw_cfg"]["content"]["tags"][0]["host"]
+    meta = json.loads(_section(res, "handoff-metadata"))
+    shown = json.loads(_section(res, "handoff-show"))
+    assert meta == tagmemvm.without_ranges(shown)
+    assert (meta["tag"], meta["state"], meta["source"]) == (HANDOFF_TAG, "ready", "handoff"), meta
+    assert meta["size"] == tagmemvm.HANDOFF_SIZE
+    assert (meta["name"], meta["shareable"], meta["shareable_from"]) == (
+        tagmemvm.HANDOFF_NAME, True, "handoff"), meta
+    (dev,) = meta["devices"]
+    assert dev["performance"] == tagmemvm.HANDOFF_PERF, dev
+    assert dev["performance_source"] == {k: "host via fw_cfg" for k in tagmemvm.HANDOFF_PERF}
+    assert dev["handoff"]["host"] == {k: v for k, v in host_part.items() if k != "performance"}
+    assert (dev["mode"], dev["target_node"]) == ("devdax", 1), dev
+    start = handoff["generated"]["layout"]["tags"][0]["guest_start"]
+    assert shown["devices"][0]["ranges"] == [
+        {"start": start, "end": start + tagmemvm.HANDOFF_SIZE - 1, "size": tagmemvm.HANDOFF_SIZE}]
+    assert _section(res, "handoff-size").strip() == str(tagmemvm.HANDOFF_SIZE)
+    assert _section(res, "handoff-shareable").strip() == "1"
+    assert f"{dev['device']} driver=device_dax target_node=1" in _section(res, "handoff-dax")
+    backing = handoff["backing"]
+    assert _read(backing, K_HOST, HANDOFF_LEN) == vmkit.daxmap_pattern(seeds["SEEDH"], HANDOFF_LEN)
+    assert _read(backing, K_GUEST, HANDOFF_LEN) == \
+        vmkit.daxmap_pattern(seeds["SEEDG"], HANDOFF_LEN), "the guest's write is not in the file"
+    assert _hash_outside(backing, handoff["holes"]) == handoff["before"], \
+        "bytes outside what was written changed: the hand-off wrote into the memory"
+
+
+def _nvdimm(assets: vmkit.Assets, tmp_path: Path, addr: int | None = None) -> vmkit.NvdimmSpec:
     """T1 and T2 prepared once on a base image; each run boots a sparse copy,
     so a run that dies half-way leaves no namespace for the next."""
     base = vmkit.NvdimmSpec(assets.cache_dir / "images" / "booted-base.img", "1G")
@@ -434,7 +562,7 @@ def _nvdimm(assets: vmkit.Assets, tmp_path: Path) -> vmkit.NvdimmSpec:
     run = tmp_path / "booted-nvdimm.img"
     with vmkit._locked(Path(f"{base.path}.lock")):
         subprocess.run(["cp", "--sparse=always", str(base.path), str(run)], check=True)
-    return vmkit.NvdimmSpec(run, "1G")
+    return vmkit.NvdimmSpec(run, "1G", addr=addr)
 
 
 @pytest.fixture(scope="module")
@@ -457,7 +585,7 @@ def test_package_is_lintian_clean(package):
     contents = info["contents"]
     for path in ("./usr/sbin/tagmemfs", "./usr/bin/tagmem", "./sbin/mount.tagmem",
                  "./lib/systemd/system/tagmemfs.service", "./etc/tagmem/tagmem.conf",
-                 "./usr/share/man/man8/tagmemfs.8.gz"):
+                 "./usr/share/man/man8/tagmemfs.8.gz", "./usr/lib/modules-load.d/tagmem.conf"):
         assert re.search(rf" {re.escape(path)}( |$)", contents, re.M), \
             f"{path} not in {deb.name}:\n{contents}"
 
@@ -479,10 +607,12 @@ def test_debian_system_serves_tags(vm_assets, guest_tools, package, vm_timings, 
         [*bootkit.BASE_PACKAGES, *bootkit.runtime_packages(deb)], cache)
     vm_timings["rootfs"] = "cache hit" if rinfo["cached"] else f"built in {rinfo['build_s']}s"
     vm_timings["rootfs packages"] = " ".join(rinfo["packages"])
-    seeds = {k: random.getrandbits(62) | 1 for k in ("SEED1", "SEED3")}
+    seeds = {k: random.getrandbits(62) | 1 for k in ("SEED1", "SEED3", "SEEDH", "SEEDG")}
 
     def fill(text: str) -> bytes:
         for k, v in {"T1": T1, "T2": T2, "T3": T3, "NS_SIZE": NS_SIZE, "VERSION": version,
+                     "TH": HANDOFF_TAG, "HLEN": str(HANDOFF_LEN), "KHOST": str(K_HOST),
+                     "KGUEST": str(K_GUEST),
                      **{k: f"{v:#x}" for k, v in seeds.items()}}.items():
             text = text.replace(f"@{k}@", v)
         return text.encode()
@@ -513,15 +643,23 @@ def test_debian_system_serves_tags(vm_assets, guest_tools, package, vm_timings, 
     disk = tmp_path / "root.img"
     disk_s = bootkit.disk_image(disk, tarball, vm_assets, files, symlinks=symlinks)
     initrd = bootkit.boot_initramfs(vm_assets)
-    nv = _nvdimm(vm_assets, tmp_path)
+    handoff = _handoff(tmp_path, seeds["SEEDH"])
+    # QEMU puts NVDIMMs in the device memory region, which starts at the
+    # first 1 GiB boundary above RAM: with the hand-off's node above 4 GiB,
+    # that is above the last tag. Every boot places the NVDIMM there, so the
+    # disk sees the same NVDIMM whether or not it was handed a tag.
+    nv = _nvdimm(vm_assets, tmp_path, addr=handoff["nvdimm_addr"])
     vm_timings["image (rootfs to disk)"] = f"{disk_s:.1f}s ({time.monotonic() - t0:.1f}s " \
                                            "with rootfs)"
 
     results = {}
     for stage in BOOT_STAGES:
+        kw = {}
+        if stage == HANDOFF_STAGE:
+            kw = dict(extra_args=handoff["qemu"], append=handoff["kernel_cmdline"])
         res = bootkit.start(initrd, disk, [nv], timeout_s=BOOT_TIMEOUT_S, stage=stage,
                             name=f"debian-{stage}", assets=vm_assets,
-                            log_path=tmp_path / f"{stage}.log").wait()
+                            log_path=tmp_path / f"{stage}.log", **kw).wait()
         results[stage] = res
         vm_timings[f"boot {stage}"] = (
             f"guest {res.elapsed_s:.1f}s, initramfs at {res.userland_s or 0:.1f}s, "
@@ -533,6 +671,8 @@ def test_debian_system_serves_tags(vm_assets, guest_tools, package, vm_timings, 
             assert score, res.section("security")
             vm_timings["systemd-analyze security"] = score.group(1)
             assert float(score.group(1)) <= MAX_EXPOSURE, res.section("security")
+        if stage == HANDOFF_STAGE:
+            _check_handoff(res, handoff, seeds)
         if stage == "boot":
             ready = re.search(r"TM-READY-USEC (\d+)", res.console)
             if ready:
