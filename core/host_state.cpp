@@ -229,6 +229,18 @@ void HostState::apply_handoff(DeviceReading& reading, const HandoffEntry& entry,
     reading.notes.handoff = entry;
 }
 
+std::set<std::string> HostState::handed_over(const std::set<std::string>& names) {
+    std::set<std::string> out;
+    if (handoff_.entries.empty())
+        return out;
+    for (const auto& name : names) {
+        auto dev = read_dax_device(name, os_);
+        if (dev && handoff_.match(*dev))
+            out.insert(name);
+    }
+    return out;
+}
+
 void HostState::read_handoff_item() {
     auto item = read_handoff(os_);
     if (item) {

@@ -71,6 +71,13 @@ class HostState {
     ScanResult snapshot() const;
     std::size_t tag_count() const;
 
+    // Of these dax devices, the ones the hand-off item names. Such a device
+    // starts without a driver (dax_hmem leaves it disabled): no bind event
+    // comes until tagmem enables it, so its add event must be acted on.
+    // Loaded after tagmemfs started (a late modprobe dax_hmem), it would be
+    // missed otherwise. Nothing is read when the item names no tag.
+    std::set<std::string> handed_over(const std::set<std::string>& names);
+
   private:
     // What was known of a device before it was read again.
     struct Previous {
@@ -106,6 +113,7 @@ class HostState {
     // A VM guest's hand-off item (core/handoff.hpp), read at each rescan:
     // QEMU's fw_cfg items do not change while the guest runs.
     void read_handoff_item();
+
     // The device named by a hand-off entry, enabled as devdax if it is
     // disabled (once per device: an admin who disables it later is obeyed).
     DaxDevice enable_for_handoff(const DaxDevice& dev, const HandoffEntry& entry,

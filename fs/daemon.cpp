@@ -337,6 +337,8 @@ void Daemon::on_uevents() {
         return;
     }
     auto plan = plan_uevents(events, awaiting_bind_);
+    for (auto& name : state_.handed_over(plan.added))
+        plan.devices.insert(name);
     for (const auto& parent : plan.parents)
         for (auto& name : state_.devices_under(parent))
             plan.devices.insert(std::move(name));

@@ -14,6 +14,7 @@ UeventPlan plan_uevents(const std::vector<Uevent>& events, std::set<std::string>
             // node still fails with ENXIO (seen in the QEMU guests).
             if (ev.action == "add") {
                 awaiting_bind.insert(ev.sysname);
+                plan.added.insert(ev.sysname);
                 continue;
             }
             if (ev.action == "bind" || ev.action == "remove" || ev.action == "unbind")

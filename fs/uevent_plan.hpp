@@ -15,6 +15,10 @@ namespace tagmem {
 
 struct UeventPlan {
     std::set<std::string> devices; // dax devices to read again, by sysname
+    // dax devices added in this batch, read only at their bind (above) unless
+    // nothing will bind them: a VM guest's handed-over device starts without
+    // a driver until tagmem enables it (HostState::handed_over).
+    std::set<std::string> added;
     // Syspaths of nd/cxl objects: the dax devices below each may have changed
     // (which ones those are, only the daemon's state knows).
     std::set<std::string> parents;

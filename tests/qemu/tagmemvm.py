@@ -518,11 +518,13 @@ def handoff_scenario(tag: str, steps: str) -> str:
     shows the item, dax_hmem makes the soft-reserved range a dax device),
     show that the device starts disabled, start tagmemfs (which enables it
     because the item names it), show the tag, then ``steps`` (shell, with
-    $D the tag's data), then stop tagmemfs."""
+    $D the tag's data), then stop tagmemfs.
+
+    With TM_LATE_HMEM=1 in the guest's environment dax_hmem is loaded only
+    after tagmemfs has mounted (a late `modprobe`): the disabled device's
+    add event is all tagmemfs gets, no bind follows until it enables it."""
     return f"""
 modprobe qemu_fw_cfg
-modprobe dax_hmem
-for i in $(seq 100); do [ -e /sys/bus/dax/devices/dax0.0 ] && break; sleep 0.1; done
 tm_section handoff-item cat {HANDOFF_ITEM}
 tm_dax_drivers() {{
     for d in /sys/bus/dax/devices/*; do
@@ -530,9 +532,18 @@ tm_dax_drivers() {{
         echo "${{d##*/}} driver=${{drv##*/}} target_node=$(cat $d/target_node) size=$(cat $d/size)"
     done
 }}
-tm_section dax-before tm_dax_drivers
+if [ "${{TM_LATE_HMEM:-0}}" = 1 ]; then
+    tm_start
+    tm_section dax-before tm_dax_drivers
+    modprobe dax_hmem
+    for i in $(seq 300); do [ -e "$TM_MNT/{tag}/data" ] && break; sleep 0.1; done
+else
+    modprobe dax_hmem
+    for i in $(seq 100); do [ -e /sys/bus/dax/devices/dax0.0 ] && break; sleep 0.1; done
+    tm_section dax-before tm_dax_drivers
+    tm_start
+fi
 echo "TM-EVENT: host $TM_HOST booted uptime=$(tm_now)"
-tm_start
 tm_show {tag}
 tm_section dax-after tm_dax_drivers
 D=$TM_MNT/{tag}/data

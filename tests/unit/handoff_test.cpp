@@ -371,6 +371,31 @@ TEST_F(HandoffScan, AMalformedItemIsRefusedAndTouchesNothingElse) {
     EXPECT_THAT(s.rejected, IsEmpty());
 }
 
+TEST_F(HandoffScan, ADeviceAddedAfterTheScanIsFoundByItsAddEvent) {
+    // dax_hmem loaded after tagmemfs's first scan: the item was read, the
+    // devices come later, disabled, and no bind event will follow.
+    os.add_file(kHandoffPath, two_tags().dump());
+    ScanResult before = scan();
+    EXPECT_THAT(before.tags, IsEmpty());
+    hmem(0, G4, 128 * MiB, 1);
+    hmem(2, G4 + 192 * MiB, 2 * MiB, 3); // not handed over
+    EXPECT_THAT(state.handed_over({"dax0.0", "dax2.0", "dax9.9"}), ElementsAre("dax0.0"));
+    EXPECT_THAT(os.enabled(), IsEmpty()); // asking enables nothing
+    auto delta = state.refresh({"dax0.0"});
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+    const TagRecord* a = state.snapshot().find(U(kA));
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a->state, TagState::ready) << a->reason;
+}
+
+TEST_F(HandoffScan, WithoutAnItemAddedDevicesAreNotEvenRead) {
+    scan();
+    hmem(0, G4, 128 * MiB, 1);
+    const auto reads_before = os.reads().size();
+    EXPECT_THAT(state.handed_over({"dax0.0"}), IsEmpty());
+    EXPECT_EQ(os.reads().size(), reads_before); // no sysfs read at all
+}
+
 TEST_F(HandoffScan, NoItemNoChange) {
     hmem(0, G4, 128 * MiB, 1);
     ScanResult s = scan();
