@@ -513,6 +513,27 @@ def handoff_host_file(path: Path, seed: int = 0x7a9e) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_at(path: Path, off: int, n: int) -> bytes:
+    """n bytes of the host's file at off (what a guest wrote there)."""
+    with open(path, "rb") as fh:
+        fh.seek(off)
+        return fh.read(n)
+
+
+def hash_outside(path: Path, holes: list[tuple[int, int]]) -> str:
+    """sha256 of the file with the byte ranges in ``holes`` (offset, length)
+    left out: compared before and after, it shows that nothing but the
+    guests' own writes changed the tag's memory."""
+    data = path.read_bytes()
+    h = hashlib.sha256()
+    pos = 0
+    for off, n in sorted(holes):
+        h.update(data[pos:off])
+        pos = off + n
+    h.update(data[pos:])
+    return h.hexdigest()
+
+
 def handoff_scenario(tag: str, steps: str) -> str:
     """A hand-off guest: load the modules QEMU's memory needs (qemu_fw_cfg
     shows the item, dax_hmem makes the soft-reserved range a dax device),

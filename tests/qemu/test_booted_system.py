@@ -32,7 +32,6 @@ tagmemfs's) checks, in the init mount namespace, over three boots of one disk:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -478,24 +477,6 @@ ls -1 /run/tagmem || true
 """
 
 
-def _read(path: Path, off: int, n: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(off)
-        return fh.read(n)
-
-
-def _hash_outside(path: Path, holes: list[tuple[int, int]]) -> str:
-    """sha256 of the file without the byte ranges in ``holes``."""
-    data = path.read_bytes()
-    h = hashlib.sha256()
-    pos = 0
-    for off, n in sorted(holes):
-        h.update(data[pos:off])
-        pos = off + n
-    h.update(data[pos:])
-    return h.hexdigest()
-
-
 def _handoff(tmp_path: Path, seed_host: int) -> dict:
     """The host side of the hand-off: the tag's "data" (a file of noise
     with the host's pattern at K_HOST), the real `tagmem vm-args` for a
@@ -511,7 +492,7 @@ def _handoff(tmp_path: Path, seed_host: int) -> dict:
         tagmemvm.build_dir(), tmp_path, ram=vmkit._parse_size(bootkit.GUEST_MEM), cpus=2)
     (tag,) = generated["layout"]["tags"]
     end = tag["guest_start"] + tag["size"]
-    return {"backing": backing, "holes": holes, "before": _hash_outside(backing, holes),
+    return {"backing": backing, "holes": holes, "before": tagmemvm.hash_outside(backing, holes),
             "generated": generated,
             "qemu": tagmemvm.with_backing_file(generated["qemu"], HANDOFF_TAG, backing),
             "kernel_cmdline": generated["kernel_cmdline"],
@@ -547,10 +528,11 @@ def _check_handoff(res: vmkit.BootResult, handoff: dict, seeds: dict) -> None:
     assert _section(res, "handoff-shareable").strip() == "1"
     assert f"{dev['device']} driver=device_dax target_node=1" in _section(res, "handoff-dax")
     backing = handoff["backing"]
-    assert _read(backing, K_HOST, HANDOFF_LEN) == vmkit.daxmap_pattern(seeds["SEEDH"], HANDOFF_LEN)
-    assert _read(backing, K_GUEST, HANDOFF_LEN) == \
+    assert tagmemvm.read_at(backing, K_HOST, HANDOFF_LEN) == \
+        vmkit.daxmap_pattern(seeds["SEEDH"], HANDOFF_LEN)
+    assert tagmemvm.read_at(backing, K_GUEST, HANDOFF_LEN) == \
         vmkit.daxmap_pattern(seeds["SEEDG"], HANDOFF_LEN), "the guest's write is not in the file"
-    assert _hash_outside(backing, handoff["holes"]) == handoff["before"], \
+    assert tagmemvm.hash_outside(backing, handoff["holes"]) == handoff["before"], \
         "bytes outside what was written changed: the hand-off wrote into the memory"
 
 

@@ -17,7 +17,6 @@ fw_cfg item and enable the guest's dax_hmem device. Checked:
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from pathlib import Path
@@ -39,24 +38,6 @@ K_A = 17 * MiB + 24
 K_B = 33 * MiB + 4096 + 40
 
 
-def _read(path: Path, off: int, n: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(off)
-        return fh.read(n)
-
-
-def _hash_outside(path: Path, holes: list[tuple[int, int]]) -> str:
-    """sha256 of the file with the byte ranges in ``holes`` left out."""
-    data = path.read_bytes()
-    h = hashlib.sha256()
-    pos = 0
-    for off, n in sorted(holes):
-        h.update(data[pos:off])
-        pos = off + n
-    h.update(data[pos:])
-    return h.hexdigest()
-
-
 def test_two_guests_share_a_handed_tag(vm_assets, product, guest_tools, vm_timings, tmp_path):
     seeds = {"host": _seed(), "A": _seed(), "B": _seed()}
     backing = tmp_path / "tag.data"
@@ -66,7 +47,7 @@ def test_two_guests_share_a_handed_tag(vm_assets, product, guest_tools, vm_timin
     with open(backing, "r+b") as fh:
         fh.seek(K_HOST)
         fh.write(vmkit.daxmap_pattern(seeds["host"], LEN))
-    before = _hash_outside(backing, holes)
+    before = tagmemvm.hash_outside(backing, holes)
 
     # The real `tagmem vm-args`, against a synthetic host that has the tag.
     generated = tagmemvm.vm_args_from_synthetic_host(tagmemvm.build_dir(), tmp_path)
@@ -107,7 +88,7 @@ esac
     host_saw_a = None
     try:
         guests[0].wait_for(r"TM-EVENT: A wrote", timeout_s=GUEST_TIMEOUT_S)
-        host_saw_a = _read(backing, K_A, LEN) == vmkit.daxmap_pattern(seeds["A"], LEN)
+        host_saw_a = tagmemvm.read_at(backing, K_A, LEN) == vmkit.daxmap_pattern(seeds["A"], LEN)
     except vmkit.VmError:
         pass  # reported below from the guests' consoles
     a, b = tagmemvm.wait_all(guests)
@@ -154,8 +135,8 @@ esac
         assert any(e.startswith("A read B's pattern") for e in tagmemvm.events(a))
         assert host_saw_a, "the host did not find guest A's pattern while A ran"
         for seed, off in ((seeds["host"], K_HOST), (seeds["A"], K_A), (seeds["B"], K_B)):
-            assert _read(backing, off, LEN) == vmkit.daxmap_pattern(seed, LEN), off
-        assert _hash_outside(backing, holes) == before, \
+            assert tagmemvm.read_at(backing, off, LEN) == vmkit.daxmap_pattern(seed, LEN), off
+        assert tagmemvm.hash_outside(backing, holes) == before, \
             "bytes outside what was written changed: the hand-off wrote into the memory"
 
     _verify(check, a, b)
