@@ -534,6 +534,31 @@ def hash_outside(path: Path, holes: list[tuple[int, int]]) -> str:
     return h.hexdigest()
 
 
+def check_handoff_guest(res: vmkit.BootResult, tag: str) -> dict:
+    """What every hand-off guest must show of the handed-over tag ``tag``:
+    tagmem's metadata (equal to `tagmem show` without physical ranges) with
+    the host's size, name, shareable flag and performance data from the
+    fw_cfg item, the range at 4 GiB, and the size/shareable files. Returns
+    the tag's first device in metadata, for the caller's own checks."""
+    meta = section_json(res, f"metadata-{tag}")
+    shown = section_json(res, f"show-{tag}")
+    assert meta == without_ranges(shown)
+    assert (meta["tag"], meta["state"], meta["source"]) == (tag, "ready", "handoff")
+    assert meta["size"] == HANDOFF_SIZE
+    assert (meta["name"], meta["shareable"], meta["shareable_from"]) == (
+        HANDOFF_NAME, True, "handoff")
+    dev = meta["devices"][0]
+    assert dev["performance"] == HANDOFF_PERF
+    assert dev["performance_source"] == {k: "host via fw_cfg" for k in HANDOFF_PERF}
+    assert shown["devices"][0]["ranges"] == [
+        {"start": 4 << 30, "end": (4 << 30) + HANDOFF_SIZE - 1, "size": HANDOFF_SIZE}]
+    assert section(res, f"size-{tag}").strip() == str(HANDOFF_SIZE)
+    assert section(res, f"shareable-{tag}").strip() == "1"
+    events_seen = events(res)
+    assert any(e.startswith("read the host's pattern") for e in events_seen), events_seen
+    return dev
+
+
 def handoff_scenario(tag: str, steps: str) -> str:
     """A hand-off guest: load the modules QEMU's memory needs (qemu_fw_cfg
     shows the item, dax_hmem makes the soft-reserved range a dax device),
