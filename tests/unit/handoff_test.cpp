@@ -383,7 +383,8 @@ TEST_F(HandoffScan, ADeviceAddedAfterTheScanIsFoundByItsAddEvent) {
     EXPECT_THAT(os.enabled(), IsEmpty()); // asking enables nothing
     auto delta = state.refresh({"dax0.0"});
     EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
-    const TagRecord* a = state.snapshot().find(U(kA));
+    const ScanResult after = state.snapshot(); // a copy: keep it alive while `a` points in
+    const TagRecord* a = after.find(U(kA));
     ASSERT_NE(a, nullptr);
     EXPECT_EQ(a->state, TagState::ready) << a->reason;
 }
