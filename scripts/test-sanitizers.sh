@@ -83,6 +83,16 @@ sanitizer_env() { # dir
   fi
 }
 
+# CTest, then the reports. The reports are printed when CTest fails too: a
+# test killed by a sanitizer shows no reason in its own output (log_path sends
+# the report to a file), so without this a failed pass would not say why.
+ctest_then_reports() { # ctest args...
+  local rc=0
+  ctest "$@" || rc=$?
+  check_reports . || rc=1
+  return "$rc"
+}
+
 run_pass() { # name, seconds spent are printed
   local t0=$SECONDS
   "pass_$1"
@@ -96,8 +106,7 @@ pass_asan() {
     sanitizer_env "$(realpath "$dir")"
     cd "$dir"
     # clang_format and synthetic_hostgen run no C++ of ours: the main pass has them.
-    ctest --output-on-failure --timeout 3000 -E '^(clang_format|synthetic_hostgen)$'
-    check_reports .
+    ctest_then_reports --output-on-failure --timeout 3000 -E '^(clang_format|synthetic_hostgen)$'
   )
 }
 
@@ -107,9 +116,8 @@ pass_tsan() {
   (
     sanitizer_env "$(realpath "$dir")"
     cd "$dir"
-    ctest --output-on-failure --timeout 3000 \
+    ctest_then_reports --output-on-failure --timeout 3000 \
       -E '^(clang_format|synthetic_hostgen|integration_discovery|integration_cli)$'
-    check_reports .
   )
 }
 
