@@ -227,8 +227,15 @@ Result<Handoff> parse_handoff(std::string_view text) {
 Result<Handoff> read_handoff(HostOs& os) {
     auto text = os.read_file(kHandoffPath);
     if (!text) {
-        if (text.error().code == ENOENT || text.error().code == ENOTDIR)
-            return Handoff{};
+        if (text.error().code == ENOENT || text.error().code == ENOTDIR) {
+            auto dir = os.lstat_node(kFwCfgByName);
+            if (dir && dir->type == NodeType::directory)
+                return Handoff{}; // the driver lists the items, this is not one
+            if (!dir && is_transient(dir.error().code))
+                return dir.error();
+            return make_error(ENODEV,
+                              fmt::format("{}: the qemu_fw_cfg driver is not bound", kHandoffItem));
+        }
         if (text.error().code == EFBIG)
             return bad(fmt::format("larger than the {} bytes allowed", kHandoffMaxBytes));
         return text.error();

@@ -34,6 +34,10 @@ class HostOs;
 inline constexpr const char* kHandoffPath =
     "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw";
 inline constexpr const char* kHandoffItem = "fw_cfg opt/org.tagmem/tags";
+// Made by the qemu_fw_cfg driver's probe and removed when it unbinds (the
+// module's load and unload bind and unbind it): present exactly while the
+// guest's items can be read.
+inline constexpr const char* kFwCfgByName = "/sys/firmware/qemu_fw_cfg/by_name";
 inline constexpr std::size_t kHandoffMaxBytes = 64 * 1024;
 
 // HandoffEntry is in device.hpp (a device carries the one that names it).
@@ -50,9 +54,11 @@ struct Handoff {
 // EINVAL with the reason when the text is not a valid hand-off item.
 Result<Handoff> parse_handoff(std::string_view text);
 
-// The item of this guest: an empty hand-off when there is none (not a
-// QEMU guest, no qemu_fw_cfg module, no item); EINVAL when it is
-// malformed; other errors as reading gave them (is_transient).
+// The item of this guest: an empty hand-off when the fw_cfg driver is
+// bound and there is no such item; ENODEV when the driver is not bound (not
+// a QEMU guest, or qemu_fw_cfg not loaded, or unloaded since): whether
+// there is an item cannot be known; EINVAL when it is malformed; other
+// errors as reading gave them (is_transient).
 Result<Handoff> read_handoff(HostOs& os);
 
 } // namespace tagmem

@@ -246,6 +246,12 @@ void HostState::read_handoff_item() {
     if (item) {
         handoff_ = std::move(*item);
         handoff_error_.reset();
+    } else if (item.error().code == ENODEV) {
+        // qemu_fw_cfg is not bound: not loaded yet (its bind rescans, see
+        // fs/uevent_plan.hpp), not a QEMU guest (nothing was read), or
+        // unbound or unloaded since. QEMU's items do not change while the
+        // guest runs, so an item read before stands: the driver going away
+        // is no reason for the tags (whose memory stays) to vanish.
     } else if (is_transient(item.error().code)) {
         // Unreadable now (EMFILE...): what was read before stands.
         rescan_pending_ = true;

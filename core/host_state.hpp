@@ -110,8 +110,9 @@ class HostState {
     Result<Signature> signature_of(const std::string& region);
     TagDelta rebuild(const std::set<Uuid>& touched);
 
-    // A VM guest's hand-off item (core/handoff.hpp), read at each rescan:
-    // QEMU's fw_cfg items do not change while the guest runs.
+    // A VM guest's hand-off item (core/handoff.hpp), read at each rescan.
+    // QEMU's fw_cfg items do not change while the guest runs: while the
+    // fw_cfg driver is not bound, the item last read stands.
     void read_handoff_item();
 
     // The device named by a hand-off entry, enabled as devdax if it is

@@ -329,7 +329,8 @@ void Daemon::on_uevents() {
     // Drain everything pending first: a burst becomes one update.
     auto events = uevents_->drain();
     for (const auto& ev : events)
-        log::debug("uevent {} {} {}", ev.action, ev.subsystem, ev.sysname);
+        log::debug("uevent {} {} {}{}{}", ev.action, ev.subsystem, ev.sysname,
+                   ev.driver.empty() ? "" : " driver=", ev.driver);
     if (uevents_->take_lost()) {
         // The socket overflowed: some device changed unseen.
         log::warning("device events were lost (the event socket overflowed); rescanning");
@@ -337,6 +338,13 @@ void Daemon::on_uevents() {
         return;
     }
     auto plan = plan_uevents(events, awaiting_bind_);
+    if (plan.rescan) {
+        // qemu_fw_cfg bound: the hand-off item is there to read now. The
+        // full scan reads it and every device (this batch's among them),
+        // enabling and tagging those it names.
+        rescan("fw_cfg bound");
+        return;
+    }
     for (auto& name : state_.handed_over(plan.added))
         plan.devices.insert(name);
     for (const auto& parent : plan.parents)

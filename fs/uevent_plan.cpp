@@ -22,9 +22,14 @@ UeventPlan plan_uevents(const std::vector<Uevent>& events, std::set<std::string>
             else if (awaiting_bind.contains(ev.sysname))
                 continue;
             plan.devices.insert(ev.sysname);
-        } else {
-            // nd / cxl: the dax devices below that object may have changed.
+        } else if (ev.subsystem == "nd" || ev.subsystem == "cxl") {
+            // The dax devices below that object may have changed.
             plan.parents.insert(ev.syspath);
+        } else if (ev.subsystem == "platform" && ev.action == "bind" && ev.driver == kFwCfgDriver) {
+            // Its unbind (and the module's removal) is not followed: the
+            // item cannot change while the guest runs, so the one read
+            // stands (HostState::read_handoff_item, docs/vm.md).
+            plan.rescan = true;
         }
     }
     return plan;

@@ -26,7 +26,10 @@ Result<UeventMonitor> UeventMonitor::open(UeventSource source) {
         return make_error(EIO, fmt::format("libudev: cannot listen to {} events", name));
     }
     UeventMonitor mon(u, m, name);
-    for (const char* subsystem : {"dax", "nd", "cxl"})
+    // platform: for the QEMU fw_cfg device's bind (fs/uevent_plan.hpp). Its
+    // other events are few (devices of the board, at boot and at module
+    // loads) and each is dropped by plan_uevents.
+    for (const char* subsystem : {"dax", "nd", "cxl", "platform"})
         udev_monitor_filter_add_match_subsystem_devtype(m, subsystem, nullptr);
     // A burst of thousands of events must not overflow the socket.
     udev_monitor_set_receive_buffer_size(m, 64 << 20);
@@ -75,8 +78,13 @@ std::vector<Uevent> UeventMonitor::drain() {
             break;
         }
         auto str = [](const char* s) { return std::string(s ? s : ""); };
-        out.push_back({str(udev_device_get_action(d)), str(udev_device_get_subsystem(d)),
-                       str(udev_device_get_sysname(d)), str(udev_device_get_syspath(d))});
+        std::string action = str(udev_device_get_action(d));
+        // The driver as the event names it (DRIVER=), which only a bind
+        // carries; asked of nothing else (libudev would look in sysfs).
+        std::string driver = action == "bind" ? str(udev_device_get_driver(d)) : "";
+        out.push_back({std::move(action), str(udev_device_get_subsystem(d)),
+                       str(udev_device_get_sysname(d)), str(udev_device_get_syspath(d)),
+                       std::move(driver)});
         udev_device_unref(d);
     }
     return out;

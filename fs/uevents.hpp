@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Device events of the dax, nd and cxl subsystems, through libudev. From
+// Device events of the dax, nd, cxl and platform subsystems (the last for
+// the QEMU fw_cfg device's bind, fs/uevent_plan.hpp), through libudev. From
 // udevd when it runs, so that /dev nodes and their udev permissions exist
 // before a tag appears; else straight from the kernel (VMs and containers
 // without udevd, where devtmpfs made the node before the event was sent).
@@ -21,9 +22,10 @@ enum class UeventSource { automatic, udev, kernel, none };
 
 struct Uevent {
     std::string action;    // add, remove, change, bind, unbind, ...
-    std::string subsystem; // dax, nd, cxl
+    std::string subsystem; // dax, nd, cxl, platform
     std::string sysname;   // dax0.1, namespace0.0, ...
     std::string syspath;   // /sys/devices/...
+    std::string driver;    // the DRIVER of a bind event (empty at unbind)
 };
 
 class UeventMonitor {

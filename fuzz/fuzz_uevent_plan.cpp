@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // tagmem's reading of device events (fs/uevent_plan): libudev parses the
 // netlink messages and is not fuzzed here; what is fuzzed is the decision
-// taken on arbitrary action, subsystem, sysname and syspath strings, over
-// several batches (the devices awaiting their bind carry over).
+// taken on arbitrary action, subsystem, sysname, syspath and driver
+// strings, over several batches (the devices awaiting their bind carry
+// over).
 //
-// Input: lines "action<TAB>subsystem<TAB>sysname<TAB>syspath"; a line "--"
-// ends a batch.
+// Input: lines "action<TAB>subsystem<TAB>sysname<TAB>syspath<TAB>driver"
+// (the driver may be left out); a line "--" ends a batch.
 #include "fuzz_check.hpp"
 #include "uevent_plan.hpp"
 
@@ -18,13 +19,13 @@ using tagmem::Uevent;
 namespace {
 
 Uevent parse_line(std::string_view line) {
-    std::string fields[4];
+    std::string fields[5];
     for (auto& f : fields) {
         auto tab = line.find('\t');
         f = std::string(line.substr(0, tab));
         line.remove_prefix(tab == std::string_view::npos ? line.size() : tab + 1);
     }
-    return {fields[0], fields[1], fields[2], fields[3]};
+    return {fields[0], fields[1], fields[2], fields[3], fields[4]};
 }
 
 void check_batch(const std::vector<Uevent>& batch, const tagmem::UeventPlan& plan,
@@ -39,9 +40,16 @@ void check_batch(const std::vector<Uevent>& batch, const tagmem::UeventPlan& pla
     for (const auto& path : plan.parents) {
         bool named = false;
         for (const auto& ev : batch)
-            named = named || (ev.subsystem != "dax" && ev.syspath == path);
+            named =
+                named || ((ev.subsystem == "nd" || ev.subsystem == "cxl") && ev.syspath == path);
         FUZZ_CHECK(named);
     }
+    // A full scan exactly when the fw_cfg driver bound in this batch.
+    bool fw_cfg_bound = false;
+    for (const auto& ev : batch)
+        fw_cfg_bound = fw_cfg_bound || (ev.subsystem == "platform" && ev.action == "bind" &&
+                                        ev.driver == tagmem::kFwCfgDriver);
+    FUZZ_CHECK(plan.rescan == fw_cfg_bound);
     for (const auto& name : awaiting)
         FUZZ_CHECK(ever_added.contains(name));
     // A device whose last event in the batch was its add waits for its bind.

@@ -98,14 +98,17 @@ class SyntheticHost:
         if new.exists():
             shutil.rmtree(new)
         host.write(new)
-        for child in (new / "sys").iterdir():
-            target = self.sys / child.name
+        # Named first: a directory only the new host has is moved, not
+        # exchanged, and must not then count as one it lacks.
+        names = {child.name for child in (new / "sys").iterdir()}
+        for name in names:
+            child, target = new / "sys" / name, self.sys / name
             if target.exists() or target.is_symlink():
                 _exchange(child, target)
             else:
                 os.rename(child, target)
         for child in self.sys.iterdir():
-            if not (new / "sys" / child.name).exists():
+            if child.name not in names:
                 shutil.rmtree(child)
         os.replace(new / "dev.list", self.root / "dev.list")
         shutil.rmtree(new)

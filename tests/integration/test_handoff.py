@@ -2,7 +2,9 @@
 """Issue 12, guest side, on synthetic guests: the fw_cfg hand-off item
 (/sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/raw) tags the
 hmem devices whose range and node it names, through the real `tagmem`
-and `tagmemfs`; a malformed item is refused and changes nothing else.
+and `tagmemfs`; a malformed item is refused and changes nothing else;
+tagmemfs reads the item when the fw_cfg driver binds after it started
+(udev-format events from uevent.py, as in test_hotplug.py).
 
 The devices here are already bound to device_dax: enabling a disabled one
 goes through libdaxctl, which loads the driver's module into the running
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import hostgen as hg
-from conftest import list_json, run_as, run_tagmem, write_config
+from conftest import eventually, list_json, run_as, run_tagmem, write_config
 
 GiB = hg.GiB
 MiB = hg.MiB
@@ -153,3 +156,70 @@ def test_handoff_wins_over_match_range(make_host, tmp_path):
         "pool-x", True, "nobody", "0640")
     assert any(f"tagmem.conf matches this memory to tag {hg.TAG_A}" in w
                for w in x["devices"][0]["warnings"])
+
+
+# QEMU's fw_cfg device as the Debian 6.12 guest kernel names it (ACPI
+# QEMU0002), and what `modprobe qemu_fw_cfg` / `rmmod` sent (docs/vm.md).
+FW_CFG = "/devices/pci0000:00/QEMU0002:00"
+
+
+def handled(d, line: str, count: int) -> None:
+    """Until the daemon has logged `line` (its debug line of an event) count times."""
+    eventually(lambda: d.text().count(line) >= count, timeout=20, what=line)
+
+
+def test_late_fw_cfg_driver_is_followed_and_nothing_else(make_host, tagmemfs, udev):
+    host = make_host(guest(None))  # qemu_fw_cfg not loaded: no /sys/firmware/qemu_fw_cfg
+    d = tagmemfs("--uevents", "udev")
+    mnt = d.mount_point
+    assert sorted(p.name for p in mnt.iterdir()) == [hg.TAG_NV0]
+    # The module loads: its items appear in sysfs (the kernel makes them
+    # before the bind event).
+    host.rewrite(guest(GOOD))
+    # Events that are not the fw_cfg driver's bind change nothing, however
+    # many: other platform drivers, fw_cfg's own add and change, a bind
+    # without the driver or with another one, the firmware ksets' adds.
+    for i in range(200):
+        udev.send("bind", f"/devices/platform/serial8250.{i}", "platform", DRIVER="serial8250")
+    udev.send("add", FW_CFG, "platform")
+    udev.send("change", FW_CFG, "platform")
+    udev.send("bind", FW_CFG, "platform")
+    udev.send("bind", FW_CFG, "platform", DRIVER="fw_cfg_x")
+    udev.send("unbind", FW_CFG, "platform", DRIVER="fw_cfg")
+    udev.send("add", "/firmware/qemu_fw_cfg/by_name/opt/org.tagmem", "opt")
+    udev.send("bind", "/devices/pci0000:00/QEMU0002:01", "nd", DRIVER="fw_cfg")
+    udev.send("change", "/devices/ndbus9/region9", "nd")  # the last: all before it are handled
+    handled(d, "uevent change nd region9", 1)
+    assert d.text().count("uevent bind platform serial8250.") == 200
+    assert "rescan (fw_cfg bound)" not in d.text()
+    assert sorted(p.name for p in mnt.iterdir()) == [hg.TAG_NV0]
+
+    t0 = time.monotonic()
+    udev.send("bind", FW_CFG, "platform", DRIVER="fw_cfg", MODALIAS="acpi:QEMU0002:")
+    eventually(lambda: (mnt / TAG_X / "size").exists() and (mnt / TAG_Y / "size").exists(),
+               timeout=20, what="the handed-over tags")
+    print(f"tags {time.monotonic() - t0:.3f} s after the bind event")
+    assert (mnt / TAG_X / "size").read_text() == f"{128 * MiB}\n"
+    assert os.readlink(mnt / TAG_Y / "dev") == "/dev/dax1.0"
+    assert d.text().count("rescan (fw_cfg bound)") == 1
+    meta = json.loads((mnt / TAG_X / "metadata").read_text())
+    assert meta["source"] == "handoff" and meta["name"] == "pool-x"
+
+    # rmmod qemu_fw_cfg: every item goes with the driver. The memory stays,
+    # and so do its tags: at the events, and at a rescan (SIGHUP).
+    host.rewrite(guest(None))
+    udev.send("remove", "/firmware/qemu_fw_cfg/by_name/opt/org.tagmem", "opt")
+    udev.send("unbind", FW_CFG, "platform")
+    udev.send("remove", "/bus/platform/drivers/fw_cfg", "drivers")
+    handled(d, "uevent unbind platform QEMU0002:00", 2)
+    d.rescan()
+    assert sorted(p.name for p in mnt.iterdir()) == sorted([TAG_X, TAG_Y, hg.TAG_NV0])
+    assert json.loads((mnt / TAG_X / "metadata").read_text()) == meta
+    assert "fw_cfg opt/org.tagmem/tags: rejected" not in d.text()
+
+    # Loaded again: read again (the same item), the same tags.
+    host.rewrite(guest(GOOD))
+    udev.send("bind", FW_CFG, "platform", DRIVER="fw_cfg")
+    eventually(lambda: d.text().count("rescan (fw_cfg bound)") == 2, timeout=20,
+               what="the second rescan")
+    assert sorted(p.name for p in mnt.iterdir()) == sorted([TAG_X, TAG_Y, hg.TAG_NV0])

@@ -566,28 +566,53 @@ def handoff_scenario(tag: str, steps: str) -> str:
     because the item names it), show the tag, then ``steps`` (shell, with
     $D the tag's data), then stop tagmemfs.
 
-    With TM_LATE_HMEM=1 in the guest's environment dax_hmem is loaded only
-    after tagmemfs has mounted (a late `modprobe`): the disabled device's
-    add event is all tagmemfs gets, no bind follows until it enables it."""
+    With TM_LATE_FWCFG=1 in the guest's environment qemu_fw_cfg is loaded
+    only after tagmemfs has mounted (a late `modprobe`): the driver's bind
+    is all tagmemfs gets, no dax event comes with the item. With
+    TM_LATE_HMEM=1 dax_hmem is loaded only after tagmemfs has mounted (and
+    after qemu_fw_cfg's bind was handled, if that is late too): the
+    disabled device's add event is all tagmemfs gets, no bind follows until
+    it enables it. Either way the tag must appear with no SIGHUP; the
+    TM-EVENT lines "modprobe ..." and "tag appeared" time it."""
     return f"""
-modprobe qemu_fw_cfg
-tm_section handoff-item cat {HANDOFF_ITEM}
+late_fwcfg=${{TM_LATE_FWCFG:-0}}
+late_hmem=${{TM_LATE_HMEM:-0}}
 tm_dax_drivers() {{
     for d in /sys/bus/dax/devices/*; do
         drv=$(readlink "$d/driver" || true)
         echo "${{d##*/}} driver=${{drv##*/}} target_node=$(cat $d/target_node) size=$(cat $d/size)"
     done
 }}
-if [ "${{TM_LATE_HMEM:-0}}" = 1 ]; then
-    tm_start
-    tm_section dax-before tm_dax_drivers
-    modprobe dax_hmem
-    for i in $(seq 300); do [ -e "$TM_MNT/{tag}/data" ] && break; sleep 0.1; done
-else
+if [ "$late_fwcfg" != 1 ]; then
+    modprobe qemu_fw_cfg
+    tm_section handoff-item cat {HANDOFF_ITEM}
+fi
+if [ "$late_hmem" != 1 ]; then
     modprobe dax_hmem
     for i in $(seq 100); do [ -e /sys/bus/dax/devices/dax0.0 ] && break; sleep 0.1; done
-    tm_section dax-before tm_dax_drivers
-    tm_start
+fi
+tm_section dax-before tm_dax_drivers
+tm_start
+if [ "$late_fwcfg" = 1 ]; then
+    echo "TM-EVENT: modprobe qemu_fw_cfg uptime=$(tm_now)"
+    modprobe qemu_fw_cfg
+    tm_section handoff-item cat {HANDOFF_ITEM}
+fi
+if [ "$late_hmem" = 1 ]; then
+    if [ "$late_fwcfg" = 1 ]; then
+        # The item read at the bind first, then the device.
+        for i in $(seq 300); do grep -q 'rescan (fw_cfg bound)' "$TM_LOG" && break; sleep 0.1; done
+    fi
+    echo "TM-EVENT: modprobe dax_hmem uptime=$(tm_now)"
+    modprobe dax_hmem
+fi
+if [ "$late_fwcfg" = 1 ] || [ "$late_hmem" = 1 ]; then
+    for i in $(seq 300); do [ -e "$TM_MNT/{tag}/data" ] && break; sleep 0.1; done
+    if [ -e "$TM_MNT/{tag}/data" ]; then
+        echo "TM-EVENT: tag appeared uptime=$(tm_now)"
+    else
+        echo "TM-EVENT: no tag 30 s after the module loads uptime=$(tm_now)"
+    fi
 fi
 echo "TM-EVENT: host $TM_HOST booted uptime=$(tm_now)"
 tm_show {tag}

@@ -7,9 +7,13 @@ switch:
 this CI host has no real devdax, so the tag's memory backend maps a plain
 file instead of /run/tagmem/<tag>/data (tagmemvm.with_backing_file). Each
 guest runs the unchanged tagmem and tagmemfs, which find the tag through the
-fw_cfg item and enable the guest's dax_hmem device. Checked:
+fw_cfg item and enable the guest's dax_hmem device. Neither guest has
+qemu_fw_cfg loaded when tagmemfs starts (a late `modprobe`, followed by the
+driver's bind event, with no reload): A has the disabled device from the
+start, B loads dax_hmem after the item was read too. Checked:
 - both guests list the tag with the host's size, shareable flag, name and
-  performance data (and say where that came from);
+  performance data (and say where that came from), A from the rescan at
+  fw_cfg's bind, B from dax_hmem's add event after it;
 - byte k of the guests' data is byte k of the host's file: the host's
   pattern at k0 is read by both guests; guest A's write at k1 is read by the
   host (while A runs) and by guest B; B's write at k2 by A and the host;
@@ -79,8 +83,9 @@ esac
     t0 = time.monotonic()
     guests = tagmemvm.start_all([
         dict(initrd=initrd, smp=1, timeout_s=GUEST_TIMEOUT_S, name=f"guest-{h}",
-             # B loads dax_hmem after tagmemfs started (see handoff_scenario).
-             env={"TM_HOST": h, "TM_LATE_HMEM": "1" if h == "B" else "0"},
+             # Both load qemu_fw_cfg after tagmemfs started, B dax_hmem as
+             # well (see handoff_scenario).
+             env={"TM_HOST": h, "TM_LATE_FWCFG": "1", "TM_LATE_HMEM": "1" if h == "B" else "0"},
              append=generated["kernel_cmdline"],
              machine_args=qemu_args, log_path=tmp_path / f"guest-{h}.log", assets=vm_assets)
         for h in ("A", "B")])
@@ -96,19 +101,38 @@ esac
     _record(vm_timings, "handoff guest A", a)
     _record(vm_timings, "handoff guest B", b)
 
+    def uptime(res: vmkit.BootResult, event: str) -> float:
+        for e in tagmemvm.events(res):
+            if e.startswith(event + " uptime="):
+                return float(e.rsplit("=", 1)[1])
+        raise AssertionError(f"guest {res.name}: no event {event!r}\n{res.tail(80)}")
+
     def check() -> None:
         for res in (a, b):
             assert res.passed, f"guest {res.name}: {res.verdict}\n{res.tail(80)}"
             item = tagmemvm.section_json(res, "handoff-item")
             assert item["tags"][0]["tag"] == TAG
+            log = tagmemvm.section(res, "tagmemfs-log")
+            # qemu_fw_cfg came after the mount: its bind made the rescan
+            # that read the item (no SIGHUP, no reload).
+            assert "rescan (fw_cfg bound)" in log, res.tail(80)
+            assert "rescan (SIGHUP)" not in log
+            appeared = uptime(res, "tag appeared") - uptime(res, "modprobe qemu_fw_cfg")
+            vm_timings[f"handoff {res.name[-1]}: tag after modprobe qemu_fw_cfg"] = (
+                f"{appeared:.2f}s")
             if res.name.endswith("A"):
-                # dax_hmem made the device disabled; tagmem enabled it.
+                # dax_hmem made the device disabled; tagmem enabled it at
+                # the rescan of fw_cfg's bind.
                 assert "dax0.0 driver= target_node=1 " in tagmemvm.section(res, "dax-before")
+                assert re.search(rf"tag {TAG} added \(ready, dax0\.0\) \[fw_cfg bound\]",
+                                 log), res.tail(80)
             else:
-                # No device when tagmemfs started: it came by its add event.
+                # No device when tagmemfs started: it came by its add event,
+                # after the item was read at fw_cfg's bind.
                 assert "dax0.0" not in tagmemvm.section(res, "dax-before")
                 assert re.search(rf"tag {TAG} added \(ready, dax0\.0\) \[uevent\]",
-                                 tagmemvm.section(res, "tagmemfs-log")), res.tail(80)
+                                 log), res.tail(80)
+                assert log.index("rescan (fw_cfg bound)") < log.index(f"tag {TAG} added")
             assert "dax0.0 driver=device_dax" in tagmemvm.section(res, "dax-after")
             dev = tagmemvm.check_handoff_guest(res, TAG)
             assert dev["handoff"]["host"] == {k: v for k, v in host_part.items()

@@ -429,6 +429,69 @@ TEST_F(HandoffScan, TransientReadKeepsWhatWasKnown) {
     EXPECT_TRUE(state.needs_rescan());
 }
 
+TEST_F(HandoffScan, TheItemIsReadWhenTheFwCfgDriverComes) {
+    // `modprobe qemu_fw_cfg` after the first scan: the device is there,
+    // disabled, and nothing names it yet; the driver's bind makes the
+    // daemon scan again (fs/uevent_plan.hpp), which reads the item.
+    hmem(0, G4, 128 * MiB, 1);
+    EXPECT_EQ(read_handoff(os).error().code, ENODEV); // no by_name: not bound
+    ScanResult s = scan();
+    EXPECT_THAT(s.tags, IsEmpty());
+    EXPECT_THAT(s.rejected, IsEmpty()); // not knowing is no error
+    EXPECT_THAT(os.enabled(), IsEmpty());
+    os.add_file(kHandoffPath, item({entry(kA, G4, 128 * MiB, 1)}).dump());
+    s = scan();
+    ASSERT_THAT(s.tags, SizeIs(1));
+    EXPECT_EQ(s.tags[0].tag, U(kA));
+    EXPECT_EQ(s.tags[0].state, TagState::ready) << s.tags[0].reason;
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+}
+
+TEST_F(HandoffScan, TheItemReadStandsWhenTheFwCfgDriverGoes) {
+    hmem(0, G4, 128 * MiB, 1);
+    os.add_file(kHandoffPath, item({entry(kA, G4, 128 * MiB, 1)}).dump());
+    ASSERT_THAT(scan().tags, SizeIs(1));
+    // Unbound or unloaded: by_name goes with every item (a rescan comes
+    // from SIGHUP or another event): the item cannot have changed, the tag
+    // stays, and nothing is said about it.
+    os.remove(kFwCfgByName);
+    auto delta = state.rescan({});
+    ASSERT_TRUE(delta) << delta.error().message;
+    EXPECT_THAT(delta->removals, IsEmpty());
+    ScanResult s = state.snapshot();
+    ASSERT_THAT(s.tags, SizeIs(1));
+    EXPECT_EQ(s.tags[0].source, TagSource::handoff);
+    EXPECT_THAT(s.rejected, IsEmpty());
+    EXPECT_FALSE(state.needs_rescan());
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0")); // once, as before
+}
+
+TEST_F(HandoffScan, ABoundDriverWithoutTheItemMeansNoHandoff) {
+    // The driver lists the guest's items and this is not among them: the
+    // host handed nothing (read as such, even after an item was read).
+    hmem(0, G4, 128 * MiB, 1);
+    os.add_file(std::string(kFwCfgByName) + "/etc/acpi/raw", "x");
+    auto h = read_handoff(os);
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_THAT(h->entries, IsEmpty());
+    os.add_file(kHandoffPath, item({entry(kA, G4, 128 * MiB, 1)}).dump());
+    ASSERT_THAT(scan().tags, SizeIs(1));
+    os.remove(std::string(kFwCfgByName) + "/opt");
+    ScanResult s = scan();
+    EXPECT_THAT(s.tags, IsEmpty());
+    ASSERT_THAT(s.untagged, SizeIs(1));
+    EXPECT_EQ(s.untagged[0].device, "dax0.0");
+}
+
+TEST_F(HandoffScan, AFailedLookOfTheDriverIsRetried) {
+    hmem(0, G4, 128 * MiB, 1);
+    os.fail(kFwCfgByName, EMFILE);
+    auto delta = state.rescan({});
+    ASSERT_TRUE(delta);
+    EXPECT_TRUE(state.needs_rescan()); // not taken for "not bound"
+    EXPECT_THAT(state.snapshot().tags, IsEmpty());
+}
+
 TEST_F(HandoffScan, ADevicesOwnTagWinsOverTheHandoff) {
     DaxDevice nv = os.add_nvdimm_device(DaxSpec{}.at(0, 0).range(G4, 128 * MiB).nodes(1, 0), kC,
                                         "00000000-0000-0000-0000-000000000000");
