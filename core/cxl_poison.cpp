@@ -149,8 +149,8 @@ Result<PoisonRecord> parse_cxl_poison_line(std::string_view line) {
         r.memdev = std::string(*v);
     }
     if (auto v = f.next("host"); v && (v->empty() || !all_of(*v, "0123456789abcdefABCDEF:._-"
-                                                                  "ghijklmnopqrstuvwxyz"
-                                                                  "GHIJKLMNOPQRSTUVWXYZ")))
+                                                                 "ghijklmnopqrstuvwxyz"
+                                                                 "GHIJKLMNOPQRSTUVWXYZ")))
         f.fail("host", *v);
     if (auto v = f.next("serial")) { // %lld of a u64: may print negative
         std::string_view digits = v->starts_with('-') ? v->substr(1) : *v;

@@ -35,8 +35,8 @@ enum class PoisonTraceType { list, inject, clear };
 
 // One cxl_poison record, as much of it as tagmem uses.
 struct PoisonRecord {
-    std::string memdev;     // memN
-    std::string region;     // regionN, or empty
+    std::string memdev; // memN
+    std::string region; // regionN, or empty
     PoisonTraceType type = PoisonTraceType::list;
     std::uint64_t dpa = 0;
     std::uint64_t length = 0; // bytes, >= 1

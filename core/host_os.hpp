@@ -107,7 +107,8 @@ class HostOs {
     // write that changes memory or a device's configuration.
     // write(2) of text to an existing file (no O_CREAT, O_TRUNC).
     virtual Status write_file(const std::string& path, std::string_view text) {
-        return make_error(ENOTSUP, fmt::format("cannot write {} here ({} bytes)", path, text.size()));
+        return make_error(ENOTSUP,
+                          fmt::format("cannot write {} here ({} bytes)", path, text.size()));
     }
     // mkdir(2), mode 0700; EEXIST when it is there.
     virtual Status make_dir(const std::string& path) {

@@ -51,8 +51,7 @@ Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, std::st
     auto pipe = os.open_nonblocking(inst + "/trace_pipe");
     if (!pipe)
         return fail(pipe.error());
-    return std::unique_ptr<CxlPoisonWatch>(
-        new CxlPoisonWatch(os, inst, std::move(*pipe), reused));
+    return std::unique_ptr<CxlPoisonWatch>(new CxlPoisonWatch(os, inst, std::move(*pipe), reused));
 }
 
 CxlPoisonWatch::~CxlPoisonWatch() {

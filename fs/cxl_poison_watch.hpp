@@ -37,8 +37,7 @@ class CxlPoisonWatch {
     // Sets the instance up. ENOENT: no tracefs, or no cxl_poison event (no
     // cxl_core, or a kernel before 6.4); other errors: the setup failed
     // (what was made is removed again).
-    static Result<std::unique_ptr<CxlPoisonWatch>> open(HostOs& os,
-                                                        std::string tracing = kTracing);
+    static Result<std::unique_ptr<CxlPoisonWatch>> open(HostOs& os, std::string tracing = kTracing);
     ~CxlPoisonWatch();
     CxlPoisonWatch(const CxlPoisonWatch&) = delete;
     CxlPoisonWatch& operator=(const CxlPoisonWatch&) = delete;

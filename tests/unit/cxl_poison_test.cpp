@@ -23,9 +23,9 @@ constexpr const char* kUuid = "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ab";
 // A record as the kernel prints it; each field can be replaced.
 struct Line {
     std::string memdev = "mem0", host = "0000:0d:00.0", serial = "0", trace_type = "List",
-                region = "region0", region_uuid = kUuid, hpa = "0x1000000040",
-                hpa_alias0 = "", dpa = "0x40", dpa_length = "0x40", source = "Injected",
-                flags = "", overflow_time = "0", tail = "";
+                region = "region0", region_uuid = kUuid, hpa = "0x1000000040", hpa_alias0 = "",
+                dpa = "0x40", dpa_length = "0x40", source = "Injected", flags = "",
+                overflow_time = "0", tail = "";
     std::string str() const {
         std::string alias = hpa_alias0.empty() ? "" : " hpa_alias0=" + hpa_alias0;
         return fmt::format("{}memdev={} host={} serial={} trace_type={} region={} "
@@ -353,8 +353,7 @@ TEST_F(PoisonTrackerTest, BoundedAgainstAFlood) {
     for (std::size_t m = 1; m < CxlPoisonTracker::kMaxMemdevs + 10; ++m)
         t.apply(rec(kBase, 64, 0, PoisonTraceType::list, fmt::format("mem{}", m)), 1);
     EXPECT_EQ(t.dropped(), 110u);
-    EXPECT_EQ(t.record_count(),
-              CxlPoisonTracker::kMaxRecords + CxlPoisonTracker::kMaxMemdevs - 1);
+    EXPECT_EQ(t.record_count(), CxlPoisonTracker::kMaxRecords + CxlPoisonTracker::kMaxMemdevs - 1);
 }
 
 } // namespace
