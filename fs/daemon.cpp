@@ -302,8 +302,8 @@ bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
     const auto now = std::time(nullptr);
     for (const auto& r : b.records)
         changed |= poison_.apply(r, now);
-    // The reason only, never the line: it may hold a physical address (the
-    // journal is root's, but there is no need).
+    // The reason, with at most 64 characters of the field at fault: a
+    // line may hold a physical address (the journal is root's).
     for (const auto& why : b.malformed)
         log::warning("CXL poison: ignored a line of {}/trace_pipe: {}", cxl_->instance(), why);
     if (b.error)
