@@ -126,7 +126,8 @@ Result<PoisonRecord> parse_cxl_poison_line(std::string_view line) {
     };
     // The header (task, cpu, flags, timestamp) is the tracer's, set by
     // trace options; only its end, "<timestamp>: <event>: ", is relied on.
-    auto at = line.find(marker);
+    // The last marker: a task name (the header's first field) may hold one.
+    auto at = line.rfind(marker);
     if (at == std::string_view::npos || at == 0) {
         // What trace_pipe prints when its ring buffer overwrote events.
         constexpr std::string_view cpu = "CPU:", lost = " [LOST ", events = " EVENTS]";

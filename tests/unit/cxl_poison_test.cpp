@@ -68,6 +68,15 @@ TEST(ParseCxlPoison, VariantsTheKernelPrints) {
     }
 }
 
+TEST(ParseCxlPoison, ATaskNamedLikeTheMarker) {
+    // The header's task name is anyone's choice (prctl PR_SET_NAME).
+    std::string line = Line{}.str();
+    line.replace(line.find("<...>"), 5, ": cxl_poison: ");
+    auto r = parse_cxl_poison_line(line);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->dpa, 0x40u);
+}
+
 TEST(ParseCxlPoison, NoRegionNoHpa) {
     Line l;
     l.region = "";
