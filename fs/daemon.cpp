@@ -395,9 +395,13 @@ void Daemon::rescan(const char* why) {
     // The bad ranges first: the records published below carry them.
     bool health_changed = health_.rescan(std::time(nullptr));
     log_badblock_failures();
-    if (!cxl_ && std::string_view(why) != "retry")
-        open_cxl_poison();
-    health_changed |= list_cxl_poison();
+    // Not at the retries of a failed scan (every 0.2 to 10 s): each listing
+    // is a mailbox command per memdev, and the poison is not what failed.
+    if (std::string_view(why) != "retry") {
+        if (!cxl_)
+            open_cxl_poison();
+        health_changed |= list_cxl_poison();
+    }
     auto delta = state_.rescan(config_);
     const auto t1 = std::chrono::steady_clock::now();
     const bool retrying = std::string_view(why) == "retry";

@@ -329,6 +329,13 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         os.write(pipe, poison_line(CXL_BASE, 0x0, trace_type="Clear").encode())
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
         assert ev["health"] == "ok"
+        # Records the ring buffer overwrote unread: the lists are asked for again.
+        for name in ("mem0", "mem1"):
+            (devices / name / "trigger_poison_list").write_text("")
+        os.write(pipe, b"CPU:0 [LOST 12 EVENTS]\n")
+        eventually(lambda: "trace events were lost; listing the poison again" in d.text())
+        assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
+        assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
         w.close()
 
         # A clean exit takes the instance down: the pipe closed first (tracefs
