@@ -304,8 +304,13 @@ bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
         changed |= poison_.apply(r, now);
     // The reason, with at most 64 characters of the field at fault: a
     // line may hold a physical address (the journal is root's).
-    for (const auto& why : b.malformed)
-        log::warning("CXL poison: ignored a line of {}/trace_pipe: {}", cxl_->instance(), why);
+    constexpr std::size_t kLogged = 10; // per read: a flood is counted, not logged
+    for (std::size_t i = 0; i < std::min(b.malformed.size(), kLogged); ++i)
+        log::warning("CXL poison: ignored a line of {}/trace_pipe: {}", cxl_->instance(),
+                     b.malformed[i]);
+    if (b.malformed.size() > kLogged)
+        log::warning("CXL poison: ignored {} more malformed lines of {}/trace_pipe",
+                     b.malformed.size() - kLogged, cxl_->instance());
     if (b.error)
         log::warning("CXL poison: {}", b.error->message);
     if (b.ended)
