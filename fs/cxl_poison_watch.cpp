@@ -111,10 +111,13 @@ CxlPoisonWatch::Triggered CxlPoisonWatch::trigger_poison_lists(HostOs& os,
     Triggered t;
     auto names = os.list_dir(bus_dir);
     if (!names) {
-        if (!is_gone(names.error().code))
+        if (is_gone(names.error().code))
+            t.bus_read = true; // no CXL bus: no memdev
+        else
             t.failed.push_back(names.error().message);
         return t;
     }
+    t.bus_read = true;
     std::sort(names->begin(), names->end());
     for (const auto& name : *names) {
         if (!is_memdev_name(name))

@@ -62,6 +62,10 @@ class CxlPoisonWatch {
         std::vector<std::string> listed;
         std::vector<std::string> all; // every memN on the bus
         std::vector<std::string> failed;
+        // The bus was listed (or is absent: no memdev): `all` is the truth.
+        // False after a failure that says nothing (EMFILE...): keep what
+        // is known of every memdev.
+        bool bus_read = false;
     };
     static Triggered trigger_poison_lists(HostOs& os, const std::string& bus_dir = kMemdevs);
 

@@ -345,7 +345,8 @@ bool Daemon::list_cxl_poison() {
     auto t = CxlPoisonWatch::trigger_poison_lists(real_host_os());
     for (const auto& why : t.failed)
         log::warning("CXL poison: {}", why);
-    changed |= poison_.keep_only(std::set<std::string>(t.all.begin(), t.all.end()));
+    if (t.bus_read) // memdevs gone take their records along
+        changed |= poison_.keep_only(std::set<std::string>(t.all.begin(), t.all.end()));
     poison_.begin_listing(t.listed);
     // The kernel emits a list inside the write: it is in the pipe now.
     // Read it dry, bounded: after 16 rounds the rest comes in the loop,
