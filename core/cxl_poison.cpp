@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cxl_poison.hpp"
 
+#include "host_os.hpp"
 #include "tag_record.hpp"
 
 #include <fmt/format.h>
@@ -349,6 +350,33 @@ TagHealth CxlPoisonTracker::health_of(const TagRecord& record) const {
                     h.bad.push_back({part.start, part.length, k.first_seen});
     std::sort(h.bad.begin(), h.bad.end());
     return h;
+}
+
+PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir) {
+    PoisonListing t;
+    auto names = os.list_dir(bus_dir);
+    if (!names) {
+        if (is_gone(names.error().code))
+            t.bus_read = true; // no CXL bus: no memdev
+        else
+            t.failed.push_back(names.error().message);
+        return t;
+    }
+    t.bus_read = true;
+    std::sort(names->begin(), names->end());
+    for (const auto& name : *names) {
+        if (name.size() > 16 || !named(name, "mem"))
+            continue;
+        t.all.push_back(name);
+        const std::string path = fmt::format("{}/{}/trigger_poison_list", bus_dir, name);
+        if (!os.exists(path))
+            continue;
+        if (auto s = os.write_file(path, "1\n"); !s)
+            t.failed.push_back(s.error().message);
+        else
+            t.listed.push_back(name);
+    }
+    return t;
 }
 
 } // namespace tagmem

@@ -31,6 +31,8 @@
 
 namespace tagmem {
 
+class HostOs;
+
 enum class PoisonTraceType { list, inject, clear };
 
 // One cxl_poison record, as much of it as tagmem uses.
@@ -113,5 +115,19 @@ class CxlPoisonTracker {
     std::set<std::string> listing_;
     std::size_t dropped_ = 0;
 };
+
+// Writes "1" to trigger_poison_list of every memdev (memN) on the bus that
+// has one (a device that cannot list its poison has none): the kernel then
+// emits the device's list as cxl_poison events, inside the write.
+struct PoisonListing {
+    std::vector<std::string> listed; // triggered
+    std::vector<std::string> all;    // every memN on the bus, sorted
+    std::vector<std::string> failed; // why, per failure
+    // The bus was listed (or is absent: no memdev), so `all` is the truth;
+    // false after a failure that says nothing of the memdevs (EMFILE...):
+    // what is known of each is kept.
+    bool bus_read = false;
+};
+PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir = "/sys/bus/cxl/devices");
 
 } // namespace tagmem

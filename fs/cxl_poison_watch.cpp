@@ -7,19 +7,9 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 
 namespace tagmem {
-namespace {
-
-bool is_memdev_name(const std::string& name) {
-    if (!name.starts_with("mem") || name.size() == 3 || name.size() > 12)
-        return false;
-    return std::all_of(name.begin() + 3, name.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-} // namespace
 
 Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, std::string tracing) {
     if (!os.exists(tracing + "/instances"))
@@ -104,35 +94,6 @@ CxlPoisonWatch::Batch CxlPoisonWatch::read() {
             b.malformed.push_back(r.error().message);
     }
     return b;
-}
-
-CxlPoisonWatch::Triggered CxlPoisonWatch::trigger_poison_lists(HostOs& os,
-                                                               const std::string& bus_dir) {
-    Triggered t;
-    auto names = os.list_dir(bus_dir);
-    if (!names) {
-        if (is_gone(names.error().code))
-            t.bus_read = true; // no CXL bus: no memdev
-        else
-            t.failed.push_back(names.error().message);
-        return t;
-    }
-    t.bus_read = true;
-    std::sort(names->begin(), names->end());
-    for (const auto& name : *names) {
-        if (!is_memdev_name(name))
-            continue;
-        t.all.push_back(name);
-        const std::string path = fmt::format("{}/{}/trigger_poison_list", bus_dir, name);
-        // Absent: the device cannot list its poison (or Linux before 6.4).
-        if (!os.exists(path))
-            continue;
-        if (auto s = os.write_file(path, "1\n"); !s)
-            t.failed.push_back(s.error().message);
-        else
-            t.listed.push_back(name);
-    }
-    return t;
 }
 
 } // namespace tagmem

@@ -27,7 +27,6 @@ class HostOs;
 class CxlPoisonWatch {
   public:
     static constexpr const char* kTracing = "/sys/kernel/tracing";
-    static constexpr const char* kMemdevs = "/sys/bus/cxl/devices";
     static constexpr const char* kInstance = "tagmem";
     // Per CPU, in KiB: records arrive in bursts of a poison list at most.
     static constexpr const char* kBufferKiB = "64";
@@ -55,19 +54,6 @@ class CxlPoisonWatch {
     };
     // What trace_pipe holds now, up to kMaxReadBytes.
     Batch read();
-
-    // Writes "1" to trigger_poison_list of every memdev that has one:
-    // returns the memdevs listed, and (name: why) those that failed.
-    struct Triggered {
-        std::vector<std::string> listed;
-        std::vector<std::string> all; // every memN on the bus
-        std::vector<std::string> failed;
-        // The bus was listed (or is absent: no memdev): `all` is the truth.
-        // False after a failure that says nothing (EMFILE...): keep what
-        // is known of every memdev.
-        bool bus_read = false;
-    };
-    static Triggered trigger_poison_lists(HostOs& os, const std::string& bus_dir = kMemdevs);
 
   private:
     CxlPoisonWatch(HostOs& os, std::string instance, Fd pipe, bool reused)

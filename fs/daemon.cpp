@@ -342,7 +342,7 @@ bool Daemon::list_cxl_poison() {
     if (!cxl_)
         return false;
     bool changed = take_cxl_poison(cxl_->read()); // what came before, as it came
-    auto t = CxlPoisonWatch::trigger_poison_lists(real_host_os());
+    auto t = trigger_poison_lists(real_host_os());
     for (const auto& why : t.failed)
         log::warning("CXL poison: {}", why);
     if (t.bus_read) // memdevs gone take their records along

@@ -6,6 +6,7 @@
 // record's host physical range to a tag's offsets at its device's range
 // boundaries (a DCD device of two extents).
 #include "cxl_poison.hpp"
+#include "fake_host_os.hpp"
 #include "tag_record.hpp"
 
 #include <fmt/format.h>
@@ -363,6 +364,45 @@ TEST_F(PoisonTrackerTest, BoundedAgainstAFlood) {
         t.apply(rec(kBase, 64, 0, PoisonTraceType::list, fmt::format("mem{}", m)), 1);
     EXPECT_EQ(t.dropped(), 110u);
     EXPECT_EQ(t.record_count(), CxlPoisonTracker::kMaxRecords + CxlPoisonTracker::kMaxMemdevs - 1);
+}
+
+TEST(TriggerPoisonLists, EveryMemdevThatCanList) {
+    fake::FakeHostOs os;
+    const std::string bus = "/sys/bus/cxl/devices";
+    os.add_file(bus + "/mem1/trigger_poison_list", "");
+    os.add_file(bus + "/mem0/trigger_poison_list", "");
+    os.add_dir(bus + "/mem2");    // cannot list its poison
+    os.add_dir(bus + "/region0"); // not a memdev
+    os.add_dir(bus + "/memory");  // nor this
+    os.add_dir(bus + "/mem01");   // nor a name the kernel never makes
+    os.add_file(bus + "/mem3/trigger_poison_list", "");
+    os.fail_calls(fake::op_write, EBUSY, bus + "/mem3");
+    auto t = trigger_poison_lists(os, bus);
+    EXPECT_TRUE(t.bus_read);
+    EXPECT_EQ(t.all, (std::vector<std::string>{"mem0", "mem1", "mem2", "mem3"}));
+    EXPECT_EQ(t.listed, (std::vector<std::string>{"mem0", "mem1"}));
+    ASSERT_EQ(t.failed.size(), 1u);
+    EXPECT_NE(t.failed[0].find("mem3/trigger_poison_list"), std::string::npos) << t.failed[0];
+    EXPECT_EQ(os.writes(), (std::vector<std::pair<std::string, std::string>>{
+                               {bus + "/mem0/trigger_poison_list", "1\n"},
+                               {bus + "/mem1/trigger_poison_list", "1\n"}}));
+}
+
+TEST(TriggerPoisonLists, AFailedListingSaysNothingOfTheMemdevs) {
+    fake::FakeHostOs os;
+    const std::string bus = "/sys/bus/cxl/devices";
+    os.add_file(bus + "/mem0/trigger_poison_list", "");
+    os.fail_calls(fake::op_open, EMFILE);
+    auto t = trigger_poison_lists(os, bus);
+    EXPECT_FALSE(t.bus_read); // the daemon keeps every memdev's records
+    EXPECT_TRUE(t.all.empty());
+    EXPECT_EQ(t.failed.size(), 1u);
+    EXPECT_TRUE(os.writes().empty());
+    // No CXL bus at all: read, and no memdev.
+    fake::FakeHostOs none;
+    auto n = trigger_poison_lists(none, bus);
+    EXPECT_TRUE(n.bus_read);
+    EXPECT_TRUE(n.all.empty() && n.failed.empty());
 }
 
 } // namespace
