@@ -2,8 +2,9 @@
 // The daemon's side of CXL poison (docs/health.md): a tracefs instance of
 // its own, /sys/kernel/tracing/instances/tagmem, with only the
 // cxl:cxl_poison event enabled and a small ring buffer, whose trace_pipe the
-// event loop polls (POLLIN); and the writes to each memdev's
-// trigger_poison_list that make the kernel list a device's poison as events.
+// event loop polls (POLLIN). (The writes to each memdev's
+// trigger_poison_list that make the kernel list a device's poison as events
+// are core's trigger_poison_lists.)
 //
 // An instance of its own leaves the system's tracing and other instances
 // (rasdaemon's, `cxl list --media-errors`'s) alone. One left by a crashed
