@@ -200,6 +200,41 @@ class RealHostOs final : public HostOs {
     Result<std::vector<DaxDevice>> daxctl_devices() override { return daxctl_enumerate(); }
     Status enable_devdax(const std::string& name) override { return daxctl_enable_devdax(name); }
 
+    Status write_file(const std::string& path, std::string_view text) override {
+        Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+        if (!fd)
+            return errno_error(errno, "cannot open", path);
+        for (;;) {
+            ssize_t n = ::write(fd.get(), text.data(), text.size());
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return errno_error(errno, "cannot write", path);
+            if (static_cast<std::size_t>(n) != text.size())
+                return make_error(EIO, fmt::format("short write to {}", path));
+            return Ok{};
+        }
+    }
+
+    Status make_dir(const std::string& path) override {
+        if (::mkdir(path.c_str(), 0700) != 0)
+            return errno_error(errno, "cannot make", path);
+        return Ok{};
+    }
+
+    Status remove_dir(const std::string& path) override {
+        if (::rmdir(path.c_str()) != 0)
+            return errno_error(errno, "cannot remove", path);
+        return Ok{};
+    }
+
+    Result<Fd> open_nonblocking(const std::string& path) override {
+        Fd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW));
+        if (!fd)
+            return errno_error(errno, "cannot open", path);
+        return fd;
+    }
+
     Result<uid_t> user_id(const std::string& name) override {
         if (is_account_number(name))
             return parse_account_id(name);

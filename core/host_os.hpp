@@ -7,6 +7,7 @@
 #pragma once
 
 #include "device.hpp"
+#include "fd.hpp"
 #include "result.hpp"
 #include "sysfs_value.hpp"
 
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -98,6 +100,28 @@ class HostOs {
     // host's hand-off is the opt-in. A host that cannot do it says so.
     virtual Status enable_devdax(const std::string& name) {
         return make_error(ENOTSUP, fmt::format("cannot enable {} as devdax here", name));
+    }
+
+    // Writes made only for CXL poison (docs/health.md): a memdev's
+    // trigger_poison_list and tagmemfs's own tracefs instance. Never a
+    // write that changes memory or a device's configuration.
+    // write(2) of text to an existing file (no O_CREAT, O_TRUNC).
+    virtual Status write_file(const std::string& path, std::string_view text) {
+        return make_error(ENOTSUP,
+                          fmt::format("cannot write {} here ({} bytes)", path, text.size()));
+    }
+    // mkdir(2), mode 0700; EEXIST when it is there.
+    virtual Status make_dir(const std::string& path) {
+        return make_error(ENOTSUP, fmt::format("cannot make {} here", path));
+    }
+    // rmdir(2).
+    virtual Status remove_dir(const std::string& path) {
+        return make_error(ENOTSUP, fmt::format("cannot remove {} here", path));
+    }
+    // open(2) O_RDONLY | O_NONBLOCK | O_CLOEXEC, for a descriptor to poll
+    // (tracefs's trace_pipe).
+    virtual Result<Fd> open_nonblocking(const std::string& path) {
+        return make_error(ENOTSUP, fmt::format("cannot open {} here", path));
     }
 
     // A number is taken as parse_account_id() takes it (0..4294967294, no

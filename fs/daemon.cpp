@@ -5,6 +5,8 @@
 #include "cdi.hpp"
 #include "cdi_file.hpp"
 #include "config.hpp"
+#include "cxl_poison.hpp"
+#include "cxl_poison_watch.hpp"
 #include "fd.hpp"
 #include "health.hpp"
 #include "host_os.hpp"
@@ -117,6 +119,15 @@ class Daemon {
     void publish_health(const char* why);
     void log_badblock_failures();
     void sync_badblocks();
+    // CXL poison (fs/cxl_poison_watch.hpp): the tracefs instance, made at
+    // start and tried again at each SIGHUP while it cannot be.
+    void open_cxl_poison();
+    // Writes every memdev's trigger_poison_list and reads the lists the
+    // kernel emits during the writes; returns whether tags may see a change.
+    bool list_cxl_poison();
+    // Takes what trace_pipe holds; returns whether tags may see a change.
+    bool read_cxl_poison();
+    bool take_cxl_poison(const CxlPoisonWatch::Batch& batch);
 
     DaemonOptions opt_;
     // First: released last, once the mount and the nodes are gone.
@@ -126,6 +137,10 @@ class Daemon {
     HealthTracker health_;                                 // event thread, as state_
     BadblocksWatch badblocks_;                             // its notifications
     std::map<std::string, std::string> badblock_failures_; // as last logged
+    CxlPoisonTracker poison_;                              // event thread, as state_
+    std::unique_ptr<CxlPoisonWatch> cxl_;                  // null: no CXL poison events
+    std::string cxl_unavailable_;                          // why, as last logged
+    std::size_t poison_dropped_logged_ = 0;
     std::optional<NodeDir> nodes_;
     std::unique_ptr<TagTree> tree_;
     FsContext context_;
@@ -233,6 +248,11 @@ void Daemon::write_cdi(const std::vector<Uuid>& tags) {
 
 std::shared_ptr<const TagRecord> Daemon::with_health(std::shared_ptr<const TagRecord> r) const {
     TagHealth h = health_.health_of(*r);
+    // The same memory may be known bad by both sources only in theory
+    // (NVDIMM regions are not CXL memdevs): the lists are merged as they are.
+    for (auto& b : poison_.health_of(*r).bad)
+        h.bad.push_back(b);
+    std::sort(h.bad.begin(), h.bad.end());
     const bool had = r->health && r->health->degraded();
     if (!h.degraded() && !had)
         return r;
@@ -259,6 +279,90 @@ void Daemon::sync_badblocks() {
     for (const auto& region : health_.regions())
         paths.emplace(region, health_.badblocks_path(region));
     badblocks_.sync(paths);
+}
+
+void Daemon::open_cxl_poison() {
+    auto w = CxlPoisonWatch::open(real_host_os());
+    if (!w) {
+        // Said once, and again only when the reason changes.
+        if (w.error().message != cxl_unavailable_)
+            log::info("CXL poison: {}; no CXL memory errors (NVDIMM bad blocks are unaffected)",
+                      w.error().message);
+        cxl_unavailable_ = w.error().message;
+        return;
+    }
+    cxl_ = std::move(*w);
+    cxl_unavailable_.clear();
+    log::info("CXL poison: reading cxl:cxl_poison events from {}{}", cxl_->instance(),
+              cxl_->reused() ? " (left by an earlier run; reused)" : "");
+}
+
+bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
+    bool changed = false;
+    const auto now = std::time(nullptr);
+    for (const auto& r : b.records)
+        changed |= poison_.apply(r, now);
+    // The reason, with at most 64 characters of the field at fault: a
+    // line may hold a physical address (the journal is root's).
+    constexpr std::size_t kLogged = 10; // per read: a flood is counted, not logged
+    for (std::size_t i = 0; i < std::min(b.malformed.size(), kLogged); ++i)
+        log::warning("CXL poison: ignored a line of {}/trace_pipe: {}", cxl_->instance(),
+                     b.malformed[i]);
+    if (b.malformed.size() > kLogged)
+        log::warning("CXL poison: ignored {} more malformed lines of {}/trace_pipe",
+                     b.malformed.size() - kLogged, cxl_->instance());
+    if (b.error)
+        log::warning("CXL poison: {}", b.error->message);
+    if (b.ended)
+        log::warning("CXL poison: {}/trace_pipe ended; no more CXL events are read",
+                     cxl_->instance());
+    if (poison_.dropped() > poison_dropped_logged_) {
+        log::warning("CXL poison: {} records not kept (at most {} memdevs, {} records each)",
+                     poison_.dropped() - poison_dropped_logged_, CxlPoisonTracker::kMaxMemdevs,
+                     CxlPoisonTracker::kMaxRecords);
+        poison_dropped_logged_ = poison_.dropped();
+    }
+    return changed;
+}
+
+bool Daemon::read_cxl_poison() {
+    if (!cxl_)
+        return false;
+    auto b = cxl_->read();
+    bool changed = take_cxl_poison(b);
+    if (b.lost > 0) {
+        // The ring buffer overwrote records nobody read: ask again.
+        log::warning("CXL poison: trace events were lost; listing the poison again");
+        changed |= list_cxl_poison();
+    }
+    return changed;
+}
+
+bool Daemon::list_cxl_poison() {
+    if (!cxl_)
+        return false;
+    bool changed = take_cxl_poison(cxl_->read()); // what came before, as it came
+    auto t = trigger_poison_lists(real_host_os());
+    for (const auto& why : t.failed)
+        log::warning("CXL poison: {}", why);
+    if (t.bus_read) // memdevs gone take their records along
+        changed |= poison_.keep_only(std::set<std::string>(t.all.begin(), t.all.end()));
+    poison_.begin_listing(t.listed);
+    // The kernel emits a list inside the write: it is in the pipe now.
+    // Read it dry, bounded: after 16 rounds the rest comes in the loop,
+    // added rather than listed.
+    for (int round = 0; round < 16; ++round) {
+        auto b = cxl_->read();
+        changed |= take_cxl_poison(b);
+        if (b.records.empty() && b.malformed.empty() && b.lost == 0)
+            break;
+        if (b.lost > 0)
+            log::warning("CXL poison: trace events were lost while listing");
+    }
+    changed |= poison_.end_listing();
+    log::info("CXL poison: listed the poison of {} of {} memdevs; {} records known",
+              t.listed.size(), t.all.size(), poison_.record_count());
+    return changed;
 }
 
 void Daemon::rescan_badblocks(const char* why) {
@@ -295,8 +399,15 @@ void Daemon::rescan(const char* why) {
         log::error("{}: keeping the previous configuration", config_path());
     const auto t0 = std::chrono::steady_clock::now();
     // The bad ranges first: the records published below carry them.
-    const bool health_changed = health_.rescan(std::time(nullptr));
+    bool health_changed = health_.rescan(std::time(nullptr));
     log_badblock_failures();
+    // Not at the retries of a failed scan (every 0.2 to 10 s): each listing
+    // is a mailbox command per memdev, and the poison is not what failed.
+    if (std::string_view(why) != "retry") {
+        if (!cxl_)
+            open_cxl_poison();
+        health_changed |= list_cxl_poison();
+    }
     auto delta = state_.rescan(config_);
     const auto t1 = std::chrono::steady_clock::now();
     const bool retrying = std::string_view(why) == "retry";
@@ -412,6 +523,8 @@ void Daemon::event_loop() {
         fds.push_back({rescan_event_.get(), POLLIN, 0});
         fds.push_back({uevents_ ? uevents_->fd() : -1, POLLIN, 0});
         fds.push_back({stop_request_.get(), POLLIN, 0});
+        const std::size_t cxl_fd = fds.size();
+        fds.push_back({cxl_ ? cxl_->fd() : -1, POLLIN, 0});
         const std::size_t first_badblocks_fd = fds.size();
         badblocks_.poll_fds(fds);
         const std::size_t first_watch_fd = fds.size();
@@ -463,6 +576,8 @@ void Daemon::event_loop() {
                 drain_eventfd(stop_request_.get());
                 stopping = true;
             }
+            if (fds[cxl_fd].revents && read_cxl_poison())
+                publish_health("cxl poison");
             if (auto notified = badblocks_.handle(std::vector<pollfd>(
                     fds.begin() + first_badblocks_fd, fds.begin() + first_watch_fd));
                 !notified.empty()) {
@@ -690,6 +805,7 @@ int Daemon::run() {
     se_ = nullptr;
     cdi_.reset(); // no engine may start a container on a mount about to go
     watchers_.reset();
+    cxl_.reset(); // the tracefs instance goes
     log::info("unmounting {}", opt_.mount_point);
     return rc == 0 ? 0 : 1;
 }

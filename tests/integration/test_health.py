@@ -11,6 +11,7 @@ into the namespace."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -176,3 +177,212 @@ def test_wait_degraded_times_out_and_refuses_bad_usage(make_host, tagmemfs):
     assert r.returncode == 2, (r.returncode, r.stderr)
     r = run_tagmem("wait", "--degraded", "not-a-uuid", "-m", d.mount_point)
     assert r.returncode == 2, (r.returncode, r.stderr)
+
+
+# -- CXL poison (docs/health.md, "CXL poison") -------------------------------
+#
+# The synthetic host's /sys gains the tracefs tagmemfs looks for
+# (kernel/tracing with events/cxl/cxl_poison) and three CXL memdevs, two of
+# which can list their poison (trigger_poison_list). The "dcd" scenario's
+# region 0 (at 64 GiB) holds TAG_A (extents at 0 and 2 GiB, 1 GiB and
+# 512 MiB) and TAG_B (256 MiB at 1 GiB). The instance a crashed run left,
+# instances/tagmem, is there with its files, and its trace_pipe is a FIFO
+# the test writes records into as the kernel would print them.
+
+CXL_BASE = 0x10_0000_0000
+CXL_UUID = "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ab"
+
+
+def poison_line(hpa: int | None, dpa: int, length: int = 64, memdev: str = "mem0",
+                trace_type: str = "List") -> str:
+    region, uuid = ("region0", CXL_UUID) if hpa is not None else \
+        ("", "00000000-0000-0000-0000-000000000000")
+    hpa_text = f"{hpa:#x}" if hpa is not None else "0xffffffffffffffff"
+    return (f"           <...>-4242    [000] .....   812.000001: cxl_poison: memdev={memdev} "
+            f"host=0000:0d:00.0 serial=0 trace_type={trace_type} region={region} "
+            f"region_uuid={uuid} hpa={hpa_text} dpa={dpa:#x} dpa_length={length:#x} "
+            f"source=Injected flags= overflow_time=0\n")
+
+
+def fake_cxl(host, leftover: bool = True, event: bool = True) -> Path:
+    """The tracefs and memdevs; returns the instance directory (in the tree)."""
+    tracing = host.sys / "kernel/tracing"
+    (tracing / "instances").mkdir(parents=True)
+    if event:
+        (tracing / "events/cxl/cxl_poison").mkdir(parents=True)
+        (tracing / "events/cxl/cxl_poison/enable").write_text("0\n")
+    inst = tracing / "instances/tagmem"
+    if leftover:
+        (inst / "events/cxl/cxl_poison").mkdir(parents=True)
+        (inst / "events/enable").write_text("X\n")  # whatever the crashed run left
+        (inst / "events/cxl/cxl_poison/enable").write_text("0\n")
+        (inst / "buffer_size_kb").write_text("7\n")  # plain files: written in place
+        os.mkfifo(inst / "trace_pipe")
+    devices = host.sys / "bus/cxl/devices"
+    for name, can_list in (("mem0", True), ("mem1", True), ("mem2", False)):
+        (devices / name).mkdir()
+        if can_list:
+            (devices / name / "trigger_poison_list").write_text("")
+    # /sys is a read-only bind mount; these two must take the daemon's writes.
+    for sub in ("kernel/tracing", "bus/cxl/devices"):
+        subprocess.run(["mount", "--bind", str(host.sys / sub), f"/sys/{sub}"], check=True)
+    return inst
+
+
+def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmemfs):
+    host = make_host("dcd")
+    inst = fake_cxl(host)
+    # Read and write, so that opening never blocks and the daemon's end
+    # never sees the last writer leave.
+    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        d = tagmemfs("--uevents", "none")
+        mnt = d.mount_point
+        log = d.text()
+        assert ("CXL poison: reading cxl:cxl_poison events from "
+                "/sys/kernel/tracing/instances/tagmem (left by an earlier run; reused)") in log
+        # Only cxl_poison on, in a small buffer; every memdev that can list
+        # its poison was asked to, the other left alone.
+        assert (inst / "events/enable").read_text() == "0\n"
+        assert (inst / "events/cxl/cxl_poison/enable").read_text() == "1\n"
+        assert (inst / "buffer_size_kb").read_text() == "64\n"
+        devices = host.sys / "bus/cxl/devices"
+        assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
+        assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
+        assert not (devices / "mem2/trigger_poison_list").exists()
+        assert "listed the poison of 2 of 3 memdevs" in log
+        # The system's own event switch is not touched.
+        assert (host.sys / "kernel/tracing/events/cxl/cxl_poison/enable").read_text() == "0\n"
+        for tag in (hg.TAG_A, hg.TAG_B):
+            assert metadata(mnt, tag)["health"] == {"status": "ok", "bad_ranges": []}
+
+        w = Watcher(mnt)
+        # 4 KiB into TAG_A's second extent: offset 1 GiB + 4 KiB in its data.
+        hpa = CXL_BASE + 2 * hg.GiB + 4096
+        offset = hg.GiB + 4096
+        records = (
+            "garbage that is no trace line\n"
+            + poison_line(hpa, 0x2000).replace("dpa_length=0x40", "dpa_length=0x0")
+            + poison_line(CXL_BASE + 3 * hg.GiB, 0x3000)     # the untagged extent
+            + poison_line(None, 0x5000, memdev="mem1")       # no region: no hpa
+            + poison_line(hpa, 0x1000))
+        os.write(pipe, records.encode())
+        ev = w.wait_for(lambda j: j["event"] == "health")
+        assert ev["tag"] == hg.TAG_A and ev["health"] == "degraded"
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(offset, 64)]
+        health = metadata(mnt, hg.TAG_A)["health"]
+        assert health["status"] == "degraded"
+        assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(offset, 64)]
+        assert ISO.match(health["bad_ranges"][0]["first_seen"])
+        assert metadata(mnt, hg.TAG_B)["health"]["status"] == "ok"
+        # The malformed lines were said and skipped, the good one after them taken.
+        text = d.text()
+        assert text.count("ignored a line of /sys/kernel/tracing/instances/tagmem/trace_pipe") \
+            == 2, text
+        assert "not a cxl_poison trace line" in text and "dpa_length=0x0" in text
+
+        # Users see offsets only; no physical address in the log's warnings either.
+        for who in (None, 65534):
+            if who is None:
+                shown = (mnt / hg.TAG_A / "metadata").read_text()
+            else:
+                r = run_as(who, who, f"print(open('{mnt}/{hg.TAG_A}/metadata').read())")
+                assert r.returncode == 0, r.stderr
+                shown = r.stdout
+                assert json.loads(shown)["health"]["status"] == "degraded"
+            for addr in (hpa, CXL_BASE + 3 * hg.GiB):
+                assert str(addr) not in shown and f"{addr:x}" not in shown
+        r = run_tagmem("wait", "--degraded", hg.TAG_A, "-m", mnt, "--timeout", "10")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["bad_ranges"][0]["offset"] == offset
+
+        # A record outside every tag changes nothing: it is taken in order,
+        # before one for TAG_B, and only TAG_B's event follows.
+        mark = len(w.lines)
+        os.write(pipe, (poison_line(CXL_BASE + 15 * hg.GiB, 0x9000, memdev="mem1")
+                        + poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1")).encode())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B)
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
+        assert [j["tag"] for j in w.lines[mark:] if j["event"] == "health"] == [hg.TAG_B]
+        assert [(b["offset"], b["length"]) for b in
+                metadata(mnt, hg.TAG_A)["health"]["bad_ranges"]] == [(offset, 64)]
+
+        # SIGHUP: the lists are read anew; the fake devices list nothing now
+        # (the kernel would have put the list in the pipe during the write),
+        # so what was listed before is gone and TAG_A is ok again.
+        for name in ("mem0", "mem1"):
+            (devices / name / "trigger_poison_list").write_text("")
+        d.rescan()
+        assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
+        assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
+        mark = w.pos
+        for tag in (hg.TAG_A, hg.TAG_B):
+            ev = w.wait_for(lambda j, t=tag: j["event"] == "health" and j["tag"] == t,
+                            start=mark)
+            assert ev["health"] == "ok" and ev["bad_ranges"] == []
+            assert metadata(mnt, tag)["health"]["status"] == "ok"
+        # An injected record after the listing is learned as it comes.
+        os.write(pipe, poison_line(CXL_BASE, 0x0, trace_type="Inject").encode())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
+        # ... and a Clear of it takes it back.
+        os.write(pipe, poison_line(CXL_BASE, 0x0, trace_type="Clear").encode())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
+        assert ev["health"] == "ok"
+        # Records the ring buffer overwrote unread: the lists are asked for again.
+        for name in ("mem0", "mem1"):
+            (devices / name / "trigger_poison_list").write_text("")
+        os.write(pipe, b"CPU:0 [LOST 12 EVENTS]\n")
+        eventually(lambda: "trace events were lost; listing the poison again" in d.text())
+        assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
+        assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
+        w.close()
+
+        # A clean exit takes the instance down: the pipe closed first (tracefs
+        # refuses to remove an instance in use), the event off, then rmdir,
+        # which tracefs does and a plain directory with files refuses.
+        assert d.stop() == 0
+        assert (inst / "events/cxl/cxl_poison/enable").read_text() == "0\n"
+        assert inst.is_dir()
+        text = d.text()
+        assert "cannot remove /sys/kernel/tracing/instances/tagmem: Directory not empty" in text
+    finally:
+        os.close(pipe)
+
+
+def test_cxl_poison_setup_failure_removes_what_it_made(make_host, tagmemfs):
+    """A fresh instance is made with mkdir; on a fake /sys it is an empty
+    directory (tracefs fills a real one), so the setup fails: one line, the
+    directory it made removed, and tags served as ever."""
+    host = make_host("dcd")
+    inst = fake_cxl(host, leftover=False)
+    d = tagmemfs("--uevents", "none")
+    assert not inst.exists()
+    text = d.text()
+    assert text.count("CXL poison: ") == 1, text
+    assert ("CXL poison: cannot write /sys/kernel/tracing/instances/tagmem/events/enable" in text
+            or "cannot open /sys/kernel/tracing/instances/tagmem/events/enable" in text), text
+    assert "NVDIMM bad blocks are unaffected" in text
+    assert metadata(d.mount_point, hg.TAG_A)["health"]["status"] == "ok"
+    # Tried again at SIGHUP, said again only if the reason changed.
+    d.rescan()
+    assert d.text().count("CXL poison: ") == 1
+    assert not inst.exists()
+
+
+def test_no_cxl_event_is_one_line_and_nvdimm_health_works(make_host, tagmemfs):
+    host = make_host("mixed")
+    fake_cxl(host, leftover=False, event=False)
+    d = tagmemfs("--uevents", "none")
+    text = d.text()
+    assert text.count("CXL poison: ") == 1, text
+    assert "the kernel has no cxl:cxl_poison trace event" in text
+    assert not (host.sys / "kernel/tracing/instances/tagmem").exists()
+    assert not (host.sys / "bus/cxl/devices/mem0/trigger_poison_list").read_text()
+    # NVDIMM bad blocks as before.
+    (host.sys / "bus/nd/devices/region1/badblocks").write_text(
+        f"{sector_of(1, 8192)} 8\n")
+    d.rescan()
+    health = metadata(d.mount_point, hg.TAG_NV1)["health"]
+    assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(8192, 4096)]
+    assert d.text().count("CXL poison: ") == 1

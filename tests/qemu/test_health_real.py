@@ -20,8 +20,10 @@ offset (aligned down to 4 KiB); TAG_HIT's metadata says so; the watch
 stream has a `health` event for TAG_HIT and nothing for TAG_OK, whose
 metadata stays ok; no physical address appears in the metadata; tagmemfs
 learnt it from the kernel's notification (its log), not from a rescan; no
-oops. (The kernel also runs memory_failure() on the page, which logs
-"recovery action for dax page: Failed": nothing maps it, nothing to do.)
+oops; and, on the real tracefs (cxl_core is built in), that tagmemfs makes
+its cxl_poison instance and removes it at a clean stop. (The kernel also
+runs memory_failure() on the page, which logs "recovery action for dax
+page: Failed": nothing maps it, nothing to do.)
 """
 
 from __future__ import annotations
@@ -63,7 +65,13 @@ OK_DEV=$(vmkit_dax_for_tag {TAG_OK})
 echo "TM-DEV hit=$HIT_DEV ok=$OK_DEV"
 tm_section region ls /sys/bus/nd/devices/region0
 tm_section badblocks-before cat /sys/bus/nd/devices/region0/badblocks
+# cxl_core is built into this kernel (CONFIG_CXL_BUS=y): with tracefs
+# mounted, tagmemfs sets up its instance for cxl_poison (no CXL device here,
+# so no record ever comes).
+mount -t tracefs nodev /sys/kernel/tracing
 tm_start -l debug
+I=/sys/kernel/tracing/instances/tagmem
+tm_section cxl-instance cat $I/events/cxl/cxl_poison/enable $I/buffer_size_kb
 tm_section metadata-hit-before cat $TM_MNT/{TAG_HIT}/metadata
 tagmem watch --json >/tmp/watch.out 2>/tmp/watch.err &
 WATCH=$!
@@ -94,6 +102,8 @@ tm_section watch-json cat /tmp/watch.out
 tm_section marks sh -c 'dmesg | grep -E "tm-mark |mce|Hardware Error|Memory failure|nfit" || true'
 tm_section tagmemfs-log cat $TM_LOG
 tm_stop
+tm_section instances-after ls /sys/kernel/tracing/instances
+tm_section tagmemfs-log-end cat $TM_LOG
 [ "$(cat /tmp/wait.rc)" = 0 ]
 """
 
@@ -220,6 +230,20 @@ def test_machine_check_degrades_the_right_tag(vm_assets, product, guest_tools, v
     done_at = next((v for k, v in t.items() if k.startswith("tm-mark wait-returned")), None)
     assert mce_at is not None and done_at is not None, marks
     latency = done_at - mce_at
+
+    # CXL poison on the real tracefs: the instance made with only
+    # cxl_poison on and a 64 KiB buffer, no memdev to list, and gone after
+    # a clean stop.
+    # (The kernel rounds the buffer up to whole pages: 67 KiB on 6.12.)
+    enable, kib = section(res, "cxl-instance").split()
+    assert enable == "1" and 64 <= int(kib) <= 128, section(res, "cxl-instance")
+    end_log = section(res, "tagmemfs-log-end")
+    assert ("CXL poison: reading cxl:cxl_poison events from "
+            "/sys/kernel/tracing/instances/tagmem") in end_log, end_log
+    assert "CXL poison: listed the poison of 0 of 0 memdevs" in end_log, end_log
+    assert "CXL poison: removed /sys/kernel/tracing/instances/tagmem" in end_log, end_log
+    assert "tagmem" not in section(res, "instances-after").split()
+    assert not re.search(r"CXL poison: (cannot|ignored)", end_log), end_log
     vm_timings["issue 13 health"] += f", machine check to wait returning {latency * 1000:.0f} ms"
     assert latency < 1.0, f"{latency:.3f} s\n{marks}"
     res.check()

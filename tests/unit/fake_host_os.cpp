@@ -242,6 +242,21 @@ Result<std::string> FakeHostOs::read_file(const std::string& path) {
     return it->second;
 }
 
+Status FakeHostOs::write_file(const std::string& path, std::string_view text) {
+    std::lock_guard lock(mutex_);
+    auto where = resolve(path, false);
+    if (auto err = injected(op_write, path, where ? *where : path))
+        return errno_error(*err, "cannot write", path);
+    if (!where)
+        return where.error();
+    auto it = files_.find(*where);
+    if (it == files_.end())
+        return errno_error(is_dir(*where) ? EISDIR : ENOENT, "cannot open", path);
+    it->second = std::string(text);
+    writes_.emplace_back(path, std::string(text));
+    return Ok{};
+}
+
 Result<std::string> FakeHostOs::real_path(const std::string& path) {
     std::lock_guard lock(mutex_);
     auto where = resolve(path, true);

@@ -68,14 +68,15 @@ struct DaxSpec {
 
 // Kinds of call, for FakeHostOs::fail_calls (a mask).
 enum Op : unsigned {
-    op_read = 1,                                        // read_file
-    op_list = 2,                                        // list_dir, list_dir_inodes
-    op_stat = 4,                                        // lstat_node, exists
-    op_resolve = 8,                                     // real_path, link_target
-    op_lookup = 16,                                     // user_id, group_id
-    op_major = 32,                                      // dax_char_major (/proc/devices)
-    op_daxctl = 64,                                     // daxctl_devices: libdaxctl cannot start
-    op_open = op_read | op_list | op_major | op_lookup, // what EMFILE fails
+    op_read = 1,    // read_file
+    op_list = 2,    // list_dir, list_dir_inodes
+    op_stat = 4,    // lstat_node, exists
+    op_resolve = 8, // real_path, link_target
+    op_lookup = 16, // user_id, group_id
+    op_major = 32,  // dax_char_major (/proc/devices)
+    op_daxctl = 64, // daxctl_devices: libdaxctl cannot start
+    op_write = 128, // write_file
+    op_open = op_read | op_list | op_major | op_lookup | op_write, // what EMFILE fails
 };
 
 class FakeHostOs : public HostOs {
@@ -152,6 +153,11 @@ class FakeHostOs : public HostOs {
     void fail_enable(int err) { enable_error_ = err; }
     // Every device enable_devdax() was asked for, in order.
     const std::vector<std::string>& enabled() const { return enabled_; }
+    // Replaces an existing regular file's content (as write(2) at offset
+    // 0 of a sysfs attribute does); ENOENT for a missing one.
+    Status write_file(const std::string& path, std::string_view text) override;
+    // Every write_file() that succeeded, in order: (path, text).
+    const std::vector<std::pair<std::string, std::string>>& writes() const { return writes_; }
     Result<uid_t> user_id(const std::string& name_or_number) override;
     Result<gid_t> group_id(const std::string& name_or_number) override;
 
@@ -192,6 +198,7 @@ class FakeHostOs : public HostOs {
     std::vector<std::string> reads_;
     std::map<std::string, int> list_counts_;
     std::vector<std::string> enabled_;
+    std::vector<std::pair<std::string, std::string>> writes_;
     int enable_error_ = 0;
 };
 

@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+// Poison a CXL memory device reports (docs/health.md, "CXL poison").
+//
+// The kernel (cxl_core, Linux >= 6.4) emits one `cxl:cxl_poison` trace event
+// per record of a memdev's poison list when root writes the memdev's
+// trigger_poison_list (the Get Poison List mailbox command), and one per
+// poison injected or cleared through debugfs. trace_pipe prints each as
+//
+//   <task>-<pid> [<cpu>] <flags> <time>: cxl_poison: memdev=mem0 host=0000:0d:00.0
+//     serial=0 trace_type=List region=region0 region_uuid=<uuid>
+//     hpa=0x... [hpa_alias0=0x...] dpa=0x... dpa_length=0x40 source=Injected
+//     flags= overflow_time=0
+//
+// (one line; hpa_alias0 since Linux 6.15, for an extended linear cache).
+// hpa is ULLONG_MAX when no region maps the DPA: such a record hits no tag.
+// The host physical range [hpa, hpa + dpa_length) is translated exactly as
+// an NVDIMM bad range (physical_to_data); its hpa never leaves the daemon.
+#pragma once
+
+#include "health.hpp"
+#include "result.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tagmem {
+
+class HostOs;
+
+enum class PoisonTraceType { list, inject, clear };
+
+// One cxl_poison record, as much of it as tagmem uses.
+struct PoisonRecord {
+    std::string memdev; // memN
+    std::string region; // regionN, or empty
+    PoisonTraceType type = PoisonTraceType::list;
+    std::uint64_t dpa = 0;
+    std::uint64_t length = 0; // bytes, >= 1
+    // The host physical ranges the DPA range is seen at: none when no
+    // region maps it, two with an extended linear cache (hpa_alias0).
+    std::vector<ByteRange> hpa;
+};
+
+// One line of trace_pipe (without its newline). Strict: every field in the
+// kernel's order and form (lowercase hex without leading zeros, the
+// symbolic names the kernel prints, nothing after overflow_time); anything
+// else is EINVAL with what was wrong. A range that would pass 2^64 (hpa or
+// dpa + dpa_length) and a zero length are malformed too. EOVERFLOW: the
+// line is trace_pipe's "CPU:<n> [LOST <m> EVENTS]" (its ring buffer
+// overwrote records that were never read).
+Result<PoisonRecord> parse_cxl_poison_line(std::string_view line);
+
+// Splits what trace_pipe returns into lines, bounded: a line longer than
+// kMaxLine is dropped whole (reported once as "too long"), so a flood
+// without newlines cannot grow memory.
+class TraceLineSplitter {
+  public:
+    static constexpr std::size_t kMaxLine = 1024;
+    // Appends complete lines to `lines`, too-long ones as nullopt.
+    void feed(std::string_view chunk, std::vector<std::optional<std::string>>& lines);
+
+  private:
+    std::string partial_;
+    bool skipping_ = false; // inside a line already too long
+};
+
+// What is known of every memdev's poison, by DPA. Bounded: at most
+// kMaxMemdevs memdevs and kMaxRecords records per memdev are kept; records
+// beyond are counted (dropped()) and not kept (a device flooding records
+// must not grow the daemon without limit; its tags may then miss some).
+//
+// Not thread-safe: the daemon's event thread owns it.
+class CxlPoisonTracker {
+  public:
+    static constexpr std::size_t kMaxMemdevs = 256;
+    static constexpr std::size_t kMaxRecords = 4096;
+
+    // A record from the trace: List and Inject add (or refresh) the DPA
+    // range, Clear removes what it overlaps. Returns whether what tags can
+    // see changed.
+    bool apply(const PoisonRecord& record, std::int64_t now);
+
+    // A fresh poison list of these memdevs is about to be read (their
+    // trigger_poison_list was written): records of theirs that are not
+    // listed again before end_listing() are dropped then. The kernel reads
+    // the whole list inside the write, so the caller reads trace_pipe dry
+    // between the two.
+    void begin_listing(const std::vector<std::string>& memdevs);
+    bool end_listing();
+
+    // Memdevs that went away: their records go with them.
+    bool keep_only(const std::set<std::string>& memdevs);
+
+    // The bad ranges of a tag's single device (as HealthTracker's).
+    TagHealth health_of(const TagRecord& record) const;
+
+    std::size_t dropped() const { return dropped_; }
+    std::size_t record_count() const;
+
+  private:
+    struct Known {
+        std::uint64_t length = 0;
+        std::vector<ByteRange> hpa;
+        std::int64_t first_seen = 0;
+        bool listed = false; // seen since begin_listing
+    };
+    using Memdev = std::map<std::uint64_t, Known>; // by DPA
+    std::map<std::string, Memdev> memdevs_;
+    std::set<std::string> listing_;
+    std::size_t dropped_ = 0;
+};
+
+// Writes "1" to trigger_poison_list of every memdev (memN) on the bus that
+// has one (a device that cannot list its poison has none): the kernel then
+// emits the device's list as cxl_poison events, inside the write.
+struct PoisonListing {
+    std::vector<std::string> listed; // triggered
+    std::vector<std::string> all;    // every memN on the bus, sorted
+    std::vector<std::string> failed; // why, per failure
+    // The bus was listed (or is absent: no memdev), so `all` is the truth;
+    // false after a failure that says nothing of the memdevs (EMFILE...):
+    // what is known of each is kept.
+    bool bus_read = false;
+};
+PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir = "/sys/bus/cxl/devices");
+
+} // namespace tagmem
