@@ -314,8 +314,7 @@ bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
     if (b.error)
         log::warning("CXL poison: {}", b.error->message);
     if (b.ended)
-        log::warning("CXL poison: {}/trace_pipe ended; no more CXL events are read",
-                     cxl_->instance());
+        log::warning("CXL poison: {}/trace_pipe ended", cxl_->instance());
     if (poison_.dropped() > poison_dropped_logged_) {
         log::warning("CXL poison: {} records not kept (at most {} memdevs, {} records each)",
                      poison_.dropped() - poison_dropped_logged_, CxlPoisonTracker::kMaxMemdevs,
@@ -330,6 +329,16 @@ bool Daemon::read_cxl_poison() {
         return false;
     auto b = cxl_->read();
     bool changed = take_cxl_poison(b);
+    if (b.error || b.ended) {
+        // A pipe that fails or has ended would wake poll at once, again and
+        // again (a spinning event loop, a flooded journal): it is closed and
+        // the instance removed. The poison known so far stays (a failed read
+        // is not cleared memory); SIGHUP sets the instance up anew.
+        log::warning("CXL poison: no more CXL events are read until SIGHUP "
+                     "(systemctl reload tagmemfs)");
+        cxl_.reset();
+        return changed;
+    }
     if (b.lost > 0) {
         // The ring buffer overwrote records nobody read: ask again.
         log::warning("CXL poison: trace events were lost; listing the poison again");

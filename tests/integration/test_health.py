@@ -350,6 +350,42 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         os.close(pipe)
 
 
+def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_host, tagmemfs):
+    """tracefs's trace_pipe never ends; one that does (here a FIFO whose
+    last writer left) is closed rather than polled again, what it gave
+    stays, and SIGHUP sets the instance up anew."""
+    host = make_host("dcd")
+    inst = fake_cxl(host)
+    # A FIFO without a writer reads as its end: one is open before the daemon.
+    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    d = tagmemfs("--uevents", "none")
+    mnt = d.mount_point
+    w = Watcher(mnt)
+    os.write(pipe, poison_line(CXL_BASE + 4096, 0x1000, trace_type="Inject").encode())
+    ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
+    assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(4096, 64)]
+    os.close(pipe)
+    eventually(lambda: "no more CXL events are read until SIGHUP" in d.text())
+    text = d.text()
+    assert "instances/tagmem/trace_pipe ended" in text, text
+    # Not a cleared error: TAG_A stays degraded while nothing is read.
+    assert metadata(mnt, hg.TAG_A)["health"]["status"] == "degraded"
+
+    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        d.rescan()
+        eventually(lambda: d.text().count("CXL poison: reading cxl:cxl_poison events") == 2)
+        mark = w.pos
+        os.write(pipe, poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1",
+                                   trace_type="Inject").encode())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B, start=mark)
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
+        w.close()
+        assert d.stop() == 0
+    finally:
+        os.close(pipe)
+
+
 def test_cxl_poison_setup_failure_removes_what_it_made(make_host, tagmemfs):
     """A fresh instance is made with mkdir; on a fake /sys it is an empty
     directory (tracefs fills a real one), so the setup fails: one line, the
