@@ -13,10 +13,13 @@ vmkit's kernel and NVDIMMs:
 * :func:`rootfs_tarball` - ``mmdebstrap`` of Debian 12 with systemd, udev and
   the given packages, cached by that package list.
 * :func:`disk_image` - the tarball plus the kernel's modules and the test's
-  files, as an ext4 image (``mke2fs -d``).
+  files, as an ext4 image (``mke2fs -d``); or, for an image with its own
+  kernel and GRUB (test_grub_guest.py), as partition 1 of an MBR disk.
 * :func:`boot_initramfs` - a tiny busybox initramfs that loads virtio_blk and
   ext4, mounts the disk and hands over to systemd.
-* :func:`start` - boots it with vmkit (``root=/dev/vda``), NVDIMMs included.
+* :func:`start` - boots it with vmkit (``root=/dev/vda``), NVDIMMs included;
+  or with the disk's own kernel; or through the firmware and the disk's own
+  bootloader (no -kernel at all).
 
 Guest programs report on the serial console with vmkit's markers
 (``TAGMEM-STAGE:``, ``VMKIT-BEGIN``/``VMKIT-END``, ``TAGMEM-VERDICT:``), so
