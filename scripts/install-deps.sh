@@ -30,6 +30,9 @@ qemu_pkgs=(qemu-system-x86 busybox-static cpio ndctl daxctl xz-utils zstd)
 # The Debian package booted in a Debian 12 guest (tests/qemu/test_booted_system.py):
 # building the .deb, checking it, making the guest's root filesystem and disk.
 qemu_pkgs+=(debhelper dpkg-dev lintian mmdebstrap e2fsprogs)
+# A Debian 12 image that boots its own kernel through GRUB
+# (tests/qemu/test_grub_guest.py): sfdisk partitions the disk image file.
+qemu_pkgs+=(fdisk)
 # A guest started by a real libvirtd from `tagmem vm-args --libvirt`
 # (tests/qemu/test_libvirt_handoff.py): the daemon and its QEMU driver; the
 # test runs its own session-mode libvirtd, so libvirt-daemon-system (system

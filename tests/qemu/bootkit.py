@@ -13,10 +13,13 @@ vmkit's kernel and NVDIMMs:
 * :func:`rootfs_tarball` - ``mmdebstrap`` of Debian 12 with systemd, udev and
   the given packages, cached by that package list.
 * :func:`disk_image` - the tarball plus the kernel's modules and the test's
-  files, as an ext4 image (``mke2fs -d``).
+  files, as an ext4 image (``mke2fs -d``); or, for an image with its own
+  kernel and GRUB (test_grub_guest.py), as partition 1 of an MBR disk.
 * :func:`boot_initramfs` - a tiny busybox initramfs that loads virtio_blk and
   ext4, mounts the disk and hands over to systemd.
-* :func:`start` - boots it with vmkit (``root=/dev/vda``), NVDIMMs included.
+* :func:`start` - boots it with vmkit (``root=/dev/vda``), NVDIMMs included;
+  or with the disk's own kernel; or through the firmware and the disk's own
+  bootloader (no -kernel at all).
 
 Guest programs report on the serial console with vmkit's markers
 (``TAGMEM-STAGE:``, ``VMKIT-BEGIN``/``VMKIT-END``, ``TAGMEM-VERDICT:``), so
@@ -188,12 +191,18 @@ def runtime_packages(deb: Path) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def rootfs_tarball(packages: Sequence[str], cache_dir: Path, log: Log = _log) -> tuple[Path, dict]:
+def rootfs_tarball(packages: Sequence[str], cache_dir: Path, log: Log = _log, *,
+                   flavor: str = "") -> tuple[Path, dict]:
     """A Debian ``SUITE`` root filesystem (minbase plus ``packages``) as a
-    tarball made by mmdebstrap, cached by the package list; (path, info)."""
+    tarball made by mmdebstrap, cached by the package list; (path, info).
+    One tarball is kept per ``flavor`` (a short name: the tests that need
+    different package lists do not evict each other's)."""
     pkgs = sorted(set(packages))
     key = _sha(SUITE, "minbase", pkgs, _BOOTKIT_ABI)
-    tar = cache_dir / "rootfs" / f"{SUITE}-{key}.tar"
+    if flavor and not re.fullmatch(r"[a-z][a-z0-9]*", flavor):
+        raise ValueError(f"rootfs flavor {flavor!r}: lower-case letters and digits")
+    prefix = f"{SUITE}-{flavor}-" if flavor else f"{SUITE}-"
+    tar = cache_dir / "rootfs" / f"{prefix}{key}.tar"
     with vmkit._locked(cache_dir / "rootfs" / ".lock"):
         if tar.is_file():
             log(f"rootfs: cache hit {tar}")
@@ -209,8 +218,9 @@ def rootfs_tarball(packages: Sequence[str], cache_dir: Path, log: Log = _log) ->
         except vmkit.VmError:
             tmp.unlink(missing_ok=True)
             raise
-        for old in tar.parent.glob(f"{SUITE}-*.tar"):  # one rootfs kept at a time
-            old.unlink()
+        for old in tar.parent.glob(f"{prefix}*.tar"):  # one rootfs kept per flavor
+            if re.fullmatch(re.escape(prefix) + r"[0-9a-f]{16}\.tar", old.name):
+                old.unlink()
         tmp.rename(tar)
         took = time.monotonic() - t0
         log(f"rootfs {tar.name}: {tar.stat().st_size / vmkit.MiB:.0f} MiB in {took:.0f}s")
@@ -325,19 +335,32 @@ def boot_initramfs(assets: vmkit.Assets, log: Log = _log) -> Path:
     return out
 
 
+#: Where the root filesystem starts on a partitioned disk: the usual 1 MiB,
+#: whose gap after the MBR is where grub-install embeds GRUB's core image.
+PARTITION_START = 1 * vmkit.MiB
+
+
 def disk_image(out: Path, tarball: Path, assets: vmkit.Assets,
                files: Mapping[str, object], *, size: str = "2G",
-               symlinks: Mapping[str, str] | None = None, log: Log = _log) -> float:
+               symlinks: Mapping[str, str] | None = None, log: Log = _log,
+               vmkit_modules: bool = True, partitioned: bool = False,
+               fs_uuid: str | None = None) -> float:
     """Write the guest's root disk: ``tarball`` unpacked, the booted system's
-    kernel modules, ``files`` ({guest path: bytes or host path}; host mode,
-    or 0644 for bytes; a guest path ending in ``@755`` sets 0755) and
-    ``symlinks`` ({guest path: target}); then ``mke2fs -d``. Returns seconds."""
+    kernel modules (vmkit's kernel's; not with ``vmkit_modules=False``, for
+    an image that has its own kernel), ``files`` ({guest path: bytes or host
+    path}; host mode, or 0644 for bytes; a guest path ending in ``@755``
+    sets 0755) and ``symlinks`` ({guest path: target}); then ``mke2fs -d``
+    (``fs_uuid``: the filesystem's UUID). ``partitioned``: the filesystem
+    (``size``) is partition 1 of an MBR disk, from PARTITION_START to the
+    end, marked bootable, as a distribution image has it (sfdisk on the
+    file; no loop device). Returns seconds."""
     t0 = time.monotonic()
-    modroot, _ = kernel_modules(assets, SYSTEM_MODULES, log)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".rootfs-") as tmp:
         root = Path(tmp)
         vmkit._run(["tar", "-C", root, "--numeric-owner", "-xpf", tarball])
-        shutil.copytree(modroot / "lib", root / "usr/lib", dirs_exist_ok=True)
+        if vmkit_modules:
+            modroot, _ = kernel_modules(assets, SYSTEM_MODULES, log)
+            shutil.copytree(modroot / "lib", root / "usr/lib", dirs_exist_ok=True)
         for guest, spec in files.items():
             mode = None
             if guest.endswith("@755"):
@@ -358,8 +381,14 @@ def disk_image(out: Path, tarball: Path, assets: vmkit.Assets,
                 dst.unlink()
             dst.symlink_to(target)
         out.unlink(missing_ok=True)
-        vmkit._run(["mke2fs", "-q", "-t", "ext4", "-L", "tagmem-root", "-E", "root_owner=0:0",
-                    "-d", root, out, size])
+        ext = "root_owner=0:0" + (f",offset={PARTITION_START}" if partitioned else "")
+        vmkit._run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "tagmem-root", "-E", ext,
+                    *(["-U", fs_uuid] if fs_uuid else []), "-d", root, out, size])
+        if partitioned:
+            if not shutil.which("sfdisk"):
+                raise vmkit.VmError("sfdisk is not installed (fdisk; scripts/install-deps.sh)")
+            vmkit._run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", out],
+                       input=f"label: dos\nstart={PARTITION_START // 512}, type=83, bootable\n")
     took = time.monotonic() - t0
     log(f"disk {out.name}: {took:.1f}s")
     return took
@@ -374,22 +403,31 @@ def disk_image(out: Path, tarball: Path, assets: vmkit.Assets,
 GUEST_MEM = "1G"
 
 
-def start(initrd: Path, disk: Path, nvdimms: Sequence[vmkit.NvdimmSpec] = (), *,
+def start(initrd: Path | None, disk: Path, nvdimms: Sequence[vmkit.NvdimmSpec] = (), *,
           timeout_s: float = 600, stage: str = "", name: str | None = None,
           assets: vmkit.Assets | None = None, log: Log = _log,
           log_path: os.PathLike | str | None = None, extra_args: Sequence[str] = (),
-          append: str = "") -> vmkit.Guest:
+          append: str = "", kernel: Path | None = None, root: str = "/dev/vda") -> vmkit.Guest:
     """Boot the disk under systemd. ``stage`` reaches the guest as
     ``tagmem.stage=`` on the kernel command line. ``extra_args`` follow
     vmkit's ``-machine``/``-m`` (QEMU merges a later ``-machine`` or ``-m``
     into the earlier one: e.g. `tagmem vm-args` output); ``append`` is added
-    to the kernel command line."""
-    cmdline = ("root=/dev/vda rw systemd.firstboot=off systemd.show_status=error "
+    to the kernel command line. ``kernel`` (with ``initrd``, e.g. the disk's
+    own): instead of vmkit's; ``root``: the root device for it.
+    ``initrd`` None: SeaBIOS boots the disk's own bootloader, and the kernel
+    command line is the disk's business (no ``stage`` or ``append``)."""
+    extra = ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe", *extra_args]
+    if initrd is None:
+        if stage or append or kernel:
+            raise vmkit.VmError("a disk that boots itself takes no stage, append or kernel")
+        return vmkit.start(None, nvdimms, timeout_s, mem=GUEST_MEM, extra_args=extra,
+                           name=name, assets=assets, log=log, log_path=log_path)
+    cmdline = (f"root={root} rw systemd.firstboot=off systemd.show_status=error "
                "udev.log_level=err")
     if stage:
         cmdline += f" tagmem.stage={stage}"
     if append:
         cmdline += f" {append}"
-    extra = ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe", *extra_args]
     return vmkit.start(initrd, nvdimms, timeout_s, mem=GUEST_MEM, extra_args=extra,
-                       append=cmdline, name=name, assets=assets, log=log, log_path=log_path)
+                       append=cmdline, name=name, assets=assets, log=log, log_path=log_path,
+                       kernel=kernel)

@@ -634,7 +634,8 @@ tm_stop
 
 
 def vm_args_from_synthetic_host(build: Path, workdir: Path, ram: int = HANDOFF_RAM,
-                                cpus: int = 1, libvirt: bool = False) -> dict | str:
+                                cpus: int = 1, libvirt: bool = False,
+                                kernel_cmdline: bool = False) -> dict | str:
     """`tagmem vm-args --format json` for HANDOFF_TAG, run for real: against a
     synthetic host (tests/synthetic/hostgen.py, mounted over /sys and /dev in
     a private mount namespace; needs root) holding the tag as a 64 MiB hmem
@@ -642,7 +643,9 @@ def vm_args_from_synthetic_host(build: Path, workdir: Path, ram: int = HANDOFF_R
     shareable by that host's tagmem.conf. Its `qemu` arguments name
     /run/tagmem/<tag>/data as the memory backend (with_backing_file swaps it
     for a file) and `kernel_cmdline` the guest's memmap=. With ``libvirt``:
-    the text of `tagmem vm-args --libvirt` (the domain XML fragment) instead."""
+    the text of `tagmem vm-args --libvirt` (the domain XML fragment) instead;
+    with ``kernel_cmdline``: the line `tagmem vm-args --kernel-cmdline`
+    prints (what a guest administrator is given, docs/vm.md)."""
     import sys
     sys.path.insert(0, str(REPO / "tests" / "synthetic"))
     import hostgen as hg
@@ -659,10 +662,11 @@ def vm_args_from_synthetic_host(build: Path, workdir: Path, ram: int = HANDOFF_R
     conf.write_text(conf_text({HANDOFF_TAG: {
         "name": HANDOFF_NAME, "shareable": "yes",
         "match-range": f"{base:#x}-{base + HANDOFF_SIZE - 1:#x}"}}, "the host's tag"))
-    fmt = ["--libvirt"] if libvirt else ["--format", "json"]
+    fmt = ["--libvirt"] if libvirt else ["--kernel-cmdline"] if kernel_cmdline else \
+        ["--format", "json"]
     r = hg.run_in_host(root, [str(build / "cli" / "tagmem"), "--config", str(conf), "vm-args",
                               *fmt, "--memory", f"{ram // vmkit.MiB}M",
                               "--cpus", str(cpus), HANDOFF_TAG])
     if r.returncode != 0:
         raise vmkit.VmError(f"tagmem vm-args exited {r.returncode}: {r.stderr}")
-    return r.stdout if libvirt else json.loads(r.stdout)
+    return r.stdout if libvirt or kernel_cmdline else json.loads(r.stdout)

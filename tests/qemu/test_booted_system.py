@@ -309,6 +309,13 @@ section journal-boot journalctl -b -u tagmemfs.service -o short-monotonic --no-p
 section chain systemd-analyze critical-chain --no-pager tagmem-consumer.service
 section failed systemctl --failed --no-pager --no-legend
 
+"""
+
+#: The hand-off checks of a booted guest (also test_grub_guest.py's): the
+#: modules from the package's drop-in and udevd, the tag listed with the host's
+#: metadata from tagmemfs's first scan, the host's pattern read at @KHOST@ and
+#: the guest's written at @KGUEST@ through data.
+STAGE_HANDOFF = r"""
 say "hand-off: the host's tag through fw_cfg and memmap=, nothing loaded by hand"
 TH=@TH@
 section handoff-cmdline cat /proc/cmdline
@@ -326,8 +333,6 @@ section handoff-item cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.tagmem/tags/r
 within 60 listed $TH
 # Found by the first scan: the item never waited for its device.
 fails sh -c "journalctl -b -u tagmemfs.service -o cat --no-pager | grep -q 'no dax device has its range'"
-listed $T1
-listed $T2
 section handoff-list tagmem list
 section handoff-metadata cat $TM/$TH/metadata
 section handoff-show tagmem show --json $TH
@@ -340,7 +345,12 @@ say "TM-EVENT: read the host's pattern"
 daxmap write $TM/$TH/data @SEEDG@ @HLEN@ @KGUEST@
 daxmap verify $TM/$TH/data @SEEDG@ @HLEN@ @KGUEST@
 say "TM-EVENT: wrote the guest's pattern"
-# The NVDIMM's tags still map beside it.
+"""
+
+STAGE_BOOT = STAGE_BOOT + STAGE_HANDOFF + r"""
+# The NVDIMM's tags are served and still map beside it.
+listed $T1
+listed $T2
 daxmap verify $TM/$T1/data @SEED1@ 8M
 
 say "next boot: fstab instead of the unit"
@@ -417,9 +427,11 @@ HANDOFF_STAGE = "boot"
 
 DRIVER = r"""#!/bin/sh
 # tagmem-test.service: runs one stage of tests/qemu/test_booted_system.py per
-# boot (tagmem.stage= on the kernel command line), prints the verdict, and
-# powers the guest off.
+# boot (tagmem.stage= on the kernel command line, else the name a previous
+# stage left in /var/lib/tagmem-test/next-stage: a disk booted by its own
+# GRUB, test_grub_guest.py), prints the verdict, and powers the guest off.
 stage=$(sed -n 's/.*tagmem\.stage=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -n "$stage" ] || stage=$(cat /var/lib/tagmem-test/next-stage 2>/dev/null || true)
 echo "tm: system up at $(cut -d' ' -f1 /proc/uptime)s: $(systemctl is-system-running --wait)"
 systemctl --failed --no-pager --no-legend
 echo "TAGMEM-STAGE: scenario-start uptime=$(cut -d' ' -f1 /proc/uptime) stage=$stage"

@@ -1074,17 +1074,24 @@ def tcg_thread_mode() -> str:
     return mode
 
 
-def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
+def qemu_argv(initrd: os.PathLike | str | None, nvdimms: Sequence[NvdimmSpec] = (), *,
               assets: Assets | None = None, mem: int | str = "1G", smp: int = 2,
               append: str = "", env: Mapping[str, str] | None = None,
               extra_args: Sequence[str] = (),
-              machine_args: Sequence[str] | None = None) -> list[str]:
+              machine_args: Sequence[str] | None = None,
+              kernel: os.PathLike | str | None = None) -> list[str]:
     """The qemu-system-x86_64 command line for one guest.
 
     ``machine_args`` replace vmkit's own ``-machine pc -m <mem>`` when the
     caller lays out the guest's memory itself (the VM hand-off's NUMA nodes,
-    tests/qemu/test_vm_handoff.py); no NVDIMMs then."""
+    tests/qemu/test_vm_handoff.py); no NVDIMMs then. ``kernel`` replaces
+    vmkit's kernel (a disk image's own, tests/qemu/test_grub_guest.py).
+    ``initrd`` None: no -kernel, -initrd or -append at all, the firmware
+    (SeaBIOS) boots the guest's disk with its own bootloader; ``append`` and
+    ``env`` must then be empty (they have no way into the guest)."""
     assets = _assets(assets)
+    if initrd is None and (append or env or kernel):
+        raise VmError("a firmware boot (no initrd) takes no kernel, append or env")
     mem_b = _parse_size(mem)
     # no_timer_check: on a loaded host the emulated CPU can miss the ticks the
     # kernel counts while it tests the IO-APIC timer route at boot, and it then
@@ -1099,8 +1106,10 @@ def qemu_argv(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), *,
         cmdline.append(append)
     argv = [qemu_binary(), "-accel", f"tcg,thread={tcg_thread_mode()}", "-cpu", "max", "-smp", str(smp),
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", "-no-reboot",
-            "-kernel", str(assets.kernel), "-initrd", str(initrd), "-append", " ".join(cmdline)]
+            "-serial", "stdio", "-no-reboot"]
+    if initrd is not None:
+        argv += ["-kernel", str(kernel or assets.kernel), "-initrd", str(initrd),
+                 "-append", " ".join(cmdline)]
     if machine_args is not None:
         if nvdimms:
             raise VmError("machine_args and NVDIMMs do not mix")
@@ -1341,22 +1350,25 @@ class Guest:
 _guest_counter = 0
 
 
-def start(initrd: os.PathLike | str, nvdimms: Sequence[NvdimmSpec] = (), timeout_s: float = 300,
-          mem: int | str = "1G", smp: int = 2, extra_args: Sequence[str] = (), *,
+def start(initrd: os.PathLike | str | None, nvdimms: Sequence[NvdimmSpec] = (),
+          timeout_s: float = 300, mem: int | str = "1G", smp: int = 2,
+          extra_args: Sequence[str] = (), *,
           append: str = "", env: Mapping[str, str] | None = None, name: str | None = None,
           log_path: os.PathLike | str | None = None, echo: bool | None = None,
           assets: Assets | None = None, log: Log = _default_log,
-          machine_args: Sequence[str] | None = None) -> Guest:
+          machine_args: Sequence[str] | None = None,
+          kernel: os.PathLike | str | None = None) -> Guest:
     """Start a guest without waiting (for several guests on one backing file).
 
     ``env`` becomes environment variables of /init and the scenario (passed on
     the kernel command line, so one initrd can serve several roles).
-    ``extra_args`` go to QEMU, ``append`` to the kernel command line.
+    ``extra_args`` go to QEMU, ``append`` to the kernel command line;
+    ``kernel`` and ``initrd`` None: see :func:`qemu_argv`.
     """
     global _guest_counter
     _guest_counter += 1
     argv = qemu_argv(initrd, nvdimms, assets=assets, mem=mem, smp=smp, append=append, env=env,
-                     extra_args=extra_args, machine_args=machine_args)
+                     extra_args=extra_args, machine_args=machine_args, kernel=kernel)
     return Guest(argv, name or f"vm{_guest_counter}", timeout_s, log_path, echo, log)
 
 
