@@ -25,7 +25,7 @@ class Claimer {
   public:
     struct Outcome {
         std::set<std::string> claimed; // dax devices that took a tag: read them again
-        std::vector<std::shared_ptr<const TagRecord>> failed; // to publish again, shown()
+        std::vector<std::shared_ptr<const TagRecord>> failed; // nothing took the tag: shown()
     };
 
     // Claims the offered tags of `delta` that `config` leaves to tagmemfs.

@@ -105,9 +105,11 @@ class Daemon {
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
     // Offered DCD capacity that tagmem.conf leaves to tagmemfs is claimed as
-    // devdax (core/claim.hpp) once published as offered: the claimed
-    // devices are read again, a failure is shown in the tag's reason.
-    void claim_offered(const TagDelta& delta);
+    // devdax (core/claim.hpp) before it is published: the claimed devices
+    // are read again and their records replace the offered ones, so a tag
+    // tagmemfs claims is first seen ready, not offered then ready; a
+    // failure is shown in the tag's reason (Claimer::shown).
+    TagDelta with_claims(const TagDelta& delta);
     // SIGHUP: every offered tag is tried again, under the configuration
     // just read (a rescan republishes only what changed).
     void retry_claims();
@@ -180,9 +182,10 @@ std::shared_ptr<const TagRecord> without_node(const TagRecord& r, const std::str
 
 // Applies a delta to the tree, then tells the kernel, then the watchers: a
 // watcher that hears of a tag finds it in the mount.
-void Daemon::publish(const TagDelta& delta, const char* why) {
-    if (delta.empty())
+void Daemon::publish(const TagDelta& claimable, const char* why) {
+    if (claimable.empty())
         return;
+    const TagDelta delta = with_claims(claimable);
     // Nodes first, so that a data link never points at nothing; nodes that
     // go, last, once no name leads to them any more.
     // The node is made with the device number read_device verified against
@@ -234,7 +237,6 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 why);
     if (watchers_)
         watchers_->publish(changes.events);
-    claim_offered(delta);
 }
 
 void Daemon::retry_claims() {
@@ -243,20 +245,34 @@ void Daemon::retry_claims() {
     for (auto& r : state_.snapshot().tags)
         if (r.state == TagState::offered)
             offered.upserts.push_back(std::make_shared<const TagRecord>(std::move(r)));
-    claim_offered(offered);
+    publish(offered, "claim");
 }
 
-void Daemon::claim_offered(const TagDelta& delta) {
+TagDelta Daemon::with_claims(const TagDelta& delta) {
     auto outcome = claimer_.claim(delta, config_, real_host_os());
-    if (!outcome.failed.empty()) {
-        TagDelta failed;
-        failed.upserts = std::move(outcome.failed);
-        publish(failed, "claim");
-    }
+    if (outcome.claimed.empty() && outcome.failed.empty())
+        return delta;
     // The kernel raises no uevent for a `uuid` write, and a bind event may
     // come late or never (no udev, a lost event): read the devices now.
-    if (!outcome.claimed.empty())
-        publish(state_.refresh(outcome.claimed), "claim");
+    TagDelta read = outcome.claimed.empty() ? TagDelta{} : state_.refresh(outcome.claimed);
+    std::map<Uuid, std::shared_ptr<const TagRecord>> fresh;
+    for (auto& r : read.upserts)
+        fresh.emplace(r->tag, std::move(r));
+    TagDelta out;
+    out.removals = delta.removals;
+    out.removals.insert(out.removals.end(), read.removals.begin(), read.removals.end());
+    for (const auto& r : delta.upserts) {
+        auto it = fresh.find(r->tag);
+        if (it == fresh.end()) {
+            out.upserts.push_back(r); // a failure: Claimer::shown says why
+            continue;
+        }
+        out.upserts.push_back(std::move(it->second));
+        fresh.erase(it);
+    }
+    for (auto& [tag, r] : fresh)
+        out.upserts.push_back(std::move(r));
+    return out;
 }
 
 // Only the files of the tags whose spec changed: a change costs one small

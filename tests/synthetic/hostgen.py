@@ -365,10 +365,10 @@ class Host:
 
     #: The sysfs layouts tagmem reads (docs/sysfs-layout.md). "v11": the DCD
     #: series as a v11 kernel makes it: every dax device has `uuid` (the null
-    #: UUID unless tagged DC capacity backs it), every extent has `uuid` (null
-    #: when untagged), the DAX region of a DC region sits on the cxl bus.
-    #: "early": what the series' documentation described before: `uuid` only
-    #: on DC devices, and only on tagged extents.
+    #: UUID unless tagged DC capacity backs it), a tagged extent has `uuid`
+    #: (an untagged one none), the DAX region of a DC region sits on the cxl
+    #: bus. "early": what the series' documentation described before: `uuid`
+    #: only on DC devices.
     ABIS = ("v11", "early")
 
     def __init__(self, abi: str = "v11") -> None:
@@ -564,10 +564,8 @@ def _write_dcd_region(w: "_TreeWriter", region: DcdRegion) -> None:
     for ext in region.extents:
         w.file(f"{ext.sysfs_dir}/offset", f"{ext.offset:#x}\n")
         w.file(f"{ext.sysfs_dir}/length", f"{ext.length:#x}\n")
-        if ext.uuid is not None:
+        if ext.uuid is not None:  # an untagged extent has no uuid file (seen on v11)
             w.file(f"{ext.sysfs_dir}/uuid", f"{ext.uuid}\n")
-        elif region.host.abi == "v11":
-            w.file(f"{ext.sysfs_dir}/uuid", f"{ZERO_UUID}\n")
     if region.host.abi == "v11":
         w.file(f"{region.dax_dir}/devtype", "cxl_dax_region\n")
         w.link(f"{region.dax_dir}/subsystem", "bus/cxl")
