@@ -4,6 +4,7 @@
 #include "badblocks_watch.hpp"
 #include "cdi.hpp"
 #include "cdi_file.hpp"
+#include "claimer.hpp"
 #include "config.hpp"
 #include "cxl_poison.hpp"
 #include "cxl_poison_watch.hpp"
@@ -103,6 +104,15 @@ class Daemon {
     void rescan(const char* why);
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
+    // Offered DCD capacity that tagmem.conf leaves to tagmemfs is claimed as
+    // devdax (core/claim.hpp) before it is published: the claimed devices
+    // are read again and their records replace the offered ones, so a tag
+    // tagmemfs claims is first seen ready, not offered then ready; a
+    // failure is shown in the tag's reason (Claimer::shown).
+    TagDelta with_claims(const TagDelta& delta);
+    // SIGHUP: every offered tag is tried again, under the configuration
+    // just read (a rescan republishes only what changed).
+    void retry_claims();
     void write_cdi(const std::vector<Uuid>& tags);
     void event_loop();
     // What failed to read (or a node that could not be made) is retried
@@ -148,6 +158,7 @@ class Daemon {
     std::optional<UeventMonitor> uevents_;
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
+    Claimer claimer_;           // event thread, as state_
     CdiSet cdi_devices_;        // follows every delta, from the first scan on
     std::optional<CdiDir> cdi_; // open once the mount serves
     Fd rescan_event_;
@@ -171,9 +182,10 @@ std::shared_ptr<const TagRecord> without_node(const TagRecord& r, const std::str
 
 // Applies a delta to the tree, then tells the kernel, then the watchers: a
 // watcher that hears of a tag finds it in the mount.
-void Daemon::publish(const TagDelta& delta, const char* why) {
-    if (delta.empty())
+void Daemon::publish(const TagDelta& claimable, const char* why) {
+    if (claimable.empty())
         return;
+    const TagDelta delta = with_claims(claimable);
     // Nodes first, so that a data link never points at nothing; nodes that
     // go, last, once no name leads to them any more.
     // The node is made with the device number read_device verified against
@@ -181,7 +193,7 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     std::vector<std::string> stale;
     TagDelta shown = delta;
     for (auto& r : shown.upserts)
-        r = with_health(std::move(r));
+        r = claimer_.shown(with_health(std::move(r)));
     for (auto& r : shown.upserts) {
         const bool failed_before = node_failed_.erase(r->tag) > 0;
         if (!r->usable()) {
@@ -225,6 +237,42 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 why);
     if (watchers_)
         watchers_->publish(changes.events);
+}
+
+void Daemon::retry_claims() {
+    claimer_.forget();
+    TagDelta offered;
+    for (auto& r : state_.snapshot().tags)
+        if (r.state == TagState::offered)
+            offered.upserts.push_back(std::make_shared<const TagRecord>(std::move(r)));
+    publish(offered, "claim");
+}
+
+TagDelta Daemon::with_claims(const TagDelta& delta) {
+    auto outcome = claimer_.claim(delta, config_, real_host_os());
+    if (outcome.claimed.empty() && outcome.failed.empty())
+        return delta;
+    // The kernel raises no uevent for a `uuid` write, and a bind event may
+    // come late or never (no udev, a lost event): read the devices now.
+    TagDelta read = outcome.claimed.empty() ? TagDelta{} : state_.refresh(outcome.claimed);
+    std::map<Uuid, std::shared_ptr<const TagRecord>> fresh;
+    for (auto& r : read.upserts)
+        fresh.emplace(r->tag, std::move(r));
+    TagDelta out;
+    out.removals = delta.removals;
+    out.removals.insert(out.removals.end(), read.removals.begin(), read.removals.end());
+    for (const auto& r : delta.upserts) {
+        auto it = fresh.find(r->tag);
+        if (it == fresh.end()) {
+            out.upserts.push_back(r); // a failure: Claimer::shown says why
+            continue;
+        }
+        out.upserts.push_back(std::move(it->second));
+        fresh.erase(it);
+    }
+    for (auto& [tag, r] : fresh)
+        out.upserts.push_back(std::move(r));
+    return out;
 }
 
 // Only the files of the tags whose spec changed: a change costs one small
@@ -577,6 +625,7 @@ void Daemon::event_loop() {
                            static_cast<unsigned long long>(now.tv_sec) * 1000000ULL +
                                static_cast<unsigned long long>(now.tv_nsec) / 1000ULL);
                 rescan("SIGHUP");
+                retry_claims();
                 sd_notify(0, "READY=1");
             }
             if (fds[2].revents)

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "claimer.hpp"
+
+#include "claim.hpp"
+#include "log.hpp"
+
+#include <fmt/format.h>
+
+namespace tagmem {
+
+Claimer::Outcome Claimer::claim(const TagDelta& delta, const Config& config, HostOs& os) {
+    Outcome out;
+    for (const auto& tag : delta.removals)
+        tried_.erase(tag);
+    for (const auto& r : delta.upserts) {
+        if (r->state != TagState::offered) {
+            // A device that took the tag but has no driver keeps the
+            // failure as its reason until it is served (or gone).
+            if (r->state != TagState::disabled)
+                tried_.erase(r->tag);
+            continue;
+        }
+        if (!claims_automatically(config, r->tag))
+            continue;
+        auto [slot, fresh] = tried_.try_emplace(r->tag);
+        if (!fresh && slot->second.extents == r->offered_extents)
+            continue; // tried with exactly these: said already
+        slot->second = Tried{r->offered_extents, {}};
+        auto claimed = claim_offered(*r, os);
+        if (claimed && claimed->bound) {
+            log::info("tag {}: claimed its offered capacity as {}", r->tag.str(), claimed->device);
+            out.claimed.insert(claimed->device);
+            continue;
+        }
+        const Error& why = claimed ? claimed->bound.error() : claimed.error();
+        log::warning("tag {}: cannot claim its offered capacity: {}", r->tag.str(), why.message);
+        slot->second.failure = why.message;
+        if (claimed)
+            out.claimed.insert(claimed->device); // it took the tag: read it again
+        else
+            out.failed.push_back(r);
+    }
+    return out;
+}
+
+std::shared_ptr<const TagRecord> Claimer::shown(std::shared_ptr<const TagRecord> r) const {
+    if (r->state != TagState::offered && r->state != TagState::disabled)
+        return r;
+    auto it = tried_.find(r->tag);
+    if (it == tried_.end() || it->second.failure.empty() ||
+        (r->state == TagState::offered && it->second.extents != r->offered_extents))
+        return r;
+    auto shown = std::make_shared<TagRecord>(*r);
+    shown->reason = fmt::format("tagmemfs could not claim it: {} (`tagmem claim` or SIGHUP "
+                                "tries again)",
+                                it->second.failure);
+    return shown;
+}
+
+} // namespace tagmem
