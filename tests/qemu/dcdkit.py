@@ -128,15 +128,26 @@ class DcdGuestFiles:
 
 def qemu_argv(paths: DcdPaths, dcd_assets: vmkit.Assets, initrd: Path, files: DcdGuestFiles,
               dc_size: int = GiB, *, mem: str = "1G", smp: int = 2,
-              env: dict[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+              env: dict[str, str] | None = None, extra: Sequence[str] = (),
+              nvdimm: vmkit.NvdimmSpec | None = None) -> list[str]:
     """One guest: q35 with CXL, a host bridge, a root port and a type-3 device
     whose one dynamic capacity region is ``files.backing`` (``share=on``: the
     host and a second guest see what this one writes; an extent at region
     offset O is file offset O). ``-serial stdio`` is the console (ttyS0),
-    the answer socket is ttyS1."""
+    the answer socket is ttyS1. ``nvdimm``: one emulated NVDIMM with a label
+    area besides (the DCD kernel has libnvdimm built in), to compare a
+    namespace's dax device with the DC ones on the same kernel."""
     backing = str(files.backing).replace(",", ",,")
+    nv_args: list[str] = []
+    if nvdimm is not None:
+        nv_path = str(nvdimm.ensure_file()).replace(",", ",,")
+        nv_args = ["-object", f"memory-backend-file,id=nvmem0,share=on,mem-path={nv_path},"
+                              f"size={vmkit._parse_size(nvdimm.size)},align=2M",
+                   "-device", f"nvdimm,id=nvdimm0,memdev=nvmem0,slot=0,"
+                              f"label-size={vmkit._parse_size(nvdimm.label_size)}"]
     machine = [
-        "-machine", "q35,cxl=on", "-m", f"{mem},maxmem=8G,slots=4",
+        "-machine", "q35,cxl=on" + (",nvdimm=on" if nvdimm else ""),
+        "-m", f"{mem},maxmem=8G,slots=4", *nv_args,
         "-object", f"memory-backend-file,id=dc0,mem-path={backing},size={dc_size},share=on",
         "-device", "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1,hdm_for_passthrough=true",
         "-device", "cxl-rp,port=0,bus=cxl.1,id=rp0,chassis=0,slot=2",

@@ -97,11 +97,12 @@ def _initrd(out: Path, scenario: str, dcd, guest_tools) -> Path:
 
 
 def _start(dcd, initrd: Path, files: dcdkit.DcdGuestFiles, name: str, tmp_path: Path,
-           env: dict[str, str] | None = None, smp: int = 2) -> vmkit.Guest:
+           env: dict[str, str] | None = None, smp: int = 2,
+           nvdimm: vmkit.NvdimmSpec | None = None) -> vmkit.Guest:
     paths, assets, _ = dcd
     for p in (files.qmp, files.ctl):
         p.unlink(missing_ok=True)
-    argv = dcdkit.qemu_argv(paths, assets, initrd, files, smp=smp,
+    argv = dcdkit.qemu_argv(paths, assets, initrd, files, smp=smp, nvdimm=nvdimm,
                             env={"DCD_CLAIM": _claim_mode(), **(env or {})})
     return vmkit.Guest(argv, name, GUEST_TIMEOUT_S, tmp_path / f"{name}.log")
 
@@ -325,3 +326,180 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
         if t0 is not None and key in up:
             vm_timings[f"dcd live ask->{key[10:]}"] = f"{up[key] - t0:.2f}s"
     res.check()
+
+
+# --------------------------------------------------------------------------
+# b. two hosts: one DC file, the same extents and tag on both
+# --------------------------------------------------------------------------
+
+
+def two_hosts_scenario(rounds: int) -> str:
+    return f"""
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+dcd_start_answers
+dcd_make_region
+tm_start
+echo "TM-EVENT: host $TM_HOST ready for {T_SHARED} uptime=$(tm_now)"
+dcd_ask add T
+dcd_claim_unless_daemon {T_SHARED}
+tagmem wait {T_SHARED} --timeout 120
+dcd_until "dcd_state {T_SHARED}" ready 30
+tm_section extents dcd_extents
+tm_section devices dcd_devices
+tm_show {T_SHARED}
+echo "TM-EVENT: pingpong start uptime=$(tm_now)"
+daxmap pingpong $TM_MNT/{T_SHARED}/data "$TM_ROLE" {rounds} 120
+echo "TM-EVENT: pingpong done uptime=$(tm_now)"
+tm_stop
+"""
+
+
+def test_dcd_two_hosts(dcd, guest_tools, vm_timings, tmp_path):
+    import threading
+    backing = dcdkit.backing_file(tmp_path / "dc-shared.img")
+    initrd = _initrd(tmp_path / "two.cpio", two_hosts_scenario(PINGPONG_ROUNDS), dcd, guest_tools)
+    guests, files, errors = [], [], []
+    t0 = time.monotonic()
+    for host, role in (("A", "ping"), ("B", "pong")):
+        f = dcdkit.DcdGuestFiles(backing, tmp_path / f"qmp-{host}.sock",
+                                 tmp_path / f"ctl-{host}.sock")
+        files.append(f)
+        guests.append(_start(dcd, initrd, f, f"dcd-host-{host}", tmp_path, smp=1,
+                             env={"TM_HOST": host, "TM_ROLE": role}))
+
+    def serve(g, f):
+        try:
+            _serve(g, f, {"add T": lambda q: lambda: q.add_capacity(T_SHARED, SHARED_EXTENTS)})
+        except Exception as exc:  # reported after the guests end
+            errors.append(exc)
+            g.kill()
+    threads = [threading.Thread(target=serve, args=gf, daemon=True) for gf in zip(guests, files)]
+    for t in threads:
+        t.start()
+    a, b = tagmemvm.wait_all(guests)
+    for t in threads:
+        t.join(10)
+    vm_timings["dcd two hosts wall"] = f"{time.monotonic() - t0:.1f}s"
+    vm_timings["dcd host A"] = a.summary()
+    vm_timings["dcd host B"] = b.summary()
+    if errors:
+        raise errors[0]
+    try:
+        metas = {}
+        for res in (a, b):
+            assert res.oops is None, res.oops
+            meta = section_json(res, f"metadata-{T_SHARED}")
+            assert (meta["tag"], meta["source"], meta["state"], meta["size"]) == (
+                T_SHARED, "dcd", "ready", SHARED_EXTENTS[0][1]), meta
+            assert [(e["offset"], e["length"]) for d in meta["devices"]
+                    for e in d["extents"]] == SHARED_EXTENTS, meta
+            metas[res.name] = meta
+        ping, pong = tagmemvm.parse_pingpong(a), tagmemvm.parse_pingpong(b)
+        assert (ping.role, pong.role) == ("ping", "pong")
+        n = PINGPONG_ROUNDS
+        assert ping.messages == [f"pong #{k} <- ping #{k}" for k in range(1, n + 1)]
+        assert pong.messages == [f"ping #{k}" for k in range(1, n + 1)]
+        r = ping.rtt_us
+        vm_timings[f"dcd pingpong {n} round trips"] = (
+            f"{ping.seconds:.2f}s, rtt median {r['median']:.0f}us p99 {r['p99']:.0f}us "
+            f"(handshake after {ping.connected_after_s:.1f}s)")
+        a.check()
+        b.check()
+    except (AssertionError, vmkit.VmError) as exc:
+        _fail_with_context(a if a.oops else b, exc)
+
+
+# --------------------------------------------------------------------------
+# c. the raw ABI as tagmem sees it, without claiming
+# --------------------------------------------------------------------------
+
+NV_TAG = "d6d6d6d6-0017-4000-8000-0000000000d6"
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def abi_scenario() -> str:
+    return f"""
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+dcd_start_answers
+# An NVDIMM namespace tagged NV_TAG on the same kernel (labels made here).
+# (CXL regions are on another bus, but let ndctl pick the names.)
+tm_section nd-regions ndctl list -R
+ndctl disable-region all
+ndctl init-labels -f all
+ndctl enable-region all
+ndctl create-namespace -m devdax -M mem --uuid {NV_TAG} -a 2M -s 256M
+vmkit_settle
+NV_DEV=$(vmkit_dax_for_tag {NV_TAG})
+tm_section nv-uuid cat /sys/bus/dax/devices/${{NV_DEV#/dev/}}/uuid
+dcd_make_region
+tm_section devices-start dcd_devices
+tm_start
+tm_section ls-start ls -1 $TM_MNT
+tm_section list-start tagmem list --json
+dcd_ask add untagged
+d_i=0
+until [ -n "$(dcd_extents)" ]; do
+    d_i=$((d_i + 1)); [ $d_i -lt 600 ] || {{ echo "no extent after the untagged add"; exit 1; }}
+    sleep 0.1
+done
+echo "DCD-EVENT: untagged extent in sysfs uptime=$(tm_now)"
+tm_section extent-files sh -c 'for e in '"$(dcd_dax_region)"'/extent*; do ls $e; done'
+# Long enough for a daemon that would claim it to have done so.
+sleep 8
+tm_section extents-untagged dcd_extents
+tm_section devices-untagged dcd_devices
+tm_section ls-untagged ls -1 $TM_MNT
+tm_section list-untagged tagmem list --json
+rc=0; tagmem show {NULL_UUID} >/dev/null 2>&1 || rc=$?
+echo "DCD-RESULT: show null uuid rc=$rc"
+tm_section dmesg-cxl sh -c 'dmesg | grep -iE "cxl|dax|extent|tag" | tail -n 40'
+tm_stop
+"""
+
+
+def test_dcd_abi(dcd, guest_tools, vm_timings, tmp_path):
+    files = dcdkit.DcdGuestFiles(tmp_path / "dc.img", tmp_path / "qmp.sock", tmp_path / "ctl.sock")
+    dcdkit.backing_file(files.backing)
+    nv = vmkit.NvdimmSpec(tmp_path / "nv.img", "1G")
+    initrd = _initrd(tmp_path / "abi.cpio", abi_scenario(), dcd, guest_tools)
+    guest = _start(dcd, initrd, files, "dcd-abi", tmp_path, nvdimm=nv)
+    try:
+        _serve(guest, files, {
+            "add untagged": lambda q: lambda: q.add_capacity(None, UNTAGGED_EXTENTS)})
+    finally:
+        res = guest.wait()
+    vm_timings["dcd abi guest"] = res.summary()
+    try:
+        assert res.oops is None, res.oops
+        # The seed: a 0-size device with the null uuid, no driver, no tag.
+        dev0 = section(res, "devices-start").split()
+        assert dev0[1:] == ["0", NULL_UUID], dev0
+        # The untagged extent: offset and length, no uuid file at all.
+        ext = section(res, "extents-untagged").split()
+        assert (int(ext[1], 0), int(ext[2], 0), ext[3]) == (*UNTAGGED_EXTENTS[0], "-"), ext
+        assert sorted(section(res, "extent-files").split()) == ["length", "offset", "uevent"]
+        # ... never claimed: every DC device is still a 0-size seed with the null uuid.
+        devs = section(res, "devices-untagged").splitlines()
+        assert devs and all(d.split()[1:3] == ["0", NULL_UUID] for d in devs), \
+            f"the untagged extent was claimed: {devs}"
+        # ... and never a tag; the null UUID is no tag either.
+        for when in ("start", "untagged"):
+            listed = section_json(res, f"list-{when}")
+            assert NULL_UUID not in [t["tag"] for t in listed["tags"]], listed
+            assert dev0[0] in [u["device"] for u in listed["untagged"]], listed
+            assert NULL_UUID not in section(res, f"ls-{when}").split()
+        assert "DCD-RESULT: show null uuid rc=0" not in res.console
+        # The NVDIMM namespace's dax device has a uuid attribute on this kernel
+        # too (every dax device has one), reading the null UUID: it must not
+        # hide the namespace's tag.
+        assert section(res, "nv-uuid").strip() == NULL_UUID
+        for when in ("start", "untagged"):
+            listed = section_json(res, f"list-{when}")
+            assert section(res, f"ls-{when}").split() == [NV_TAG] and \
+                [t["tag"] for t in listed["tags"]] == [NV_TAG], (
+                f"the NVDIMM namespace tag {NV_TAG} is hidden ({when}): its dax device's null "
+                f"uuid attribute makes tagmem read it as an untagged DC device; "
+                f"untagged: {listed['untagged']}")
+        res.check()
+    except (AssertionError, vmkit.VmError) as exc:
+        _fail_with_context(res, exc)
