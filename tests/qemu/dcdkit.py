@@ -75,11 +75,9 @@ def _default(rel: Path) -> Path:
     return next((d / rel for d in dirs if (d / rel).exists()), dirs[0] / rel)
 
 
-def locate() -> DcdPaths:
-    """The DCD kernel and QEMU, or pytest.skip naming what is missing and how
-    to provide it. Under CI (``CI=true``) a missing file fails the test: CI is
-    set up with them, and a skip there would hide a broken setup."""
-    import pytest
+def find_paths() -> tuple[DcdPaths | None, str]:
+    """The DCD kernel and QEMU, or None and a sentence naming what is missing
+    and how to provide it."""
     kernel = Path(os.environ.get("TAGMEM_DCD_KERNEL") or _default(DEFAULT_KERNEL))
     qemu = Path(os.environ.get("TAGMEM_DCD_QEMU") or _default(DEFAULT_QEMU))
     missing = []
@@ -90,12 +88,36 @@ def locate() -> DcdPaths:
         missing.append(f"DCD QEMU {qemu} (set TAGMEM_DCD_QEMU to a qemu-system-x86_64 whose "
                        "cxl-add-dynamic-capacity carries the tag)")
     if missing:
-        msg = "real CXL DCD tests: missing " + "; ".join(missing) + \
-              "; docs/dcd.md says where such a kernel and QEMU come from"
+        return None, ("real CXL DCD tests: missing " + "; ".join(missing)
+                      + "; docs/dcd.md says where such a kernel and QEMU come from")
+    return DcdPaths(kernel, qemu), ""
+
+
+def locate() -> DcdPaths:
+    """find_paths() for tests: a missing file is a pytest.skip naming it, and
+    under CI (``CI=true``) a failure: CI is set up with them, and a skip there
+    would hide a broken setup."""
+    import pytest
+    paths, msg = find_paths()
+    if paths is None:
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
-    return DcdPaths(kernel, qemu)
+    return paths
+
+
+#: Who claims offered tagged capacity in the scenarios: "daemon" (tagmemfs
+#: itself, its default) or "guest" (the scenario, by hand, as an
+#: administrator would with a tagmemfs that does not claim).
+#: TAGMEM_DCD_CLAIM overrides.
+DEFAULT_CLAIM = "guest"
+
+
+def claim_mode() -> str:
+    mode = os.environ.get("TAGMEM_DCD_CLAIM", DEFAULT_CLAIM)
+    if mode not in ("daemon", "guest"):
+        raise vmkit.VmError(f"TAGMEM_DCD_CLAIM={mode!r}: want daemon or guest")
+    return mode
 
 
 def assets(paths: DcdPaths, cache_dir: Path | None = None) -> vmkit.Assets:
@@ -429,7 +451,6 @@ class HostSide:
         self.done: list[tuple[str, float]] = []  # (request, host seconds since guest start)
 
     def serve(self, handlers: dict, timeout_s: float) -> None:
-        import re
         deadline = time.monotonic() + timeout_s
         handled = 0
         while time.monotonic() < deadline and self.guest.proc.poll() is None:
@@ -443,3 +464,109 @@ class HostSide:
                 self.done.append((req, time.monotonic() - self.guest.t0))
                 self.answers.say(f"DONE {req}")
             time.sleep(0.2)
+
+
+def build_initrd(out: Path, scenario: str, *, assets: vmkit.Assets, product, tools,
+                 log: vmkit.Log = vmkit._default_log) -> Path:
+    """tagmemvm's initramfs plus /vmkit/dcd.sh, sourced before ``scenario``."""
+    return tagmemvm.build_initrd(out, ". /vmkit/dcd.sh\n" + scenario, assets=assets,
+                                 product=product, tools=tools, log=log,
+                                 files={"/vmkit/dcd.sh": GUEST_DCD_SH.encode()})
+
+
+def start_guest(paths: DcdPaths, dcd_assets: vmkit.Assets, initrd: Path, files: DcdGuestFiles,
+                name: str, timeout_s: float, *, log_path: Path | None = None,
+                env: dict[str, str] | None = None, smp: int = 2,
+                nvdimm: vmkit.NvdimmSpec | None = None, echo: bool | None = None,
+                log: vmkit.Log = vmkit._default_log) -> vmkit.Guest:
+    """Start one DCD guest (DCD_CLAIM in its environment: :func:`claim_mode`)."""
+    for p in (files.qmp, files.ctl):
+        p.unlink(missing_ok=True)
+    argv = qemu_argv(paths, dcd_assets, initrd, files, smp=smp, nvdimm=nvdimm,
+                     env={"DCD_CLAIM": claim_mode(), **(env or {})})
+    return vmkit.Guest(argv, name, timeout_s, log_path, echo, log)
+
+
+def serve(guest: vmkit.Guest, files: DcdGuestFiles, handlers: dict, timeout_s: float,
+          log: vmkit.Log = vmkit._default_log) -> HostSide:
+    """Answer the guest's requests until it ends: ``handlers`` maps a request
+    to ``lambda qmp: <callable doing it>``."""
+    host = HostSide(guest, Qmp(files.qmp, log), Answers(files.ctl), log)
+    try:
+        host.serve({k: v(host.qmp) for k, v in handlers.items()}, timeout_s)
+    finally:
+        host.answers.close()
+    return host
+
+
+# --------------------------------------------------------------------------
+# two hosts on one DC file (the test and the demo)
+# --------------------------------------------------------------------------
+
+SHARED_TAG = "d5d5d5d5-0017-4000-8000-0000000000d5"
+SHARED_EXTENTS = [(256 * MiB, 128 * MiB)]
+
+
+def two_hosts_scenario(rounds: int, handshake_timeout_s: int = 120) -> str:
+    """Each host: make the region, start tagmemfs, ask its host for the
+    capacity, wait for the tag, show it, ping-pong through data, stop."""
+    t = SHARED_TAG
+    return f"""
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+dcd_start_answers
+dcd_make_region
+tm_start
+dcd_ask add T
+dcd_wait_extent {t} 120
+echo "DCD-EVENT: extent with the tag in sysfs uptime=$(tm_now)"
+dcd_claim_unless_daemon {t}
+tagmem wait {t} --timeout 120
+dcd_until "dcd_state {t}" ready 30
+echo "DCD-EVENT: tag ready in /run/tagmem uptime=$(tm_now)"
+tm_section extents dcd_extents
+tm_section devices dcd_devices
+tm_show {t}
+echo "TM-EVENT: pingpong start uptime=$(tm_now)"
+daxmap pingpong $TM_MNT/{t}/data "$TM_ROLE" {rounds} {handshake_timeout_s}
+echo "TM-EVENT: pingpong done uptime=$(tm_now)"
+tm_stop
+"""
+
+
+def run_two_hosts(paths: DcdPaths, dcd_assets: vmkit.Assets, initrd: Path, workdir: Path,
+                  timeout_s: float, *, echo: bool | None = None,
+                  on_add=None, log: vmkit.Log = vmkit._default_log):
+    """Host A (ping) and host B (pong), one backing file: each is given
+    SHARED_EXTENTS with SHARED_TAG over its own QMP when it asks. ``on_add``
+    (host letter) is called after each add. Returns (results, errors)."""
+    import threading
+    backing = backing_file(workdir / "dc-shared.img")
+    guests, files, errors = [], [], []
+    for host, role in (("A", "ping"), ("B", "pong")):
+        f = DcdGuestFiles(backing, workdir / f"qmp-{host}.sock", workdir / f"ctl-{host}.sock")
+        files.append(f)
+        guests.append(start_guest(paths, dcd_assets, initrd, f, f"dcd-host-{host}", timeout_s,
+                                  log_path=workdir / f"dcd-host-{host}.log", smp=1, echo=echo,
+                                  env={"TM_HOST": host, "TM_ROLE": role}, log=log))
+
+    def one(g: vmkit.Guest, f: DcdGuestFiles, host: str) -> None:
+        def add(q: Qmp):
+            def run():
+                q.add_capacity(SHARED_TAG, SHARED_EXTENTS)
+                if on_add:
+                    on_add(host)
+            return run
+        try:
+            serve(g, f, {"add T": add}, timeout_s, log)
+        except Exception as exc:  # reported after the guests end
+            errors.append(exc)
+            g.kill()
+
+    threads = [threading.Thread(target=one, args=(g, f, h), daemon=True)
+               for g, f, h in zip(guests, files, "AB")]
+    for t in threads:
+        t.start()
+    results = tagmemvm.wait_all(guests)
+    for t in threads:
+        t.join(10)
+    return results, errors

@@ -21,15 +21,14 @@ Scenarios (one CTest entry each):
 * qemu_dcd_abi: tagmem's view of the raw ABI without any claim: the seed
   device is no tag, an untagged extent is never claimed nor a tag.
 
-The guest claims by hand (echo tag > seed uuid; bind) when DCD_CLAIM=guest
-(env TAGMEM_DCD_CLAIM=guest), for a tagmemfs without its own claim; by
-default tagmemfs claims itself.
+Who claims offered capacity: dcdkit.claim_mode() (TAGMEM_DCD_CLAIM, default
+dcdkit.DEFAULT_CLAIM): "guest" claims by hand in the scenario (echo tag >
+seed uuid; bind), "daemon" leaves it to tagmemfs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -49,23 +48,16 @@ GUEST_TIMEOUT_S = 240
 T1 = "d1d1d1d1-0017-4000-8000-0000000000d1"
 T2 = "d2d2d2d2-0017-4000-8000-0000000000d2"
 T3 = "d3d3d3d3-0017-4000-8000-0000000000d3"
-T_SHARED = "d5d5d5d5-0017-4000-8000-0000000000d5"
+T_SHARED = dcdkit.SHARED_TAG
 #: (offset, length) in the DC region = in the backing file.
 T1_EXTENTS = [(0, 256 * MiB)]
 T1_AGAIN = [(256 * MiB, 128 * MiB)]  # same tag, new range: the kernel must drop it
 T2_EXTENTS = [(512 * MiB, 128 * MiB), (768 * MiB, 128 * MiB)]
 T3_EXTENTS = [(896 * MiB, 64 * MiB)]
 UNTAGGED_EXTENTS = [(128 * MiB, 64 * MiB)]
-SHARED_EXTENTS = [(256 * MiB, 128 * MiB)]
+SHARED_EXTENTS = dcdkit.SHARED_EXTENTS
 PATTERN_LEN = 64 * 1024
 PINGPONG_ROUNDS = 200
-
-
-def _claim_mode() -> str:
-    mode = os.environ.get("TAGMEM_DCD_CLAIM", "daemon")
-    if mode not in ("daemon", "guest"):
-        raise vmkit.VmError(f"TAGMEM_DCD_CLAIM={mode!r}: want daemon or guest")
-    return mode
 
 
 def _seed() -> int:
@@ -91,29 +83,18 @@ def dcd():
 
 def _initrd(out: Path, scenario: str, dcd, guest_tools) -> Path:
     _, assets, product = dcd
-    return tagmemvm.build_initrd(out, ". /vmkit/dcd.sh\n" + scenario, assets=assets,
-                                 product=product, tools=guest_tools,
-                                 files={"/vmkit/dcd.sh": dcdkit.GUEST_DCD_SH.encode()})
+    return dcdkit.build_initrd(out, scenario, assets=assets, product=product, tools=guest_tools)
 
 
 def _start(dcd, initrd: Path, files: dcdkit.DcdGuestFiles, name: str, tmp_path: Path,
-           env: dict[str, str] | None = None, smp: int = 2,
            nvdimm: vmkit.NvdimmSpec | None = None) -> vmkit.Guest:
     paths, assets, _ = dcd
-    for p in (files.qmp, files.ctl):
-        p.unlink(missing_ok=True)
-    argv = dcdkit.qemu_argv(paths, assets, initrd, files, smp=smp, nvdimm=nvdimm,
-                            env={"DCD_CLAIM": _claim_mode(), **(env or {})})
-    return vmkit.Guest(argv, name, GUEST_TIMEOUT_S, tmp_path / f"{name}.log")
+    return dcdkit.start_guest(paths, assets, initrd, files, name, GUEST_TIMEOUT_S,
+                              log_path=tmp_path / f"{name}.log", nvdimm=nvdimm)
 
 
 def _serve(guest: vmkit.Guest, files: dcdkit.DcdGuestFiles, handlers: dict) -> dcdkit.HostSide:
-    host = dcdkit.HostSide(guest, dcdkit.Qmp(files.qmp), dcdkit.Answers(files.ctl))
-    try:
-        host.serve({k: v(host.qmp) for k, v in handlers.items()}, GUEST_TIMEOUT_S)
-    finally:
-        host.answers.close()
-    return host
+    return dcdkit.serve(guest, files, handlers, GUEST_TIMEOUT_S)
 
 
 def _uptimes(res: vmkit.BootResult) -> dict[str, float]:
@@ -333,52 +314,12 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
 # --------------------------------------------------------------------------
 
 
-def two_hosts_scenario(rounds: int) -> str:
-    return f"""
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
-dcd_start_answers
-dcd_make_region
-tm_start
-echo "TM-EVENT: host $TM_HOST ready for {T_SHARED} uptime=$(tm_now)"
-dcd_ask add T
-dcd_claim_unless_daemon {T_SHARED}
-tagmem wait {T_SHARED} --timeout 120
-dcd_until "dcd_state {T_SHARED}" ready 30
-tm_section extents dcd_extents
-tm_section devices dcd_devices
-tm_show {T_SHARED}
-echo "TM-EVENT: pingpong start uptime=$(tm_now)"
-daxmap pingpong $TM_MNT/{T_SHARED}/data "$TM_ROLE" {rounds} 120
-echo "TM-EVENT: pingpong done uptime=$(tm_now)"
-tm_stop
-"""
-
-
 def test_dcd_two_hosts(dcd, guest_tools, vm_timings, tmp_path):
-    import threading
-    backing = dcdkit.backing_file(tmp_path / "dc-shared.img")
-    initrd = _initrd(tmp_path / "two.cpio", two_hosts_scenario(PINGPONG_ROUNDS), dcd, guest_tools)
-    guests, files, errors = [], [], []
+    paths, assets, _ = dcd
+    initrd = _initrd(tmp_path / "two.cpio", dcdkit.two_hosts_scenario(PINGPONG_ROUNDS), dcd,
+                     guest_tools)
     t0 = time.monotonic()
-    for host, role in (("A", "ping"), ("B", "pong")):
-        f = dcdkit.DcdGuestFiles(backing, tmp_path / f"qmp-{host}.sock",
-                                 tmp_path / f"ctl-{host}.sock")
-        files.append(f)
-        guests.append(_start(dcd, initrd, f, f"dcd-host-{host}", tmp_path, smp=1,
-                             env={"TM_HOST": host, "TM_ROLE": role}))
-
-    def serve(g, f):
-        try:
-            _serve(g, f, {"add T": lambda q: lambda: q.add_capacity(T_SHARED, SHARED_EXTENTS)})
-        except Exception as exc:  # reported after the guests end
-            errors.append(exc)
-            g.kill()
-    threads = [threading.Thread(target=serve, args=gf, daemon=True) for gf in zip(guests, files)]
-    for t in threads:
-        t.start()
-    a, b = tagmemvm.wait_all(guests)
-    for t in threads:
-        t.join(10)
+    (a, b), errors = dcdkit.run_two_hosts(paths, assets, initrd, tmp_path, GUEST_TIMEOUT_S)
     vm_timings["dcd two hosts wall"] = f"{time.monotonic() - t0:.1f}s"
     vm_timings["dcd host A"] = a.summary()
     vm_timings["dcd host B"] = b.summary()
