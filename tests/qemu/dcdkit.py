@@ -535,10 +535,11 @@ tm_stop
 
 def run_two_hosts(paths: DcdPaths, dcd_assets: vmkit.Assets, initrd: Path, workdir: Path,
                   timeout_s: float, *, echo: bool | None = None,
-                  on_add=None, log: vmkit.Log = vmkit._default_log):
+                  on_start=None, on_add=None, log: vmkit.Log = vmkit._default_log):
     """Host A (ping) and host B (pong), one backing file: each is given
-    SHARED_EXTENTS with SHARED_TAG over its own QMP when it asks. ``on_add``
-    (host letter) is called after each add. Returns (results, errors)."""
+    SHARED_EXTENTS with SHARED_TAG over its own QMP when it asks.
+    ``on_start(host letter, guest)`` is called once each guest runs,
+    ``on_add(host letter)`` after each add. Returns (results, errors)."""
     import threading
     backing = backing_file(workdir / "dc-shared.img")
     guests, files, errors = [], [], []
@@ -548,6 +549,8 @@ def run_two_hosts(paths: DcdPaths, dcd_assets: vmkit.Assets, initrd: Path, workd
         guests.append(start_guest(paths, dcd_assets, initrd, f, f"dcd-host-{host}", timeout_s,
                                   log_path=workdir / f"dcd-host-{host}.log", smp=1, echo=echo,
                                   env={"TM_HOST": host, "TM_ROLE": role}, log=log))
+        if on_start:
+            on_start(host, guests[-1])
 
     def one(g: vmkit.Guest, f: DcdGuestFiles, host: str) -> None:
         def add(q: Qmp):
