@@ -297,6 +297,10 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
     assert became_ready(by_tag.get(T2, [])) == 1, by_tag
     assert by_tag.get(T3) == [("added", "offered"), ("removed", "offered")], by_tag
     assert set(by_tag) == {T1, T2, T3}, by_tag
+    # The release of the claimed T2: the kernel keeps device and extents
+    # (recorded below); tagmem must keep showing T2 as it is.
+    assert section(res, "state-T2-after-release").strip() == "ready"
+    assert T2 in section(res, "ls-release-T2").split()
     # What the release of a claimed tag did (recorded, not assumed).
     vm_timings["dcd release of claimed T2"] = (
         f"state after: {section(res, 'state-T2-after-release').strip()!r}; extents: "
