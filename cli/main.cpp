@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // tagmem(1): list tagged memory, show one tag, resolve a tag to its device,
 // and (root, opted in) make a tag's memory system RAM and back.
+#include "claim_command.hpp"
 #include "exit_codes.hpp"
 #include "format.hpp"
 #include "memory_change.hpp"
@@ -224,6 +225,13 @@ int run(int argc, char** argv) {
     for (auto* sub : {online, offline})
         sub->add_option("tag", change_tag, "the tag (UUID)")->required();
 
+    // tagmem claim: root; offered DCD capacity becomes the tag's devdax.
+    std::string claim_tag;
+    auto* claim = app.add_subcommand(
+        "claim", "make a tag's offered CXL Dynamic Capacity its devdax device (root); exit 0 "
+                 "also if claimed already; refusals exit 3-5, 10, 13-15");
+    claim->add_option("tag", claim_tag, "the tag (UUID)")->required();
+
     WatchOptions wopt;
     auto* wait = app.add_subcommand(
         "wait", "wait until a tag is usable at <mount>/<tag>/data; exit 6 on timeout");
@@ -269,6 +277,8 @@ int run(int argc, char** argv) {
         return cmd_memory_change(MemoryChange::online, change_tag, opt.query);
     if (*offline)
         return cmd_memory_change(MemoryChange::offline, change_tag, opt.query);
+    if (*claim)
+        return cmd_claim(claim_tag, opt.query);
     if (*vm_args)
         return cmd_vm_args(opt.query, vopt);
     if (*wait)

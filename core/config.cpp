@@ -16,6 +16,15 @@ namespace tagmem {
 namespace {
 
 constexpr std::string_view kTagPrefix = "tag ";
+constexpr std::string_view kDefaults = "defaults";
+
+Result<ClaimMode> parse_claim(std::string_view value) {
+    if (value == "auto")
+        return ClaimMode::automatic;
+    if (value == "manual")
+        return ClaimMode::manual;
+    return make_error(EINVAL, "expected auto or manual");
+}
 constexpr std::size_t kMaxNameLength = 128;
 
 struct ParseState {
@@ -25,6 +34,8 @@ struct ParseState {
     bool current_bad = false;
     std::set<std::string> keys_seen;
     std::set<Uuid> sections_seen;
+    bool in_defaults = false;      // the [defaults] section, not a tag's
+    bool defaults_seen = false;    // [defaults] may appear once
     int online_shareable_line = 0; // where online-shareable = allow was said
     int lines_read = 0;            // counted by read_ini_line
 
@@ -40,18 +51,30 @@ struct ParseState {
             current_bad = true;
         }
         online_shareable_line = 0;
-        if (current && !current_bad)
+        if (current && !current_bad && !in_defaults)
             config.tags.emplace(current->tag, *current);
         current.reset();
         current_bad = false;
+        in_defaults = false;
         keys_seen.clear();
     }
 
     void start_section(const std::string& section, int line) {
         finish_section();
         current_section = section;
+        if (section == kDefaults) {
+            current = TagConfig{}; // holds no tag: finish_section() drops it
+            current->line = line;
+            in_defaults = true;
+            if (defaults_seen) {
+                error(line, "[defaults] is given twice");
+                current_bad = true;
+            }
+            defaults_seen = true;
+            return;
+        }
         if (!section.starts_with(kTagPrefix)) {
-            error(line, fmt::format("unknown section [{}] (expected [tag <uuid>])",
+            error(line, fmt::format("unknown section [{}] (expected [tag <uuid>] or [defaults])",
                                     escaped_for_display(section)));
             current = TagConfig{};
             current_bad = true;
@@ -92,6 +115,15 @@ struct ParseState {
                                     escaped_for_display(value), why));
             current_bad = true;
         };
+        if (in_defaults) {
+            if (name != "claim")
+                return bad("unknown key in [defaults] (known: claim)");
+            auto mode = parse_claim(value);
+            if (!mode)
+                return bad(mode.error().message);
+            config.claim = *mode;
+            return;
+        }
         if (name == "name") {
             if (value.empty() || value.size() > kMaxNameLength)
                 return bad(fmt::format("a name must be 1 to {} characters", kMaxNameLength));
@@ -134,9 +166,14 @@ struct ParseState {
                 t.online_shareable = *allow;
                 online_shareable_line = line;
             }
+        } else if (name == "claim") {
+            auto mode = parse_claim(value);
+            if (!mode)
+                return bad(mode.error().message);
+            t.claim = *mode;
         } else {
             bad("unknown key (known: name, shareable, owner, group, mode, match-range, "
-                "match-node, online, online-shareable)");
+                "match-node, online, online-shareable, claim)");
         }
     }
 };

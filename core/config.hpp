@@ -12,6 +12,10 @@
 //   mode        = 0660
 //   online      = allow      # tagmem online may make it system RAM
 //   online-shareable = allow # ... even though it is shareable
+//   claim       = manual     # offered DCD capacity waits for `tagmem claim`
+//
+//   [defaults]               # what applies to every tag not saying otherwise
+//   claim       = manual
 //
 // match-* tag memory that carries no UUID of its own; owner/group/mode decide
 // who may open the tag's data (default root:root 0600). See tagmem.conf(5).
@@ -45,6 +49,10 @@ struct PhysRange {
     auto operator<=>(const PhysRange&) const = default;
 };
 
+// Whether tagmemfs claims a tag's offered CXL Dynamic Capacity as devdax by
+// itself (docs/dcd.md). Claiming never onlines anything.
+enum class ClaimMode : std::uint8_t { automatic, manual };
+
 struct TagConfig {
     Uuid tag;
     int line = 0; // where the section starts, for messages
@@ -61,6 +69,7 @@ struct TagConfig {
     // cannot know.
     bool online = false;
     bool online_shareable = false;
+    std::optional<ClaimMode> claim; // unset: Config::claim
 
     bool has_match() const { return match_range || match_node; }
 };
@@ -68,7 +77,14 @@ struct TagConfig {
 struct Config {
     std::string origin; // file the configuration came from, for messages
     std::map<Uuid, TagConfig> tags;
-    std::vector<std::string> errors; // one line per problem, with file:line
+    std::vector<std::string> errors;        // one line per problem, with file:line
+    ClaimMode claim = ClaimMode::automatic; // [defaults] claim
+
+    // The claim mode in force for a tag: its own section's, else [defaults].
+    ClaimMode claim_mode(const Uuid& tag) const {
+        const TagConfig* t = find(tag);
+        return t && t->claim ? *t->claim : claim;
+    }
 
     const TagConfig* find(const Uuid& tag) const {
         auto it = tags.find(tag);

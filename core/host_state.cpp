@@ -124,16 +124,11 @@ void HostState::load_device(const DaxDevice& listed, std::set<Uuid>& touched,
     if (!reading) {
         if (is_transient(reading.error().code))
             return keep(dev.name, previous, reading.error(), touched);
-        // A device with a uuid attribute sits in a DC region, whose extents
-        // count (as offered tags) even when this device is rejected. (An
-        // accepted device's reading says so itself: complete_probe reads them.)
-        if (!cache_.regions().contains(dev.region_path())) {
-            auto uuid = os_.lstat_node(dev.sysfs_path() + "/uuid");
-            if (!uuid && is_transient(uuid.error().code))
-                return keep(dev.name, previous, uuid.error(), touched);
-            if (uuid)
-                (void)cache_.extents(dev.region_path());
-        }
+        // A device of a DC region: the region's extents count (as offered
+        // tags) even when this device is rejected. (An accepted device's
+        // reading says so itself: complete_probe reads them.)
+        if (is_dc_region_path(dev.region_path()) && !cache_.regions().contains(dev.region_path()))
+            (void)cache_.extents(dev.region_path());
         rejected_[dev.name] = {dev.name, reading.error().message};
         return;
     }

@@ -82,6 +82,14 @@ Status read_nvdimm_tag(ProbedDevice& p, DeviceNotes& notes, HostOs& os) {
 
 } // namespace
 
+bool is_dc_region_path(std::string_view region_path) {
+    auto name = base_name(region_path);
+    if (!name.starts_with("dax_region"))
+        return false;
+    name.remove_prefix(std::string_view("dax_region").size());
+    return !name.empty() && name.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
 Result<DevNumber> verify_device_node(const DaxDevice& dev, HostOs& os,
                                      std::optional<unsigned> dax_major) {
     auto sys_devno = read_attr(os, dev.sysfs_path() + "/dev", parse_dev_number);
@@ -323,11 +331,16 @@ Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
     if (*numa)
         p.numa_node = static_cast<int>(**numa);
 
-    // 1. CXL DCD: the device's own uuid attribute.
+    // 1. CXL DCD: the device's own uuid attribute. Since the DCD series
+    // (v11) every dax device has one, reading the null UUID unless tagged DC
+    // capacity backs it, so its presence says nothing; a null UUID is "no
+    // tag", and the device may still carry one of another source.
     auto uuid_text = os.read_file(dev.sysfs_path() + "/uuid");
-    if (uuid_text || uuid_text.error().code != ENOENT) {
-        auto tag = uuid_text ? parse_attr(dev.sysfs_path() + "/uuid", *uuid_text, parse_tag_attr)
-                             : Result<std::optional<Uuid>>(uuid_text.error());
+    if (!uuid_text && uuid_text.error().code != ENOENT)
+        return make_error(uuid_text.error().code,
+                          fmt::format("malformed tag: {}", uuid_text.error().message));
+    if (uuid_text) {
+        auto tag = parse_attr(dev.sysfs_path() + "/uuid", *uuid_text, parse_tag_attr);
         if (!tag)
             return make_error(tag.error().code,
                               fmt::format("malformed tag: {}", tag.error().message));
@@ -335,8 +348,13 @@ Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
             p.tag = **tag;
             p.source = TagSource::dcd;
         }
-        r.dc_region = true;
-    } else {
+    }
+    // The CXL DAX region device is named dax_regionN (the kernel's
+    // "dax_region%d"); NVDIMM dax regions live in an nd_dax device (daxR.N)
+    // and hmem ones in hmem.N. Only a DC region has extents, read from the
+    // name alone: no syscall for the thousands of devices of other kinds.
+    r.dc_region = is_dc_region_path(dev.region_path());
+    if (!p.tag && !r.dc_region) {
         // 2. NVDIMM: the namespace behind the nd_dax device.
         if (auto ok = read_nvdimm_tag(p, notes, os); !ok)
             return make_error(ok.error().code,

@@ -87,7 +87,7 @@ class ScanCache {
 struct DeviceReading {
     ProbedDevice probed;
     DeviceNotes notes;
-    bool dc_region = false; // the device has a uuid attribute: its region has extents
+    bool dc_region = false; // it sits in a CXL DAX region, which has extents
 };
 Result<DeviceReading> read_device(const DaxDevice& dev, HostOs& os,
                                   std::optional<unsigned> dax_major);
@@ -95,6 +95,11 @@ ProbedDevice complete_probe(DeviceReading reading, ScanCache& cache);
 
 // The checks alone; the device number they verified, the one its node
 // must be made with.
+// Whether a dax device's region path (the parent of its sysfs directory)
+// is a CXL DAX region, which may hold DC extents: the kernel names those
+// devices dax_regionN, and no other dax region is so named.
+bool is_dc_region_path(std::string_view region_path);
+
 Result<DevNumber> verify_device_node(const DaxDevice& dev, HostOs& os,
                                      std::optional<unsigned> dax_major);
 

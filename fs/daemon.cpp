@@ -4,6 +4,7 @@
 #include "badblocks_watch.hpp"
 #include "cdi.hpp"
 #include "cdi_file.hpp"
+#include "claimer.hpp"
 #include "config.hpp"
 #include "cxl_poison.hpp"
 #include "cxl_poison_watch.hpp"
@@ -103,6 +104,13 @@ class Daemon {
     void rescan(const char* why);
     void on_uevents();
     void publish(const TagDelta& delta, const char* why);
+    // Offered DCD capacity that tagmem.conf leaves to tagmemfs is claimed as
+    // devdax (core/claim.hpp) once published as offered: the claimed
+    // devices are read again, a failure is shown in the tag's reason.
+    void claim_offered(const TagDelta& delta);
+    // SIGHUP: every offered tag is tried again, under the configuration
+    // just read (a rescan republishes only what changed).
+    void retry_claims();
     void write_cdi(const std::vector<Uuid>& tags);
     void event_loop();
     // What failed to read (or a node that could not be made) is retried
@@ -148,6 +156,7 @@ class Daemon {
     std::optional<UeventMonitor> uevents_;
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
+    Claimer claimer_;           // event thread, as state_
     CdiSet cdi_devices_;        // follows every delta, from the first scan on
     std::optional<CdiDir> cdi_; // open once the mount serves
     Fd rescan_event_;
@@ -181,7 +190,7 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     std::vector<std::string> stale;
     TagDelta shown = delta;
     for (auto& r : shown.upserts)
-        r = with_health(std::move(r));
+        r = claimer_.shown(with_health(std::move(r)));
     for (auto& r : shown.upserts) {
         const bool failed_before = node_failed_.erase(r->tag) > 0;
         if (!r->usable()) {
@@ -225,6 +234,29 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 why);
     if (watchers_)
         watchers_->publish(changes.events);
+    claim_offered(delta);
+}
+
+void Daemon::retry_claims() {
+    claimer_.forget();
+    TagDelta offered;
+    for (auto& r : state_.snapshot().tags)
+        if (r.state == TagState::offered)
+            offered.upserts.push_back(std::make_shared<const TagRecord>(std::move(r)));
+    claim_offered(offered);
+}
+
+void Daemon::claim_offered(const TagDelta& delta) {
+    auto outcome = claimer_.claim(delta, config_, real_host_os());
+    if (!outcome.failed.empty()) {
+        TagDelta failed;
+        failed.upserts = std::move(outcome.failed);
+        publish(failed, "claim");
+    }
+    // The kernel raises no uevent for a `uuid` write, and a bind event may
+    // come late or never (no udev, a lost event): read the devices now.
+    if (!outcome.claimed.empty())
+        publish(state_.refresh(outcome.claimed), "claim");
 }
 
 // Only the files of the tags whose spec changed: a change costs one small
@@ -577,6 +609,7 @@ void Daemon::event_loop() {
                            static_cast<unsigned long long>(now.tv_sec) * 1000000ULL +
                                static_cast<unsigned long long>(now.tv_nsec) / 1000ULL);
                 rescan("SIGHUP");
+                retry_claims();
                 sd_notify(0, "READY=1");
             }
             if (fds[2].revents)

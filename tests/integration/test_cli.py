@@ -109,6 +109,7 @@ def _man_options(page) -> set[str]:
     ([str(TAGMEM), "online"], "tagmem.1"),
     ([str(TAGMEM), "offline"], "tagmem.1"),
     ([str(TAGMEM), "vm-args"], "tagmem.1"),
+    ([str(TAGMEM), "claim"], "tagmem.1"),
     ([str(TAGMEMFS)], "tagmemfs.8"),
 ])
 def test_man_page_documents_every_option(argv, page):
@@ -120,7 +121,7 @@ def test_man_page_options_exist():
     for argv, page in (([str(TAGMEM)], "tagmem.1"), ([str(TAGMEMFS)], "tagmemfs.8")):
         helped = set()
         subs = ([], ["list"], ["show"], ["resolve"], ["wait"], ["watch"], ["cdi"], ["online"],
-                ["offline"], ["vm-args"])
+                ["offline"], ["vm-args"], ["claim"])
         for sub in subs if page == "tagmem.1" else ([],):
             helped |= _help_options(argv + sub)
         stale = _man_options(page) - helped - {"--help"}

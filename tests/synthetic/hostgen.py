@@ -363,7 +363,18 @@ class Host:
     are applied after rendering, in call order, so they can break anything.
     """
 
-    def __init__(self) -> None:
+    #: The sysfs layouts tagmem reads (docs/sysfs-layout.md). "v11": the DCD
+    #: series as a v11 kernel makes it: every dax device has `uuid` (the null
+    #: UUID unless tagged DC capacity backs it), every extent has `uuid` (null
+    #: when untagged), the DAX region of a DC region sits on the cxl bus.
+    #: "early": what the series' documentation described before: `uuid` only
+    #: on DC devices, and only on tagged extents.
+    ABIS = ("v11", "early")
+
+    def __init__(self, abi: str = "v11") -> None:
+        if abi not in self.ABIS:
+            raise ValueError(f"abi {abi!r}: expected one of {self.ABIS}")
+        self.abi = abi
         self.devices: dict[str, DaxDevice] = {}
         self.nodes: dict[int, NodePerf] = {}
         self._regions: list[_DaxRegion] = []
@@ -487,7 +498,7 @@ class Host:
             w.file(f"bus/dax/{attr}", "1\n" if attr == "drivers_autoprobe" else "")
         for drv in ("device_dax", "kmem"):
             for attr in ("bind", "unbind", "new_id", "remove_id", "uevent"):
-                w.file(f"bus/dax/drivers/{drv}/{attr}", "")
+                w.file(f"bus/dax/drivers/{drv}/{attr}", "", private=True)
         w.file(f"{_MEMORY}/block_size_bytes", f"{MEMORY_BLOCK_SIZE:x}\n")
         w.file(f"{_MEMORY}/auto_online_blocks", "offline\n")
 
@@ -555,6 +566,11 @@ def _write_dcd_region(w: "_TreeWriter", region: DcdRegion) -> None:
         w.file(f"{ext.sysfs_dir}/length", f"{ext.length:#x}\n")
         if ext.uuid is not None:
             w.file(f"{ext.sysfs_dir}/uuid", f"{ext.uuid}\n")
+        elif region.host.abi == "v11":
+            w.file(f"{ext.sysfs_dir}/uuid", f"{ZERO_UUID}\n")
+    if region.host.abi == "v11":
+        w.file(f"{region.dax_dir}/devtype", "cxl_dax_region\n")
+        w.link(f"{region.dax_dir}/subsystem", "bus/cxl")
 
 
 def _write_nvdimm_region(w: "_TreeWriter", region: NvdimmRegion) -> None:
@@ -592,8 +608,8 @@ def _write_dax_region(w: "_TreeWriter", region: _DaxRegion, major: int) -> None:
     if region.dynamic:
         w.file(f"{attrs}/available_size", f"{region.available_size}\n")
         w.file(f"{attrs}/seed", f"{region.seed}\n")
-        w.file(f"{attrs}/create", "")
-        w.file(f"{attrs}/delete", "")
+        w.file(f"{attrs}/create", "", private=True)
+        w.file(f"{attrs}/delete", "", private=True)
     for dev in region.devices:
         _write_dax_device(w, dev, major)
 
@@ -609,8 +625,13 @@ def _write_dax_device(w: "_TreeWriter", dev: DaxDevice, major: int) -> None:
     w.file(f"{top}/resource", f"{dev.resource:#x}\n")
     w.file(f"{top}/target_node", f"{dev.target_node}\n")
     w.file(f"{top}/numa_node", f"{dev.numa_node}\n")
-    if dev.uuid is not None:
-        w.file(f"{top}/uuid", f"{dev.uuid}\n")
+    dc = isinstance(dev.region, DcdRegion)
+    uuid = dev.uuid
+    if uuid is None and dev.region.host.abi == "v11":
+        uuid = ZERO_UUID  # every dax device has one on a DCD kernel
+    if uuid is not None:
+        # A DC device's is written to claim it (a seed's): its own inode.
+        w.file(f"{top}/uuid", f"{uuid}\n", private=dc)
     pgoff = 0
     for i, (start, length) in enumerate(dev.mappings):
         w.file(f"{top}/mapping{i}/start", f"{start:#x}\n")
@@ -669,10 +690,13 @@ class _TreeWriter:
             os.mkdir(self._top + rel)
         self._dirs.add(rel)
 
-    def file(self, rel: str, text: str) -> None:
+    def file(self, rel: str, text: str, private: bool = False) -> None:
+        """An attribute file; identical ones share an inode unless `private`
+        (an attribute a test lets tagmem write: the write must land there
+        alone)."""
         self.dir(rel.rpartition("/")[0])
         data, path = text.encode(), self._top + rel
-        first = self._shared.get(data)
+        first = None if private else self._shared.get(data)
         if first is not None:
             try:
                 os.link(first, path)
@@ -685,7 +709,8 @@ class _TreeWriter:
             os.write(fd, data)
         finally:
             os.close(fd)
-        self._shared[data] = path
+        if not private:
+            self._shared[data] = path
 
     def link(self, rel: str, target: str) -> None:
         """Symlink `rel` to `target` (both relative to /sys), relative like sysfs."""
@@ -844,15 +869,16 @@ def empty() -> Host:
     return Host()
 
 
-def dcd() -> Host:
-    """One DC region 0 at 64 GiB, target node 1 (CXL_NODE_PERF).
+def dcd(abi: str = "v11") -> Host:
+    """One DC region 0 at 64 GiB, target node 1 (CXL_NODE_PERF), in the
+    layout `abi` (Host.ABIS; scenario "dcd-early" is the earlier one).
 
     Expect: dax0.0 = TAG_A (two extents: 1 GiB + 512 MiB, two mappings),
     dax0.1 = TAG_B (256 MiB), dax0.2 untagged (all-zero uuid, 256 MiB),
     dax0.3 the seed (size 0, disabled, all-zero uuid; `daxctl list` shows it
     only with -i). TAG_C is offered by extent0.4 (1 GiB) but no device holds it.
     """
-    h = Host()
+    h = Host(abi)
     h.node(1, **CXL_NODE_PERF)
     r = h.dcd_region(region_id=0, base=0x10_0000_0000, size=16 * GiB)
     r.extent(offset=0, length=GiB, uuid=TAG_A)
@@ -1000,7 +1026,7 @@ def many(n: int) -> Host:
 
 
 SCENARIOS = {
-    "empty": empty, "dcd": dcd, "nvdimm": nvdimm, "config-only": config_only,
+    "empty": empty, "dcd": dcd, "dcd-early": lambda: dcd("early"), "nvdimm": nvdimm, "config-only": config_only,
     "mixed": mixed, "conflict": conflict, "system-ram": system_ram, "malformed": malformed,
 }
 

@@ -422,6 +422,39 @@ TEST_F(ProbeNvdimm, NamespaceTagAndInfoblockAsTheKernelPrintsThem) {
     EXPECT_THAT(p.notes->warnings, IsEmpty());
 }
 
+// A DCD kernel (series v11) gives every dax device a `uuid` attribute,
+// the null UUID unless tagged DC capacity backs it: the namespace's tag
+// still counts, and the device's region has no extents to read.
+TEST_F(ProbeNvdimm, NullDeviceUuidOfADcdKernelKeepsTheNamespaceTag) {
+    DaxDevice d = os.add_nvdimm_device({}, kTag, kInfo);
+    os.add_file(d.sysfs_path() + "/uuid", std::string(kNil) + "\n");
+    ProbedDevice p = probe_ok(d);
+    EXPECT_EQ(p.tag, U(kTag));
+    EXPECT_EQ(p.source, TagSource::nvdimm);
+    EXPECT_THAT(p.extents, IsEmpty());
+    EXPECT_EQ(os.list_count(d.region_path()), 0); // no extent listing outside DC regions
+}
+
+TEST(ProbeHmem, NullDeviceUuidIsNoTag) {
+    FakeHostOs os;
+    DaxDevice d = os.add_hmem_device({});
+    os.add_file(d.sysfs_path() + "/uuid", "00000000-0000-0000-0000-000000000000\n");
+    ScanCache cache(os);
+    auto p = probe_device(d, os, cache);
+    ASSERT_TRUE(p.ok()) << p.error().message;
+    EXPECT_FALSE(p->tag.has_value());
+    EXPECT_FALSE(is_dc_region_path(d.region_path()));
+}
+
+TEST(ProbeDcd, OnlyDaxRegionNDirectoriesAreDcRegions) {
+    EXPECT_TRUE(is_dc_region_path("/sys/devices/platform/ACPI0017:00/root0/decoder0.0/region0/"
+                                  "dax_region0"));
+    EXPECT_TRUE(is_dc_region_path("/x/dax_region12"));
+    for (const char* no : {"/x/dax_region", "/x/dax_region1a", "/sys/devices/platform/hmem.0",
+                           "/x/region0/dax0.1", "/x/dax_regionx", ""})
+        EXPECT_FALSE(is_dc_region_path(no)) << no;
+}
+
 TEST_F(ProbeNvdimm, UuidFilesWithoutNewlineToo) {
     DaxDevice d = os.add_nvdimm_device({}, kTag, kInfo);
     os.add_file(namespace_uuid_path(d), kTag);

@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: Apache-2.0
+// Claiming offered CXL Dynamic Capacity as a devdax device (docs/dcd.md).
+//
+// On a DCD kernel, capacity an orchestrator adds with a tag arrives as
+// extents of a DC region; no dax device holds it yet ("offered"). Writing
+// the tag to a 0-size "seed" device's `uuid` makes the kernel carve every
+// extent carrying that tag into that device, which device_dax then serves.
+// That is the whole claim: nothing is onlined, no memory is touched, and
+// untagged capacity (the null UUID) is never claimed: it has no identity an
+// application could ask for.
+#pragma once
+
+#include "config.hpp"
+#include "result.hpp"
+#include "tag_record.hpp"
+
+#include <optional>
+#include <string>
+
+namespace tagmem {
+
+class HostOs;
+
+// Why this offered tag must not be claimed as it stands, or nullopt. The
+// kernel builds one device of all of a tag's extents, so a tag whose
+// extents lie in several regions, overlap, or are not aligned to
+// `align` (the region's, 2 MiB unless it says otherwise) is refused with
+// the reason, never claimed in part.
+std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t align = 2u << 20);
+
+// Whether tagmemfs claims this offered tag by itself under `config`.
+bool claims_automatically(const Config& config, const Uuid& tag);
+
+// Claims an offered tag: takes the region's 0-size seed (asking the region
+// for one when it has none), writes the tag to its `uuid`, and binds it to
+// device_dax. Returns the device's name (daxR.N). On failure nothing
+// tagmem wrote is left half-done where it can be undone: a seed that took
+// the tag but would not bind keeps the tag (the kernel has no un-claim
+// short of destroying the device), and the error says so.
+Result<std::string> claim_offered(const TagRecord& offered, HostOs& os);
+
+} // namespace tagmem

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: Apache-2.0
+// Claiming offered CXL Dynamic Capacity (core/claim.hpp) on the fake host:
+// what is written where, and every refusal with nothing written.
+#include "claim.hpp"
+
+#include "discovery.hpp"
+#include "fake_host_os.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace tagmem {
+namespace {
+
+using fake::DaxSpec;
+using fake::FakeHostOs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Pair;
+
+constexpr const char* kTag = "5be13bce-ae34-4a77-b6c3-16df975fcf1a";
+constexpr const char* kOther = "6f1c2d3e-0000-4000-8000-000000000002";
+constexpr const char* kNil = "00000000-0000-0000-0000-000000000000";
+constexpr std::uint64_t kMiB = 1ull << 20;
+constexpr const char* kRegionDir =
+    "/sys/devices/platform/ACPI0017:00/root0/decoder0.0/region0/dax_region0";
+
+Uuid U(const char* text) {
+    return Uuid::parse(text).value_or(Uuid());
+}
+
+// A DC region as a v11 kernel leaves it after the region is made: a 0-size
+// seed dax0.0 without a driver, its uuid the null UUID.
+DaxDevice add_seed(FakeHostOs& os, int id = 0) {
+    return os.add_dcd_device(DaxSpec{}.at(0, id).range(0x3d0000000, 0).in_mode(DevMode::disabled),
+                             kNil);
+}
+
+TagRecord offered(const char* tag, std::vector<Extent> extents) {
+    TagRecord r;
+    r.tag = U(tag);
+    r.source = TagSource::dcd;
+    r.state = TagState::offered;
+    r.offered_extents = std::move(extents);
+    return r;
+}
+
+Extent extent(std::uint32_t region, std::uint32_t index, std::uint64_t offset, std::uint64_t length,
+              const char* tag = kTag) {
+    return Extent{ExtentName{region, index}, offset, length, U(tag)};
+}
+
+TEST(Claim, WritesTheTagToTheSeedAndBindsIt) {
+    FakeHostOs os;
+    DaxDevice seed = add_seed(os);
+    os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
+    auto device = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_TRUE(device.ok()) << device.error().message;
+    EXPECT_EQ(*device, "dax0.0");
+    EXPECT_THAT(os.writes(), ElementsAre(Pair("/sys/bus/dax/devices/dax0.0/uuid", kTag)));
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+}
+
+TEST(Claim, TheScanFindsTheTagOfferedAndTheSeedUntagged) {
+    FakeHostOs os;
+    DaxDevice seed = add_seed(os);
+    os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
+    os.add_dcd_extent(seed, 2, 256 * kMiB, 256 * kMiB, std::string(kNil)); // untagged
+    auto scan = scan_host(Config{}, os);
+    ASSERT_TRUE(scan.ok()) << scan.error().message;
+    ASSERT_EQ(scan->tags.size(), 1u); // the null UUID is no tag
+    EXPECT_EQ(scan->tags[0].tag, U(kTag));
+    EXPECT_EQ(scan->tags[0].state, TagState::offered);
+    ASSERT_EQ(scan->tags[0].offered_extents.size(), 1u);
+    EXPECT_EQ(scan->tags[0].offered_extents[0].name, "extent0.1");
+    ASSERT_EQ(scan->untagged.size(), 1u);
+    EXPECT_EQ(scan->untagged[0].device, "dax0.0");
+}
+
+TEST(Claim, SkipsDevicesThatAreNoSeed) {
+    FakeHostOs os;
+    // 0 bytes but bound, 0 bytes but tagged (being torn down), claimed: none is a seed.
+    os.add_dcd_device(DaxSpec{}.at(0, 0).range(0x3d0000000, 0), kNil);
+    os.add_dcd_device(DaxSpec{}.at(0, 1).range(0x3d0000000, 0).in_mode(DevMode::disabled), kOther);
+    os.add_dcd_device(DaxSpec{}.at(0, 2).range(0x3d0000000, 256 * kMiB), kOther);
+    DaxDevice seed = add_seed(os, 3);
+    os.add_dcd_extent(seed, 1, 256 * kMiB, 256 * kMiB, std::string(kTag));
+    auto device = claim_offered(offered(kTag, {extent(0, 1, 256 * kMiB, 256 * kMiB)}), os);
+    ASSERT_TRUE(device.ok()) << device.error().message;
+    EXPECT_EQ(*device, "dax0.3");
+}
+
+TEST(Claim, AsksTheRegionForASeedWhenItHasNone) {
+    FakeHostOs os;
+    DaxDevice claimed =
+        os.add_dcd_device(DaxSpec{}.at(0, 0).range(0x3d0000000, 256 * kMiB), kOther);
+    os.add_file(std::string(kRegionDir) + "/dax_region/create", "");
+    os.add_dcd_extent(claimed, 2, 512 * kMiB, 256 * kMiB, std::string(kTag));
+    auto device = claim_offered(offered(kTag, {extent(0, 2, 512 * kMiB, 256 * kMiB)}), os);
+    // The fake makes no device of the write, as a kernel without capacity
+    // would not: the claim says so and writes no tag anywhere.
+    ASSERT_FALSE(device.ok());
+    EXPECT_EQ(device.error().code, ENODEV);
+    EXPECT_THAT(device.error().message, HasSubstr("made no seed"));
+    EXPECT_THAT(os.writes(),
+                ElementsAre(Pair(std::string(kRegionDir) + "/dax_region/create", "1")));
+    EXPECT_THAT(os.enabled(), IsEmpty());
+}
+
+TEST(Claim, NoSeedAndNoCreateIsAnError) {
+    FakeHostOs os;
+    DaxDevice claimed =
+        os.add_dcd_device(DaxSpec{}.at(0, 0).range(0x3d0000000, 256 * kMiB), kOther);
+    os.add_dcd_extent(claimed, 2, 512 * kMiB, 256 * kMiB, std::string(kTag));
+    auto device = claim_offered(offered(kTag, {extent(0, 2, 512 * kMiB, 256 * kMiB)}), os);
+    ASSERT_FALSE(device.ok());
+    EXPECT_THAT(device.error().message, HasSubstr("no seed device, and none can be made"));
+}
+
+TEST(Claim, TheKernelRefusingTheTagBindsNothing) {
+    FakeHostOs os;
+    DaxDevice seed = add_seed(os);
+    os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
+    os.fail("/sys/bus/dax/devices/dax0.0/uuid", ENOENT); // released meanwhile
+    auto device = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_FALSE(device.ok());
+    EXPECT_THAT(device.error().message, HasSubstr("the kernel refused to give dax0.0 the tag"));
+    EXPECT_THAT(os.enabled(), IsEmpty());
+}
+
+TEST(Claim, ABindFailureIsReportedWithTheDevice) {
+    FakeHostOs os;
+    DaxDevice seed = add_seed(os);
+    os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
+    os.fail_enable(EBUSY);
+    auto device = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_FALSE(device.ok());
+    EXPECT_THAT(device.error().message,
+                HasSubstr("dax0.0 took the tag but device_dax would not bind it"));
+}
+
+// Inconsistent extents are refused with the reason, and nothing is written.
+TEST(Claim, RefusesInconsistentExtentsWritingNothing) {
+    struct Case {
+        std::vector<Extent> extents;
+        const char* why;
+    };
+    const Case cases[] = {
+        {{extent(0, 1, 0, 256 * kMiB), extent(1, 1, 0, 256 * kMiB)}, "lie in two regions"},
+        {{extent(0, 1, kMiB, 256 * kMiB)}, "is not aligned"},
+        {{extent(0, 1, 0, 3 * kMiB)}, "is not aligned"},
+        {{extent(0, 1, 0, 0)}, "is not aligned"},
+        {{extent(0, 1, 0, 256 * kMiB), extent(0, 2, 128 * kMiB, 256 * kMiB)}, "overlap"},
+        {{}, "no extent carries it"},
+    };
+    for (const auto& c : cases) {
+        FakeHostOs os;
+        DaxDevice seed = add_seed(os);
+        auto record = offered(kTag, c.extents);
+        auto why = claim_refusal(record);
+        ASSERT_TRUE(why.has_value()) << c.why;
+        EXPECT_THAT(*why, HasSubstr(c.why));
+        auto device = claim_offered(record, os);
+        ASSERT_FALSE(device.ok());
+        EXPECT_EQ(device.error().code, EINVAL);
+        EXPECT_THAT(os.writes(), IsEmpty()) << c.why;
+        EXPECT_THAT(os.enabled(), IsEmpty()) << c.why;
+    }
+}
+
+TEST(Claim, OnlyOfferedTagsAreClaimed) {
+    auto r = offered(kTag, {extent(0, 1, 0, 256 * kMiB)});
+    for (TagState s :
+         {TagState::ready, TagState::disabled, TagState::conflict, TagState::system_ram}) {
+        r.state = s;
+        auto why = claim_refusal(r);
+        ASSERT_TRUE(why.has_value());
+        EXPECT_THAT(*why, HasSubstr("not offered"));
+    }
+}
+
+TEST(Claim, PolicyFollowsTheTagThenTheDefaults) {
+    Config c = parse_config("[tag 5be13bce-ae34-4a77-b6c3-16df975fcf1a]\nclaim = manual\n", "t");
+    ASSERT_THAT(c.errors, IsEmpty());
+    EXPECT_FALSE(claims_automatically(c, U(kTag)));
+    EXPECT_TRUE(claims_automatically(c, U(kOther)));
+    c = parse_config("[defaults]\nclaim = manual\n[tag 6f1c2d3e-0000-4000-8000-000000000002]\n"
+                     "claim = auto\n",
+                     "t");
+    ASSERT_THAT(c.errors, IsEmpty());
+    EXPECT_FALSE(claims_automatically(c, U(kTag)));
+    EXPECT_TRUE(claims_automatically(c, U(kOther)));
+    EXPECT_TRUE(claims_automatically(Config{}, U(kTag))); // the default: claim
+}
+
+TEST(Claim, BadClaimSettingsAreErrors) {
+    for (const char* text :
+         {"[defaults]\nclaim = yes\n", "[tag 5be13bce-ae34-4a77-b6c3-16df975fcf1a]\nclaim =\n",
+          "[defaults]\nowner = root\n", "[defaults]\nclaim = auto\n[defaults]\n",
+          "[defaults]\nclaim = auto\nclaim = manual\n"}) {
+        Config c = parse_config(text, "t");
+        EXPECT_FALSE(c.errors.empty()) << text;
+        EXPECT_TRUE(c.tags.empty()) << text;
+    }
+}
+
+} // namespace
+} // namespace tagmem
