@@ -11,8 +11,8 @@ library. What is new here is small:
 * :func:`locate` - the DCD kernel and QEMU (``TAGMEM_DCD_KERNEL``,
   ``TAGMEM_DCD_QEMU``), or a skip (a failure under CI) naming what is missing;
 * :func:`assets` - vmkit Assets for a kernel that has everything built in:
-  an empty module tree, nothing to insmod, so vmkit's base initramfs works
-  unchanged;
+  a module tree with only modules.builtin, nothing to insmod, so vmkit's
+  base initramfs works unchanged;
 * :func:`qemu_argv` - one guest with a CXL type-3 device whose one dynamic
   capacity region is a host file (``share=on``), a QMP socket, and a second
   serial port through which the host answers the guest;
@@ -110,7 +110,7 @@ def locate() -> DcdPaths:
 #: itself, its default) or "guest" (the scenario, by hand, as an
 #: administrator would with a tagmemfs that does not claim).
 #: TAGMEM_DCD_CLAIM overrides.
-DEFAULT_CLAIM = "guest"
+DEFAULT_CLAIM = "daemon"
 
 
 def claim_mode() -> str:
@@ -120,15 +120,46 @@ def claim_mode() -> str:
     return mode
 
 
+#: Drivers of the DCD kernel that user space may ask kmod to load; they are
+#: built in, and a host says so in /lib/modules/<kver>/modules.builtin.
+BUILTIN_MODULES = ("kernel/drivers/dax/device_dax.ko", "kernel/drivers/dax/kmem.ko",
+                   "kernel/drivers/dax/dax_cxl.ko", "kernel/drivers/dax/dax_pmem.ko",
+                   "kernel/drivers/dax/hmem/dax_hmem.ko")
+
+
+def kernel_release(bzimage: Path) -> str:
+    """``uname -r`` of a bzImage: the x86 boot header's kernel_version string
+    (its offset - 0x200 is at 0x20E)."""
+    import struct
+    with open(bzimage, "rb") as fh:
+        head = fh.read(0x10000)
+    off = struct.unpack_from("<H", head, 0x20E)[0] + 0x200
+    return head[off:off + 256].split(b"\0")[0].split()[0].decode()
+
+
 def assets(paths: DcdPaths, cache_dir: Path | None = None) -> vmkit.Assets:
     """vmkit Assets for the DCD kernel: it has no modules (everything is built
-    in), so the module tree is an empty directory and /init loads nothing.
-    vmkit's base initramfs (busybox, ndctl, daxctl, /init, lib.sh) is then
-    built exactly as for Debian's kernels."""
+    in), so /init loads nothing and the module tree holds only what any
+    installed kernel has, modules.builtin and depmod's indexes. Why those:
+    libdaxctl asks libkmod for device_dax before it binds a device, and
+    libkmod only knows a driver is built in from them (without them it
+    fails with ENOENT). vmkit's base initramfs (busybox, ndctl, daxctl,
+    /init, lib.sh) is then built exactly as for Debian's kernels."""
     cache = Path(cache_dir) if cache_dir else vmkit.default_cache_dir()
+    kver = kernel_release(paths.kernel)
     modroot = cache / "dcd" / "modroot"
-    (modroot / "lib" / "modules").mkdir(parents=True, exist_ok=True)
-    return vmkit.Assets(cache_dir=cache, package="dcd-kernel", kver="dcd",
+    mods = modroot / "lib" / "modules" / kver
+    builtin = "".join(m + "\n" for m in BUILTIN_MODULES)
+    if not (mods / "modules.builtin").is_file() or \
+            (mods / "modules.builtin").read_text() != builtin:
+        if (modroot / "lib" / "modules").is_dir():
+            import shutil
+            shutil.rmtree(modroot / "lib" / "modules")
+        mods.mkdir(parents=True)
+        (mods / "modules.builtin").write_text(builtin)
+        (mods / "modules.order").write_text("")
+        vmkit._run(["depmod", "-b", modroot, kver])
+    return vmkit.Assets(cache_dir=cache, package="dcd-kernel", kver=kver,
                         kernel=paths.kernel, modroot=modroot, modules=[], downloaded=False,
                         timings={}, flavor="dcd")
 
