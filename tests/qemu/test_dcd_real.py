@@ -14,7 +14,8 @@ Scenarios (one CTest entry each):
 * qemu_dcd_live: one guest; T1 arrives while `tagmem wait T1` waits, its bytes
   are the host file's; T2 arrives as two extents in one request; T1 again
   (same tag, another range) is dropped by the kernel; a release of the
-  claimed T2 and of the offered (unclaimed) T3; what `tagmem watch` saw.
+  claimed T2 and of the offered (unclaimed) T3; T4 offered, then claimed by
+  `tagmem claim`; what `tagmem watch` saw.
 * qemu_dcd_two_hosts: two guests whose DC regions are one share=on file get
   the same extents with the same tag; both list it, and they ping-pong
   through their mappings of data.
@@ -48,12 +49,14 @@ GUEST_TIMEOUT_S = 240
 T1 = "d1d1d1d1-0017-4000-8000-0000000000d1"
 T2 = "d2d2d2d2-0017-4000-8000-0000000000d2"
 T3 = "d3d3d3d3-0017-4000-8000-0000000000d3"
+T4 = "d4d4d4d4-0017-4000-8000-0000000000d4"
 T_SHARED = dcdkit.SHARED_TAG
 #: (offset, length) in the DC region = in the backing file.
 T1_EXTENTS = [(0, 256 * MiB)]
 T1_AGAIN = [(256 * MiB, 128 * MiB)]  # same tag, new range: the kernel must drop it
 T2_EXTENTS = [(512 * MiB, 128 * MiB), (768 * MiB, 128 * MiB)]
 T3_EXTENTS = [(896 * MiB, 64 * MiB)]
+T4_EXTENTS = [(960 * MiB, 64 * MiB)]
 UNTAGGED_EXTENTS = [(128 * MiB, 64 * MiB)]
 SHARED_EXTENTS = dcdkit.SHARED_EXTENTS
 PATTERN_LEN = 64 * 1024
@@ -123,7 +126,9 @@ def _watch_events(res: vmkit.BootResult) -> list[dict]:
 
 LIVE_CONF = tagmemvm.heredoc("/etc/tagmem/tagmem.conf",
                              f"# T3 stays offered: the host releases it unclaimed\n"
-                             f"[tag {T3}]\nclaim = manual\n")
+                             f"[tag {T3}]\nclaim = manual\n\n"
+                             f"# T4 is claimed by `tagmem claim`\n"
+                             f"[tag {T4}]\nclaim = manual\n")
 
 
 def live_scenario(seeds: dict[str, int]) -> str:
@@ -211,6 +216,23 @@ while ls -1 $TM_MNT | grep -qx {T3}; do
     sleep 0.1
 done
 echo "DCD-EVENT: T3 gone uptime=$(tm_now)"
+
+# T4: offered (claim = manual), then claimed by `tagmem claim` (by hand
+# without a daemon claim).
+dcd_ask add T4
+dcd_wait_extent {T4} 60
+dcd_until "dcd_state {T4}" offered 30
+if [ "$DCD_CLAIM" = daemon ]; then
+    rc=0; tagmem claim {T4} >/tmp/claim.out 2>&1 || rc=$?
+    tm_section claim-T4 cat /tmp/claim.out
+    echo "DCD-RESULT: tagmem claim T4 rc=$rc"
+else
+    dcd_claim {T4}
+fi
+tagmem wait {T4} --timeout 30
+dcd_until "dcd_state {T4}" ready 30
+echo "DCD-EVENT: T4 ready uptime=$(tm_now)"
+tm_section metadata-T4 cat $TM_MNT/{T4}/metadata
 tm_section extents-end dcd_extents
 tm_section ls-end ls -1 $TM_MNT
 sleep 1
@@ -239,6 +261,7 @@ def test_dcd_live(dcd, guest_tools, vm_timings, tmp_path):
             "release T2": lambda q: lambda: q.release_capacity(T2, T2_EXTENTS),
             "add T3": lambda q: lambda: q.add_capacity(T3, T3_EXTENTS),
             "release T3": lambda q: lambda: q.release_capacity(T3, T3_EXTENTS),
+            "add T4": lambda q: lambda: q.add_capacity(T4, T4_EXTENTS),
         })
     finally:
         res = guest.wait()
@@ -281,6 +304,13 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
     assert "data" not in section(res, "ls-T3").split(), "an offered tag has no data"
     assert "DCD-EVENT T3 gone" in up, up
     assert T3 not in section(res, "ls-end").split()
+    # T4: claimed by `tagmem claim` (exit 0), one device with its extent.
+    if dcdkit.claim_mode() == "daemon":
+        assert "DCD-RESULT: tagmem claim T4 rc=0" in res.console, section(res, "claim-T4")
+    m4 = section_json(res, "metadata-T4")
+    assert (m4["state"], m4["size"]) == ("ready", T4_EXTENTS[0][1]), m4
+    assert [(e["offset"], e["length"]) for d in m4["devices"] for e in d["extents"]] == \
+        T4_EXTENTS, m4
     # What tagmem watch saw: T1 and T2 become ready once each (no flapping
     # through another state), T3 is offered, then removed.
     events = _watch_events(res)
@@ -296,7 +326,8 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
     assert became_ready(by_tag.get(T1, [])) == 1, by_tag
     assert became_ready(by_tag.get(T2, [])) == 1, by_tag
     assert by_tag.get(T3) == [("added", "offered"), ("removed", "offered")], by_tag
-    assert set(by_tag) == {T1, T2, T3}, by_tag
+    assert became_ready(by_tag.get(T4, [])) == 1 and by_tag[T4][0] == ("added", "offered"), by_tag
+    assert set(by_tag) == {T1, T2, T3, T4}, by_tag
     # The release of the claimed T2: the kernel keeps device and extents
     # (recorded below); tagmem must keep showing T2 as it is.
     assert section(res, "state-T2-after-release").strip() == "ready"
