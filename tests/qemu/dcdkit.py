@@ -337,6 +337,11 @@ class Answers:
 GUEST_DCD_SH = r"""# CXL DCD guest helpers (generated from tests/qemu/dcdkit.py).
 DCD_CXL=/sys/bus/cxl/devices
 DCD_REGION=
+# With DCD_CLAIM=guest the administrator claims by hand, and tells tagmemfs
+# not to (scenarios append their own sections to this file).
+if [ "${DCD_CLAIM:-daemon}" = guest ]; then
+    printf '# the administrator claims\n[defaults]\nclaim = manual\n\n' >/etc/tagmem/tagmem.conf
+fi
 
 # The administrator's step before any dynamic capacity can be used: a region
 # of the memdev's dynamic_ram_1 partition. No cxl-cli in Debian knows that
@@ -430,8 +435,8 @@ dcd_claim() { # TAG
          "uptime=$(tm_now)"
 }
 
-# With DCD_CLAIM=guest (a daemon without its own claim) the scenario claims
-# the tag by hand; with DCD_CLAIM=daemon tagmemfs does it.
+# With DCD_CLAIM=guest ([defaults] claim = manual) the scenario claims the
+# tag by hand; with DCD_CLAIM=daemon tagmemfs does it.
 dcd_claim_unless_daemon() { # TAG
     if [ "${DCD_CLAIM:-daemon}" = guest ]; then dcd_wait_extent "$1" && dcd_claim "$1"; fi
 }

@@ -124,11 +124,12 @@ def _watch_events(res: vmkit.BootResult) -> list[dict]:
 # a. live: capacity arrives while tagmemfs runs
 # --------------------------------------------------------------------------
 
-LIVE_CONF = tagmemvm.heredoc("/etc/tagmem/tagmem.conf",
-                             f"# T3 stays offered: the host releases it unclaimed\n"
-                             f"[tag {T3}]\nclaim = manual\n\n"
-                             f"# T4 is claimed by `tagmem claim`\n"
-                             f"[tag {T4}]\nclaim = manual\n")
+#: Appended to tagmem.conf (after dcd.sh's [defaults] in guest claim mode).
+LIVE_CONF = (f"cat >>/etc/tagmem/tagmem.conf <<'TM_EOF'\n"
+             f"# T3 stays offered: the host releases it unclaimed\n"
+             f"[tag {T3}]\nclaim = manual\n\n"
+             f"# T4 is claimed by `tagmem claim`\n"
+             f"[tag {T4}]\nclaim = manual\nTM_EOF\n")
 
 
 def live_scenario(seeds: dict[str, int]) -> str:
@@ -138,10 +139,7 @@ dcd_start_answers
 dcd_make_region
 tm_section devices-start dcd_devices
 tm_section extents-start dcd_extents
-if [ "$DCD_CLAIM" = daemon ]; then
-{LIVE_CONF}
-fi
-tm_start
+{LIVE_CONF}tm_start
 tm_section ls-start ls -1 $TM_MNT
 tagmem watch --json >/tmp/watch.out 2>/tmp/watch.err &
 WATCH=$!
