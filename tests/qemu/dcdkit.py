@@ -558,7 +558,7 @@ echo "DCD-EVENT: extent with the tag in sysfs uptime=$(tm_now)"
 dcd_claim_unless_daemon {t}
 tagmem wait {t} --timeout 120
 dcd_until "dcd_state {t}" ready 30
-echo "DCD-EVENT: tag ready in /run/tagmem uptime=$(tm_now)"
+echo "DCD-EVENT: tag ready in /run/tagmem dev=$(readlink $TM_MNT/{t}/dev) uptime=$(tm_now)"
 tm_section extents dcd_extents
 tm_section devices dcd_devices
 tm_show {t}
