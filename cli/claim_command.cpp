@@ -46,6 +46,14 @@ int cmd_claim(const std::string& tag_text, const QueryOptions& opt) {
                     fmt::format("tag {} is in conflict: {}", tag->str(), record->reason));
     if (record->state != TagState::offered) {
         const ProbedDevice* dev = record->device();
+        if (record->source == TagSource::dcd && dev && dev->dev.mode == DevMode::disabled) {
+            // It took the tag but has no driver (a bind that failed before).
+            if (auto bound = bind_claimed(dev->dev.name, os); !bound)
+                return fail(kExitKernelRefused,
+                            fmt::format("claiming tag {}: {}", tag->str(), bound.error().message));
+            fmt::print("tag {} is {} now\n", tag->str(), dev->dev.name);
+            return kExitOk;
+        }
         if (record->source == TagSource::dcd && dev) {
             fmt::print("tag {} is claimed already ({}, {})\n", tag->str(), dev->dev.name,
                        to_string(record->state));
@@ -60,11 +68,14 @@ int cmd_claim(const std::string& tag_text, const QueryOptions& opt) {
         return fail(
             kExitNotClaimable,
             fmt::format("tag {} cannot be claimed: {}; nothing was changed", tag->str(), *why));
-    auto device = claim_offered(*record, os);
-    if (!device)
+    auto claimed = claim_offered(*record, os);
+    if (!claimed)
         return fail(kExitKernelRefused,
-                    fmt::format("claiming tag {} failed: {}", tag->str(), device.error().message));
-    fmt::print("tag {} is {} now\n", tag->str(), *device);
+                    fmt::format("claiming tag {} failed: {}", tag->str(), claimed.error().message));
+    if (!claimed->bound)
+        return fail(kExitKernelRefused,
+                    fmt::format("claiming tag {}: {}", tag->str(), claimed->bound.error().message));
+    fmt::print("tag {} is {} now\n", tag->str(), claimed->device);
     return kExitOk;
 }
 

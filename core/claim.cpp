@@ -71,6 +71,36 @@ Result<std::optional<std::string>> find_seed(const std::string& region_dir, std:
     return std::optional<std::string>();
 }
 
+// The kernel's own bind first: libdaxctl's enable also loads the driver's
+// module through libkmod, which fails where device_dax is built in and no
+// modules.builtin is installed (seen on a DCD guest kernel), and needs
+// CAP_SYS_MODULE. Where the driver is not loaded at all (no bind file),
+// libdaxctl loads it.
+Status bind_claimed_device(const std::string& name, HostOs& os) {
+    constexpr const char* kBind = "/sys/bus/dax/drivers/device_dax/bind";
+    auto written = os.write_file(kBind, name);
+    if (!written && written.error().code == ENOENT) {
+        if (auto enabled = os.enable_devdax(name); !enabled)
+            return make_error(enabled.error().code,
+                              fmt::format("{} took the tag but device_dax would not bind it: {}",
+                                          name, enabled.error().message));
+    } else if (!written) {
+        return make_error(written.error().code,
+                          fmt::format("{} took the tag but device_dax would not bind it: {}", name,
+                                      written.error().message));
+    }
+    // A bind that the driver's probe refused reports success on some
+    // kernels; the driver link is what counts.
+    auto driver = os.link_target(fmt::format("/sys/bus/dax/devices/{}/driver", name));
+    if (!driver)
+        return make_error(driver.error().code,
+                          fmt::format("{} took the tag but device_dax did not bind it", name));
+    if (base_name(*driver) != "device_dax")
+        return make_error(EBUSY, fmt::format("{} took the tag but is bound to {}", name,
+                                             std::string(base_name(*driver))));
+    return Ok{};
+}
+
 } // namespace
 
 std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t align) {
@@ -97,11 +127,15 @@ std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t
     return std::nullopt;
 }
 
+Status bind_claimed(const std::string& device, HostOs& os) {
+    return bind_claimed_device(device, os);
+}
+
 bool claims_automatically(const Config& config, const Uuid& tag) {
     return config.claim_mode(tag) == ClaimMode::automatic;
 }
 
-Result<std::string> claim_offered(const TagRecord& offered, HostOs& os) {
+Result<Claimed> claim_offered(const TagRecord& offered, HostOs& os) {
     if (auto why = claim_refusal(offered))
         return make_error(EINVAL, *why);
     const std::uint32_t region = offered.offered_extents.front().name.region;
@@ -126,19 +160,15 @@ Result<std::string> claim_offered(const TagRecord& offered, HostOs& os) {
         if (!*seed)
             return make_error(ENODEV, fmt::format("dax_region{} made no seed device", region));
     }
-    const std::string& name = **seed;
+    Claimed claimed{**seed, Ok{}};
+    const std::string dir = "/sys/bus/dax/devices/" + claimed.device;
     // ENOENT here is the kernel's "no capacity carries this tag": it went
     // (released) between the scan and now.
-    if (auto ok =
-            os.write_file(fmt::format("/sys/bus/dax/devices/{}/uuid", name), offered.tag.str());
-        !ok)
+    if (auto ok = os.write_file(dir + "/uuid", offered.tag.str()); !ok)
         return make_error(ok.error().code, fmt::format("the kernel refused to give {} the tag: {}",
-                                                       name, ok.error().message));
-    if (auto ok = os.enable_devdax(name); !ok)
-        return make_error(ok.error().code,
-                          fmt::format("{} took the tag but device_dax would not bind it: {}", name,
-                                      ok.error().message));
-    return name;
+                                                       claimed.device, ok.error().message));
+    claimed.bound = bind_claimed_device(claimed.device, os);
+    return claimed;
 }
 
 } // namespace tagmem

@@ -31,12 +31,20 @@ std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t
 // Whether tagmemfs claims this offered tag by itself under `config`.
 bool claims_automatically(const Config& config, const Uuid& tag);
 
+struct Claimed {
+    std::string device; // daxR.N, which took the tag
+    Status bound;       // device_dax serves it, or why not
+};
+
 // Claims an offered tag: takes the region's 0-size seed (asking the region
 // for one when it has none), writes the tag to its `uuid`, and binds it to
-// device_dax. Returns the device's name (daxR.N). On failure nothing
-// tagmem wrote is left half-done where it can be undone: a seed that took
-// the tag but would not bind keeps the tag (the kernel has no un-claim
-// short of destroying the device), and the error says so.
-Result<std::string> claim_offered(const TagRecord& offered, HostOs& os);
+// device_dax. An error: nothing took the tag. A device that took the tag
+// but would not bind keeps it (the kernel has no un-claim short of
+// destroying the device) and says why in `bound`.
+Result<Claimed> claim_offered(const TagRecord& offered, HostOs& os);
+
+// Binds a device that took a tag to device_dax: the kernel's bind file
+// first, libdaxctl (which loads the module) where the driver is not loaded.
+Status bind_claimed(const std::string& device, HostOs& os);
 
 } // namespace tagmem

@@ -14,7 +14,10 @@ Claimer::Outcome Claimer::claim(const TagDelta& delta, const Config& config, Hos
         tried_.erase(tag);
     for (const auto& r : delta.upserts) {
         if (r->state != TagState::offered) {
-            tried_.erase(r->tag);
+            // A device that took the tag but has no driver keeps the
+            // failure as its reason until it is served (or gone).
+            if (r->state != TagState::disabled)
+                tried_.erase(r->tag);
             continue;
         }
         if (!claims_automatically(config, r->tag))
@@ -23,26 +26,29 @@ Claimer::Outcome Claimer::claim(const TagDelta& delta, const Config& config, Hos
         if (!fresh && slot->second.extents == r->offered_extents)
             continue; // tried with exactly these: said already
         slot->second = Tried{r->offered_extents, {}};
-        auto device = claim_offered(*r, os);
-        if (device) {
-            log::info("tag {}: claimed its offered capacity as {}", r->tag.str(), *device);
-            out.claimed.insert(*device);
+        auto claimed = claim_offered(*r, os);
+        if (claimed && claimed->bound) {
+            log::info("tag {}: claimed its offered capacity as {}", r->tag.str(), claimed->device);
+            out.claimed.insert(claimed->device);
             continue;
         }
-        log::warning("tag {}: cannot claim its offered capacity: {}", r->tag.str(),
-                     device.error().message);
-        slot->second.failure = device.error().message;
-        out.failed.push_back(r);
+        const Error& why = claimed ? claimed->bound.error() : claimed.error();
+        log::warning("tag {}: cannot claim its offered capacity: {}", r->tag.str(), why.message);
+        slot->second.failure = why.message;
+        if (claimed)
+            out.claimed.insert(claimed->device); // it took the tag: read it again
+        else
+            out.failed.push_back(r);
     }
     return out;
 }
 
 std::shared_ptr<const TagRecord> Claimer::shown(std::shared_ptr<const TagRecord> r) const {
-    if (r->state != TagState::offered)
+    if (r->state != TagState::offered && r->state != TagState::disabled)
         return r;
     auto it = tried_.find(r->tag);
     if (it == tried_.end() || it->second.failure.empty() ||
-        it->second.extents != r->offered_extents)
+        (r->state == TagState::offered && it->second.extents != r->offered_extents))
         return r;
     auto shown = std::make_shared<TagRecord>(*r);
     shown->reason = fmt::format("tagmemfs could not claim it: {} (`tagmem claim` or SIGHUP "

@@ -55,11 +55,29 @@ TEST(Claim, WritesTheTagToTheSeedAndBindsIt) {
     FakeHostOs os;
     DaxDevice seed = add_seed(os);
     os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
-    auto device = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
-    ASSERT_TRUE(device.ok()) << device.error().message;
-    EXPECT_EQ(*device, "dax0.0");
+    auto claimed = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_TRUE(claimed.ok()) << claimed.error().message;
+    EXPECT_EQ(claimed->device, "dax0.0");
+    EXPECT_TRUE(claimed->bound.ok()) << claimed->bound.error().message;
     EXPECT_THAT(os.writes(), ElementsAre(Pair("/sys/bus/dax/devices/dax0.0/uuid", kTag)));
+    // No bind file (device_dax not loaded): libdaxctl loads and binds it.
     EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+}
+
+TEST(Claim, BindsThroughTheKernelsBindFileWhenTheDriverIsLoaded) {
+    FakeHostOs os;
+    DaxDevice seed = add_seed(os);
+    os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
+    os.add_file("/sys/bus/dax/drivers/device_dax/bind", "");
+    auto claimed = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_TRUE(claimed.ok()) << claimed.error().message;
+    // The fake's bind file binds nothing: the driver link is what counts.
+    ASSERT_FALSE(claimed->bound.ok());
+    EXPECT_THAT(claimed->bound.error().message,
+                HasSubstr("dax0.0 took the tag but device_dax did not bind it"));
+    EXPECT_THAT(os.writes(), ElementsAre(Pair("/sys/bus/dax/devices/dax0.0/uuid", kTag),
+                                         Pair("/sys/bus/dax/drivers/device_dax/bind", "dax0.0")));
+    EXPECT_THAT(os.enabled(), IsEmpty());
 }
 
 TEST(Claim, TheScanFindsTheTagOfferedAndTheSeedUntagged) {
@@ -86,9 +104,9 @@ TEST(Claim, SkipsDevicesThatAreNoSeed) {
     os.add_dcd_device(DaxSpec{}.at(0, 2).range(0x3d0000000, 256 * kMiB), kOther);
     DaxDevice seed = add_seed(os, 3);
     os.add_dcd_extent(seed, 1, 256 * kMiB, 256 * kMiB, std::string(kTag));
-    auto device = claim_offered(offered(kTag, {extent(0, 1, 256 * kMiB, 256 * kMiB)}), os);
-    ASSERT_TRUE(device.ok()) << device.error().message;
-    EXPECT_EQ(*device, "dax0.3");
+    auto claimed = claim_offered(offered(kTag, {extent(0, 1, 256 * kMiB, 256 * kMiB)}), os);
+    ASSERT_TRUE(claimed.ok()) << claimed.error().message;
+    EXPECT_EQ(claimed->device, "dax0.3");
 }
 
 TEST(Claim, AsksTheRegionForASeedWhenItHasNone) {
@@ -134,9 +152,10 @@ TEST(Claim, ABindFailureIsReportedWithTheDevice) {
     DaxDevice seed = add_seed(os);
     os.add_dcd_extent(seed, 1, 0, 256 * kMiB, std::string(kTag));
     os.fail_enable(EBUSY);
-    auto device = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
-    ASSERT_FALSE(device.ok());
-    EXPECT_THAT(device.error().message,
+    auto claimed = claim_offered(offered(kTag, {extent(0, 1, 0, 256 * kMiB)}), os);
+    ASSERT_TRUE(claimed.ok()) << claimed.error().message; // dax0.0 took the tag
+    ASSERT_FALSE(claimed->bound.ok());
+    EXPECT_THAT(claimed->bound.error().message,
                 HasSubstr("dax0.0 took the tag but device_dax would not bind it"));
 }
 
