@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The tagmem demo: two emulated hosts (QEMU guests) share one memory device
+# The tagmem demo. Part 0 (issue 17), when a guest kernel with CXL Dynamic
+# Capacity and a QEMU whose extents carry tags are present (TAGMEM_DCD_KERNEL,
+# TAGMEM_DCD_QEMU; docs/dcd.md), else skipped with a note: two emulated hosts
+# whose CXL devices' dynamic capacity is one file are each given the same
+# tagged extent over QMP while tagmemfs runs; both find it by its tag and
+# exchange messages through it. --no-dcd skips part 0.
+# Then: two emulated hosts (QEMU guests) share one memory device
 # and find the same allocation by its tag, though their /dev/daxX.Y names
 # differ; they then exchange messages through /run/tagmem/<tag>/data.
 # Part 2 (issue 12): this machine hands one tag to two VMs with the arguments

@@ -15,8 +15,14 @@ Part 2 (issue 12): this machine hands one tag to two VMs (its own NUMA node
 in each, metadata in a fw_cfg item); they ping-pong through their
 /run/tagmem/<tag>/data and the host reads the last messages from its file.
 
+Before both (issue 17), when a kernel with CXL Dynamic Capacity and a QEMU
+whose extents carry tags are there (dcdkit, docs/dcd.md): two machines whose
+CXL device's dynamic capacity is one host file are each given the same
+tagged extent over QMP while tagmemfs runs; both find it by its tag and
+exchange messages through it. Without them it is skipped with a note.
+
 Usage: demo.py [--build DIR] [--rounds N] [--started EPOCH] [--verbose]
-               [--no-handoff] [--handoff-rounds N]
+               [--no-dcd] [--dcd-rounds N] [--no-handoff] [--handoff-rounds N]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import dcdkit  # noqa: E402
 import tagmemvm  # noqa: E402
 import vmkit  # noqa: E402
 
@@ -156,6 +163,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--started", type=float, default=None,
                     help="epoch seconds when the demo started (for the total time)")
     ap.add_argument("--verbose", action="store_true", help="show vmkit's log lines")
+    ap.add_argument("--no-dcd", action="store_true",
+                    help="skip part 0, CXL Dynamic Capacity given to two machines")
+    ap.add_argument("--dcd-rounds", type=int, default=100,
+                    help="ping-pong round trips through the DCD tag")
     ap.add_argument("--no-handoff", action="store_true",
                     help="skip part 2, the host handing a tag to two VMs")
     ap.add_argument("--handoff-rounds", type=int, default=100,
@@ -166,6 +177,9 @@ def main(argv: list[str]) -> int:
     build = Path(args.build).resolve()
     os.environ.setdefault("TAGMEM_BUILD_DIR", str(build))
     log = QuietLog(args.verbose)
+    dcd_ok = True
+    if not args.no_dcd:
+        dcd_ok = dcd_demo(args, build, log)
 
     heading("tagmem demo: two hosts, one shared memory allocation, one tag")
     print(textwrap.dedent(f"""\
@@ -268,7 +282,139 @@ def main(argv: list[str]) -> int:
     ok = same and ib_a == ib_b and dev_a != dev_b
     if not args.no_handoff:
         ok = handoff_demo(args, assets, product, tools, log, log_dir) and ok
-    return 0 if ok else 1
+    return 0 if ok and dcd_ok else 1
+
+
+def milestones(guest: vmkit.Guest, label: str, steps: list[tuple[str, str]], lock: threading.Lock,
+               t0: float) -> None:
+    """Print each step of one guest when its console line shows up; steps may
+    come in any order and some may never come (they are then not printed)."""
+    import re
+    pending = [(re.compile(p), text) for p, text in steps]
+    seen = 0
+    while pending:
+        lines = guest._lines[seen:]
+        seen += len(lines)
+        for _, line in lines:
+            for item in list(pending):
+                m = item[0].search(line)
+                if m:
+                    pending.remove(item)
+                    text = item[1].format(*m.groups())
+                    with lock:
+                        print(f"   {label}  {time.monotonic() - t0:5.1f}s  {text}", flush=True)
+        if guest.proc.poll() is not None and seen >= len(guest._lines):
+            return
+        time.sleep(0.1)
+
+
+def dcd_demo(args, build: Path, log: QuietLog) -> bool:
+    """Part 0 (issue 17): CXL Dynamic Capacity, the same tagged extent given
+    to two machines at run time; True unless it ran and failed."""
+    tag = dcdkit.SHARED_TAG
+    off, length = dcdkit.SHARED_EXTENTS[0]
+    heading("Part 0: CXL Dynamic Capacity, one tagged extent given to two machines")
+    paths, missing = dcdkit.find_paths()
+    if paths is None:
+        print(textwrap.fill(f"Skipped: {missing}.", WIDTH - 4, initial_indent="   ",
+                            subsequent_indent="   "))
+        return True
+    print(textwrap.dedent(f"""\
+        Two emulated machines, each with a CXL memory device that has "dynamic
+        capacity": memory the device (its fabric manager, here QEMU) adds and takes
+        back at run time, in extents. Both devices' capacity is the same host file,
+        as two hosts on one memory pool. A kernel with the DCD series shows each
+        extent with its tag; tagmemfs publishes the tag as /run/tagmem/<tag>/ once
+        a dax device has claimed the extent. Claimed by: {dcdkit.claim_mode()}
+        (TAGMEM_DCD_CLAIM). The tag, given to both machines over QMP when they ask:
+
+            {bold(tag)}  ({length // vmkit.MiB} MiB at offset {off // vmkit.MiB} MiB)
+        """))
+    heading("Preparing")
+    vmkit.ensure_host_tools(log)
+    assets = dcdkit.assets(paths)
+    print(f"   guest kernel   {paths.kernel}  (CXL DCD series, everything built in)")
+    print(f"   QEMU           {paths.qemu}  ({dcdkit.qemu_version(paths)})")
+    product = tagmemvm.product_binaries(build, assets.cache_dir, log)
+    tools = tagmemvm.guest_tools(build, assets.cache_dir, log)
+    work = assets.cache_dir / "demo-logs" / "dcd"
+    work.mkdir(parents=True, exist_ok=True)
+    initrd = dcdkit.build_initrd(work / "dcd.cpio", dcdkit.two_hosts_scenario(args.dcd_rounds),
+                                 assets=assets, product=product, tools=tools, log=log)
+    heading("Booting host A and host B; each asks its device for the capacity")
+    lock = threading.Lock()
+    t_boot = time.monotonic()
+
+    def on_add(host: str) -> None:
+        with lock:
+            print(f"   QMP     {time.monotonic() - t_boot:5.1f}s  cxl-add-dynamic-capacity to "
+                  f"host {host}'s device: tag {tag[:8]}..., {length // vmkit.MiB} MiB at "
+                  f"{off // vmkit.MiB} MiB", flush=True)
+
+    steps = [
+        (r"TAGMEM-STAGE: init", "kernel booted, /init running"),
+        (r"DCD-EVENT: region (\S+)", "made a dynamic_ram_1 region ({0}): the administrator's step"),
+        (r"TM-EVENT: tagmemfs mounted", "tagmemfs mounted /run/tagmem (no tag yet)"),
+        (r"DCD-ASK: add T", "asks its host for the tagged capacity"),
+        (r"DCD-EVENT: extent with the tag", "the kernel shows the extent, with its tag"),
+        (r"DCD-EVENT: claimed \S+ by hand as (\S+)", "claimed it by hand: {0} took the tag"),
+        (r"DCD-EVENT: tag ready in /run/tagmem dev=(\S+)",
+         f"/run/tagmem/{tag[:8]}... is ready, dev -> {{0}}"),
+        (r"daxmap pingpong: role=\w+ connected", "found the other host in the shared memory"),
+        (r"daxmap pingpong: role=\w+ OK", "ping-pong finished"),
+        (r"TM-EVENT: tagmemfs exited rc=0", "tagmemfs unmounted, powering off"),
+    ]
+    watchers = []
+
+    def on_start(host: str, guest: vmkit.Guest) -> None:
+        w = threading.Thread(target=milestones, args=(guest, f"host {host}", steps, lock, t_boot),
+                             daemon=True)
+        w.start()
+        watchers.append(w)
+    results, errors = dcdkit.run_two_hosts(paths, assets, initrd, work, 300, echo=False,
+                                           on_start=on_start, on_add=on_add, log=log)
+    for w in watchers:
+        w.join(2)
+    if errors or not all(r.passed for r in results):
+        for exc in errors:
+            print(red(f"   host side: {exc}"))
+        fail(results, log, work)
+        return False
+    metas = []
+    for res, h in zip(results, "AB"):
+        heading(f"Host {h}: what it sees")
+        sub("the extents of its DAX region (name offset length tag)")
+        print(indent(tagmemvm.section(res, "extents")))
+        sub("tagmem list")
+        print(indent(tagmemvm.section(res, "list")))
+        meta = tagmemvm.section_json(res, f"metadata-{tag}")
+        sub(f"cat /run/tagmem/{tag}/metadata   (JSON, one key per line here)")
+        print(indent(compact_metadata(meta)))
+        metas.append(meta)
+    ping, pong = tagmemvm.parse_pingpong(results[0]), tagmemvm.parse_pingpong(results[1])
+    heading(f"Messages through /run/tagmem/{tag[:8]}.../data")
+    n = len(ping.messages)
+    for i in [i for i in (0, 1, n - 1) if 0 <= i < n]:
+        print(f"   #{i + 1:<6} A -> B  {pong.messages[i]!r:<18} B -> A  {ping.messages[i]!r}")
+    heading("Summary of part 0")
+    same = all(m["tag"] == tag and m["state"] == "ready" and m["source"] == "dcd"
+               and m["size"] == length for m in metas)
+    ext = [[(e["offset"], e["length"]) for d in m["devices"] for e in d["extents"]]
+           for m in metas]
+    rows = [
+        ("tag on both machines", (green("yes") if same else red("NO"))
+         + f"  {tag}, source=dcd, {length // vmkit.MiB} MiB"),
+        ("the same extent", (green("yes") if ext[0] == ext[1] == dcdkit.SHARED_EXTENTS
+                             else red(f"NO {ext}")) + f"  offset {off:#x} of both devices"),
+        ("devices", f"host A {metas[0]['path']}, host B {metas[1]['path']}"),
+        ("round trips", f"{n} through the shared memory in {ping.seconds * 1e3:.1f} ms"),
+        ("boot", f"both done after {time.monotonic() - t_boot:.1f}s"),
+    ]
+    for k, v in rows:
+        print(f"   {k:<27} {v}")
+    print(f"\n   Guest consoles: {work}/dcd-host-A.log and dcd-host-B.log")
+    print("   With assertions: tests/qemu/test_dcd_real.py (CTest qemu_dcd_two_hosts)")
+    return same and ext[0] == ext[1] and n == args.dcd_rounds
 
 
 def handoff_demo(args, assets, product, tools, log: QuietLog, log_dir: Path) -> bool:
