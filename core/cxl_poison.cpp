@@ -505,12 +505,17 @@ PoisonListingResult list_poison(HostOs& os, PoisonSource& source, CxlPoisonTrack
     tracker.set_cxl_ranges(regions ? std::optional(std::move(*regions)) : std::nullopt);
     // Reads the trace dry, bounded (16 rounds of a bounded read each).
     // Returns whether it was read dry with nothing lost.
+    bool ended = false; // the trace ended or failed: nothing more is read
     auto drain = [&]() {
+        if (ended)
+            return false;
         bool whole = true;
         for (int round = 0; round < 16; ++round) {
             auto b = source.read();
             out.changed |= take(b);
-            whole = whole && b.lost == 0 && !b.error;
+            // A pipe that ended or failed says nothing of what was listed.
+            whole = whole && b.lost == 0 && !b.error && !b.ended;
+            ended = ended || b.ended || b.error;
             if (b.empty() || b.ended || b.error)
                 return whole;
         }
@@ -530,7 +535,7 @@ PoisonListingResult list_poison(HostOs& os, PoisonSource& source, CxlPoisonTrack
     for (const auto& name : found.listed) {
         bool whole = false;
         std::string why;
-        for (int attempt = 0; attempt < attempts && !whole; ++attempt) {
+        for (int attempt = 0; attempt < attempts && !whole && !ended; ++attempt) {
             tracker.begin_listing({name});
             if (auto s = trigger(os, bus_dir, name); !s) {
                 tracker.abort_listing();

@@ -69,8 +69,10 @@ CxlPoisonWatch::~CxlPoisonWatch() {
 
 CxlPoisonWatch::Batch CxlPoisonWatch::read() {
     Batch b;
-    if (ended_)
+    if (ended_) {
+        b.ended = true; // still: a listing must not take this for an empty list
         return b;
+    }
     std::vector<std::optional<std::string>> lines;
     char buf[8192];
     std::size_t total = 0;

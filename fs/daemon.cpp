@@ -382,6 +382,12 @@ bool Daemon::list_cxl_poison() {
                      name);
     log::info("CXL poison: listed the poison of {} of {} memdevs; {} records known",
               r.listing.listed.size(), r.listing.all.size(), poison_.record_count());
+    if (cxl_->fd() < 0) {
+        // The pipe ended while listing: as in read_cxl_poison.
+        log::warning("CXL poison: no more CXL events are read until SIGHUP "
+                     "(systemctl reload tagmemfs)");
+        cxl_.reset();
+    }
     return r.changed;
 }
 
