@@ -122,8 +122,8 @@ class Daemon {
     // CXL poison (fs/cxl_poison_watch.hpp): the tracefs instance, made at
     // start and tried again at each SIGHUP while it cannot be.
     bool open_cxl_poison(); // whether what tags see changed
-    // Writes every memdev's trigger_poison_list and reads the lists the
-    // kernel emits during the writes; returns whether tags may see a change.
+    // Lists every memdev's poison, one at a time (core's list_poison);
+    // returns whether tags may see a change.
     bool list_cxl_poison();
     // Takes what trace_pipe holds; returns whether tags may see a change.
     bool read_cxl_poison();
@@ -354,6 +354,9 @@ bool Daemon::read_cxl_poison() {
         log::warning("CXL poison: no more CXL events are read until SIGHUP "
                      "(systemctl reload tagmemfs)");
         cxl_.reset();
+        // Poison that comes now is not seen: not ok until a listing is whole.
+        changed |= poison_.set_incomplete("", "CXL poison: the trace pipe ended; no CXL events "
+                                              "are read until SIGHUP");
         return changed;
     }
     if (b.lost > 0) {
@@ -387,6 +390,8 @@ bool Daemon::list_cxl_poison() {
         log::warning("CXL poison: no more CXL events are read until SIGHUP "
                      "(systemctl reload tagmemfs)");
         cxl_.reset();
+        r.changed |= poison_.set_incomplete("", "CXL poison: the trace pipe ended; no CXL "
+                                                "events are read until SIGHUP");
     }
     return r.changed;
 }

@@ -454,8 +454,11 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
     eventually(lambda: "no more CXL events are read until SIGHUP" in d.text())
     text = d.text()
     assert f"instances/{inst.name}/trace_pipe ended" in text, text
-    # Not a cleared error: TAG_A stays degraded while nothing is read.
+    # Not a cleared error: TAG_A stays degraded while nothing is read, and
+    # says that nothing is read; TAG_B, in CXL memory too, is not ok.
+    eventually(lambda: "trace pipe ended" in metadata(mnt, hg.TAG_A)["health"].get("reason", ""))
     assert metadata(mnt, hg.TAG_A)["health"]["status"] == "degraded"
+    eventually(lambda: metadata(mnt, hg.TAG_B)["health"]["status"] == "incomplete")
 
     pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
     try:
@@ -464,8 +467,10 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
         mark = w.pos
         os.write(pipe, poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1",
                                    trace_type="Inject").encode())
-        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B, start=mark)
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B
+                        and j["health"] == "degraded", start=mark)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
+        assert "reason" not in metadata(mnt, hg.TAG_B)["health"]  # listed whole again
         w.close()
         assert d.stop() == 0
     finally:
