@@ -129,6 +129,9 @@ std::string format_tag(const json& t) {
     // Memory errors, as offsets within the tag's data (docs/health.md).
     if (auto h = t.find("health"); h != t.end() && h->is_object()) {
         line("health", str(*h, "status"));
+        // Why an error list was not read whole (incomplete, or degraded with maybe more).
+        if (h->contains("reason"))
+            line("  not read whole", str(*h, "reason"));
         for (const auto& b : arr(*h, "bad_ranges"))
             line("  bad range",
                  fmt::format("offset {:#x}, {} bytes, first seen {}", num(b, "offset"),

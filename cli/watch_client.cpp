@@ -106,6 +106,8 @@ std::string health_text(const nlohmann::json& j) {
         out += fmt::format("{} {}+{} since {}", i == 0 ? ":" : ",", b.value("offset", 0ull),
                            b.value("length", 0ull), b.value("first_seen", "?"));
     }
+    if (j.contains("reason") && j["reason"].is_string())
+        out += fmt::format(" (not read whole: {})", j["reason"].get<std::string>());
     return out;
 }
 
@@ -182,6 +184,8 @@ int cmd_wait_health(const WatchOptions& opt) {
             found = nlohmann::json{{"tag", want},
                                    {"health", j.value("health", "")},
                                    {"bad_ranges", j.value("bad_ranges", nlohmann::json::array())}};
+            if (j.contains("reason"))
+                (*found)["reason"] = j["reason"];
             return false;
         }
         return true;
@@ -253,7 +257,7 @@ int cmd_watch(const WatchOptions& opt) {
             fmt::print("{:<8} {} {} {}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
                        j.value("device", "") == "" ? "-" : j.value("device", ""),
                        j.value("state", "?"),
-                       j.value("health", "") == "degraded" ? " degraded" : "");
+                       j.value("health", "") == "" ? "" : " " + j.value("health", ""));
         return ended.empty();
     });
     (void)done;

@@ -2,6 +2,7 @@
 #include "cxl_poison.hpp"
 
 #include "host_os.hpp"
+#include "sysfs_value.hpp"
 #include "tag_record.hpp"
 
 #include <fmt/format.h>
@@ -120,7 +121,7 @@ class Fields {
 
 } // namespace
 
-Result<PoisonRecord> parse_cxl_poison_line(std::string_view line) {
+Result<PoisonRecord> parse_cxl_poison_line(std::string_view line, std::optional<bool> hpa_alias0) {
     constexpr std::string_view marker = ": cxl_poison: ";
     auto bad = [](std::string why) {
         return make_error(EINVAL, "cxl_poison record: " + std::move(why));
@@ -179,8 +180,10 @@ Result<PoisonRecord> parse_cxl_poison_line(std::string_view line) {
     std::optional<std::uint64_t> hpa, alias, dpa, length;
     if (auto v = f.next("hpa"); v && !(hpa = hex(*v)))
         f.fail("hpa", *v);
-    if (auto v = f.next("hpa_alias0", true); v && !(alias = hex(*v)))
-        f.fail("hpa_alias0", *v);
+    if (hpa_alias0.value_or(true)) {
+        if (auto v = f.next("hpa_alias0", !hpa_alias0.has_value()); v && !(alias = hex(*v)))
+            f.fail("hpa_alias0", *v);
+    }
     if (auto v = f.next("dpa"); v && !(dpa = hex(*v)))
         f.fail("dpa", *v);
     if (auto v = f.next("dpa_length"); v && !(length = hex(*v, 0xffffffffu)))
@@ -317,6 +320,24 @@ bool CxlPoisonTracker::end_listing() {
     return changed;
 }
 
+void CxlPoisonTracker::abort_listing() {
+    // Records first seen during the aborted listing are kept (they were
+    // reported); those not seen again stay too.
+    listing_.clear();
+}
+
+bool CxlPoisonTracker::set_incomplete(const std::string& memdev, std::string why) {
+    auto [it, added] = incomplete_.try_emplace(memdev, why);
+    if (!added && it->second == why)
+        return false;
+    it->second = std::move(why);
+    return true;
+}
+
+bool CxlPoisonTracker::set_complete(const std::string& memdev) {
+    return incomplete_.erase(memdev) > 0;
+}
+
 bool CxlPoisonTracker::keep_only(const std::set<std::string>& names) {
     bool changed = false;
     for (auto dev = memdevs_.begin(); dev != memdevs_.end();) {
@@ -327,6 +348,15 @@ bool CxlPoisonTracker::keep_only(const std::set<std::string>& names) {
         for (const auto& [dpa, k] : dev->second)
             changed |= !k.hpa.empty();
         dev = memdevs_.erase(dev);
+    }
+    // A memdev gone has nothing left to list.
+    for (auto it = incomplete_.begin(); it != incomplete_.end();) {
+        if (!it->first.empty() && !names.contains(it->first)) {
+            it = incomplete_.erase(it);
+            changed = true;
+        } else {
+            ++it;
+        }
     }
     return changed;
 }
@@ -349,10 +379,25 @@ TagHealth CxlPoisonTracker::health_of(const TagRecord& record) const {
                 for (const auto& part : physical_to_data(d->dev.ranges, range))
                     h.bad.push_back({part.start, part.length, k.first_seen});
     std::sort(h.bad.begin(), h.bad.end());
+    if (incomplete_.empty())
+        return h;
+    // Which memdev backs which tag is not followed (docs/health.md): an
+    // incomplete list concerns every tag in CXL memory.
+    bool in_cxl = !cxl_ranges_;
+    if (cxl_ranges_)
+        for (const auto& r : *cxl_ranges_)
+            in_cxl = in_cxl || !physical_to_data(d->dev.ranges, r).empty();
+    if (!in_cxl)
+        return h;
+    for (const auto& [memdev, why] : incomplete_)
+        h.incomplete.push_back(why);
     return h;
 }
 
-PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir) {
+namespace {
+
+// The bus's memdevs, sorted, and which can list their poison; nothing written.
+PoisonListing find_memdevs(HostOs& os, const std::string& bus_dir) {
     PoisonListing t;
     auto names = os.list_dir(bus_dir);
     if (!names) {
@@ -368,15 +413,163 @@ PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir) {
         if (name.size() > 16 || !named(name, "mem"))
             continue;
         t.all.push_back(name);
-        const std::string path = fmt::format("{}/{}/trigger_poison_list", bus_dir, name);
-        if (!os.exists(path))
-            continue;
-        if (auto s = os.write_file(path, "1\n"); !s)
+        if (os.exists(fmt::format("{}/{}/trigger_poison_list", bus_dir, name)))
+            t.listed.push_back(name); // listable; trigger() says whether it was
+    }
+    return t;
+}
+
+Status trigger(HostOs& os, const std::string& bus_dir, const std::string& memdev) {
+    return os.write_file(fmt::format("{}/{}/trigger_poison_list", bus_dir, memdev), "1\n");
+}
+
+} // namespace
+
+PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir) {
+    PoisonListing t = find_memdevs(os, bus_dir);
+    std::vector<std::string> listable = std::move(t.listed);
+    t.listed.clear();
+    for (const auto& name : listable) {
+        if (auto s = trigger(os, bus_dir, name); !s)
             t.failed.push_back(s.error().message);
         else
             t.listed.push_back(name);
     }
     return t;
+}
+
+Result<std::vector<ByteRange>> cxl_region_ranges(HostOs& os, const std::string& bus_dir) {
+    std::vector<ByteRange> out;
+    auto names = os.list_dir(bus_dir);
+    if (!names) {
+        if (is_gone(names.error().code))
+            return out; // no CXL bus: no region
+        return names.error();
+    }
+    for (const auto& name : *names) {
+        if (name.size() > 16 || !named(name, "region"))
+            continue;
+        auto start = os.read_file(fmt::format("{}/{}/resource", bus_dir, name));
+        auto size = start ? os.read_file(fmt::format("{}/{}/size", bus_dir, name)) : start;
+        if (!start || !size) {
+            const auto& e = !start ? start.error() : size.error();
+            if (is_gone(e.code))
+                continue; // went while listed
+            return e;
+        }
+        auto s = parse_u64(*start);
+        auto n = parse_u64(*size);
+        if (!s || !n)
+            return make_error(EINVAL,
+                              fmt::format("{}/{}: resource or size unreadable", bus_dir, name));
+        // A region without memory yet (size 0, resource ULLONG_MAX) holds no tag.
+        if (*n == 0 || *s > kMax - (*n - 1))
+            continue;
+        out.push_back({*s, *n});
+    }
+    return out;
+}
+
+std::string trace_instance_name(std::string_view mount_point) {
+    while (mount_point.size() > 1 && mount_point.ends_with('/'))
+        mount_point.remove_suffix(1);
+    if (mount_point == "/run/tagmem")
+        return "tagmem";
+    std::string name = "tagmem-";
+    std::string_view p = mount_point;
+    while (p.starts_with('/'))
+        p.remove_prefix(1);
+    for (char c : p) {
+        const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                           (c >= '0' && c <= '9') || c == '_' || c == '.';
+        if (plain)
+            name += c;
+        else if (c == '/')
+            name += '-';
+        else
+            name += fmt::format("_x{:02x}", static_cast<unsigned char>(c));
+    }
+    if (name.size() <= 128)
+        return name;
+    std::uint64_t h = 0xcbf29ce484222325ull; // FNV-1a: a short name, the same at each start
+    for (char c : mount_point)
+        h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+    return fmt::format("tagmem-{:016x}", h);
+}
+
+PoisonListingResult list_poison(HostOs& os, PoisonSource& source, CxlPoisonTracker& tracker,
+                                const std::function<bool(const PoisonBatch&)>& take,
+                                const std::string& bus_dir, int attempts) {
+    PoisonListingResult out;
+    auto regions = cxl_region_ranges(os, bus_dir);
+    tracker.set_cxl_ranges(regions ? std::optional(std::move(*regions)) : std::nullopt);
+    // Reads the trace dry, bounded (16 rounds of a bounded read each).
+    // Returns whether it was read dry with nothing lost.
+    bool ended = false; // the trace ended or failed: nothing more is read
+    auto drain = [&]() {
+        if (ended)
+            return false;
+        bool whole = true;
+        for (int round = 0; round < 16; ++round) {
+            auto b = source.read();
+            out.changed |= take(b);
+            // A pipe that ended or failed says nothing of what was listed.
+            whole = whole && b.lost == 0 && !b.error && !b.ended;
+            ended = ended || b.ended || b.error;
+            if (b.empty() || b.ended || b.error)
+                return whole;
+        }
+        return false; // not dry: a flood, or a list longer than the bound
+    };
+    // What came before the listings, as it came (added, not listed).
+    if (!drain())
+        out.changed |= tracker.set_incomplete("", "CXL poison: trace events were lost; "
+                                                  "records may be missing");
+    PoisonListing found = find_memdevs(os, bus_dir);
+    out.listing.all = found.all;
+    out.listing.bus_read = found.bus_read;
+    out.listing.failed = found.failed;
+    if (found.bus_read) // memdevs gone take their records along
+        out.changed |= tracker.keep_only(std::set<std::string>(found.all.begin(), found.all.end()));
+    bool all_whole = found.bus_read;
+    for (const auto& name : found.listed) {
+        bool whole = false;
+        std::string why;
+        for (int attempt = 0; attempt < attempts && !whole && !ended; ++attempt) {
+            tracker.begin_listing({name});
+            if (auto s = trigger(os, bus_dir, name); !s) {
+                tracker.abort_listing();
+                why = s.error().message;
+                break;
+            }
+            // The kernel emitted the list inside the write: it is in the
+            // trace now, and only it (another writer aside).
+            whole = drain();
+            if (whole)
+                out.changed |= tracker.end_listing();
+            else
+                tracker.abort_listing();
+        }
+        if (whole) {
+            out.listing.listed.push_back(name);
+            out.changed |= tracker.set_complete(name);
+            continue;
+        }
+        all_whole = false;
+        if (!why.empty())
+            out.listing.failed.push_back(why);
+        out.incomplete.push_back(name);
+        out.changed |= tracker.set_incomplete(
+            name, fmt::format("CXL poison of {}: {}; its last complete list is shown", name,
+                              why.empty() ? "trace events were lost while listing it"
+                                          : "its poison list could not be read"));
+    }
+    // Every listable memdev's list read whole: what was lost before is
+    // known again (a memdev that cannot list has nothing to lose but
+    // injected records, which a list would not show either).
+    if (all_whole)
+        out.changed |= tracker.set_complete("");
+    return out;
 }
 
 } // namespace tagmem

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -53,8 +54,11 @@ struct PoisonRecord {
 // else is EINVAL with what was wrong. A range that would pass 2^64 (hpa or
 // dpa + dpa_length) and a zero length are malformed too. EOVERFLOW: the
 // line is trace_pipe's "CPU:<n> [LOST <m> EVENTS]" (its ring buffer
-// overwrote records that were never read).
-Result<PoisonRecord> parse_cxl_poison_line(std::string_view line);
+// overwrote records that were never read). `hpa_alias0`: whether the
+// kernel's format (core/cxl_poison_format.hpp) has that field, so every
+// line must have it or none may; nullopt (no format file): either.
+Result<PoisonRecord> parse_cxl_poison_line(std::string_view line,
+                                           std::optional<bool> hpa_alias0 = std::nullopt);
 
 // Splits what trace_pipe returns into lines, bounded: a line longer than
 // kMaxLine is dropped whole (reported once as "too long"), so a flood
@@ -68,6 +72,26 @@ class TraceLineSplitter {
   private:
     std::string partial_;
     bool skipping_ = false; // inside a line already too long
+};
+
+// What one read of the trace gives (fs/cxl_poison_watch.hpp: trace_pipe).
+struct PoisonBatch {
+    std::vector<PoisonRecord> records;
+    std::vector<std::string> malformed; // why, per line (never the hpa)
+    std::size_t lost = 0;               // "[LOST n EVENTS]" lines
+    bool ended = false;                 // end of file: no more events
+    std::optional<Error> error;         // a failed read
+    // Nothing came: the trace was read dry.
+    bool empty() const { return records.empty() && malformed.empty() && lost == 0; }
+};
+
+// Where the records come from; the daemon's is the tracefs instance, a
+// unit test's a fake that emits a list when a trigger is written.
+class PoisonSource {
+  public:
+    virtual ~PoisonSource() = default;
+    // What the trace holds now, bounded; never blocks.
+    virtual PoisonBatch read() = 0;
 };
 
 // What is known of every memdev's poison, by DPA. Bounded: at most
@@ -93,11 +117,30 @@ class CxlPoisonTracker {
     // between the two.
     void begin_listing(const std::vector<std::string>& memdevs);
     bool end_listing();
+    // The list was not read whole (events lost, the trace not read dry):
+    // every record stays as it was before begin_listing. Dropping the ones
+    // not seen would erase known poison on a partial list.
+    void abort_listing();
+
+    // What the daemon does not know: `memdev`'s poison (or, with "", that
+    // of any memdev: events lost outside a listing) may hold more than its
+    // records. Returns whether what tags can see changed.
+    bool set_incomplete(const std::string& memdev, std::string why);
+    bool set_complete(const std::string& memdev);
+    bool complete() const { return incomplete_.empty(); }
+    // The host physical ranges of the CXL regions: the tags that an
+    // incomplete list concerns are those whose memory lies in one. nullopt
+    // (not known): every tag.
+    void set_cxl_ranges(std::optional<std::vector<ByteRange>> ranges) {
+        cxl_ranges_ = std::move(ranges);
+    }
 
     // Memdevs that went away: their records go with them.
     bool keep_only(const std::set<std::string>& memdevs);
 
-    // The bad ranges of a tag's single device (as HealthTracker's).
+    // The bad ranges of a tag's single device (as HealthTracker's), and
+    // why its list is incomplete if a memdev's is and the tag's memory lies
+    // in a CXL region (or where the regions are is not known).
     TagHealth health_of(const TagRecord& record) const;
 
     std::size_t dropped() const { return dropped_; }
@@ -113,6 +156,8 @@ class CxlPoisonTracker {
     using Memdev = std::map<std::uint64_t, Known>; // by DPA
     std::map<std::string, Memdev> memdevs_;
     std::set<std::string> listing_;
+    std::map<std::string, std::string> incomplete_; // memdev ("" any): why
+    std::optional<std::vector<ByteRange>> cxl_ranges_ = std::vector<ByteRange>{};
     std::size_t dropped_ = 0;
 };
 
@@ -129,5 +174,40 @@ struct PoisonListing {
     bool bus_read = false;
 };
 PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir = "/sys/bus/cxl/devices");
+
+// The host physical ranges of the bus's CXL regions (regionN/resource and
+// size, root's); an error when the bus or a region cannot be read.
+Result<std::vector<ByteRange>>
+cxl_region_ranges(HostOs& os, const std::string& bus_dir = "/sys/bus/cxl/devices");
+
+// The name of a daemon's tracefs instance, after its mount point: trace_pipe
+// is a consuming read, so two daemons sharing one instance would split its
+// records between them. "tagmem" for /run/tagmem (the default mount), else
+// "tagmem-" and the path escaped as systemd escapes unit names ('/' as '-',
+// anything but [A-Za-z0-9_.] as "_xNN"), or its hash when that is long.
+std::string trace_instance_name(std::string_view mount_point);
+
+// Lists every memdev's poison, one memdev at a time: the trace is read dry,
+// the memdev's trigger_poison_list written (the kernel emits the whole list
+// inside the write), and the trace read dry again before the next memdev,
+// so that the ring buffer holds one device's list at most and each record
+// is known to be of that listing. A list read whole replaces the memdev's
+// records; a list with events lost, or not read dry within the bound, is
+// tried `attempts` times in all and then left as it was: the memdev's
+// records stay and the memdev is marked incomplete (never "ok" on a partial
+// list). One attempt by default: a list that overflowed the ring buffer
+// overflows it again, and each attempt is a mailbox command that blocks the
+// event loop; the next SIGHUP or lost-events line lists again. Lost events outside a listing mark
+// every memdev incomplete until the listings that follow read them all whole. `take` applies a
+// batch to the tracker (and logs what the daemon logs); returns whether what tags see changed.
+struct PoisonListingResult {
+    PoisonListing listing;
+    std::vector<std::string> incomplete; // memdevs whose list was not read whole
+    bool changed = false;
+};
+PoisonListingResult list_poison(HostOs& os, PoisonSource& source, CxlPoisonTracker& tracker,
+                                const std::function<bool(const PoisonBatch&)>& take,
+                                const std::string& bus_dir = "/sys/bus/cxl/devices",
+                                int attempts = 1);
 
 } // namespace tagmem

@@ -40,8 +40,16 @@ bool is_region_name(std::string_view name) {
 
 } // namespace
 
-Result<std::vector<SectorRange>> parse_badblocks(std::string_view text) {
-    std::vector<SectorRange> out;
+Result<BadblocksList> parse_badblocks(std::string_view text, std::size_t page_size) {
+    BadblocksList list;
+    auto& out = list.ranges;
+    if (page_size > 0 && text.size() >= page_size - 1) {
+        // Cut at the page (sysfs hands out PAGE_SIZE - 1 bytes at most): the
+        // complete lines are the first of the list, the rest is unknown.
+        list.truncated = true;
+        auto last_nl = text.rfind('\n');
+        text = last_nl == std::string_view::npos ? std::string_view() : text.substr(0, last_nl + 1);
+    }
     std::size_t line_no = 0;
     while (!text.empty()) {
         ++line_no;
@@ -63,7 +71,7 @@ Result<std::vector<SectorRange>> parse_badblocks(std::string_view text) {
             return make_error(EINVAL, fmt::format("badblocks line {}: empty range", line_no));
         out.push_back({*sector, *count});
     }
-    return out;
+    return list;
 }
 
 std::optional<ByteRange> region_range_to_physical(std::uint64_t region_start,
@@ -169,8 +177,9 @@ bool HealthTracker::apply(const std::string& name, Region& region, const std::st
         return false; // the last known ranges stand
     }
     failures_.erase(name);
+    region.truncated = parsed->truncated;
     std::vector<Known> fresh;
-    for (const auto& s : *parsed) {
+    for (const auto& s : parsed->ranges) {
         auto phys = region_range_to_physical(region.start, region.size, s);
         if (!phys)
             continue;
@@ -274,11 +283,28 @@ TagHealth HealthTracker::health_of(const TagRecord& record) const {
     const auto* d = record.device();
     if (!d || d->dev.ranges.empty())
         return h;
-    for (const auto& [name, region] : regions_)
+    for (const auto& [name, region] : regions_) {
         for (const auto& k : region.bad)
             for (const auto& part : physical_to_data(d->dev.ranges, k.phys))
                 h.bad.push_back({part.start, part.length, k.first_seen});
+        const bool failed = failures_.contains(name);
+        if (!region.truncated && !failed)
+            continue;
+        // Does the tag's memory lie in this region? Then what is unknown of
+        // the region's list may be in the tag.
+        auto whole = region_range_to_physical(region.start, region.size,
+                                              {0, region.size / kBadblockSectorSize});
+        if (!whole || physical_to_data(d->dev.ranges, *whole).empty())
+            continue;
+        h.incomplete.push_back(
+            failed
+                ? fmt::format("{}/badblocks could not be read; its last known list is shown", name)
+                : fmt::format("{}/badblocks is longer than the page the kernel shows; "
+                              "only its first {} ranges are known",
+                              name, region.bad.size()));
+    }
     std::sort(h.bad.begin(), h.bad.end());
+    std::sort(h.incomplete.begin(), h.incomplete.end());
     return h;
 }
 

@@ -45,11 +45,26 @@ struct SectorRange {
     auto operator<=>(const SectorRange&) const = default;
 };
 
+// The kernel's badblocks show stops at a page: sysfs hands out at most
+// PAGE_SIZE - 1 bytes, the last line cut wherever the page ended.
+inline constexpr std::size_t kBadblocksPage = 4096;
+
+struct BadblocksList {
+    std::vector<SectorRange> ranges;
+    // The text filled the page: ranges past it exist or may exist, and
+    // nothing says which (the list is not "ok" then).
+    bool truncated = false;
+};
+
 // The whole attribute: "<sector> <count>\n" per line, both decimal, count
 // at least 1, nothing else (no blank line, sign, leading zero, hex, or
 // trailing blank). Empty text is no bad range. Any malformed line fails the
 // whole (EINVAL, naming the line): half a list must not pass for all of it.
-Result<std::vector<SectorRange>> parse_badblocks(std::string_view text);
+// Text of page_size - 1 bytes or more is what the kernel cut at the page:
+// its complete lines are taken (each as strictly) and the list is marked
+// truncated; the cut line at its end is dropped.
+Result<BadblocksList> parse_badblocks(std::string_view text,
+                                      std::size_t page_size = kBadblocksPage);
 
 // A half-open byte range [start, start + length), length > 0; start +
 // length may be 2^64 exactly (end() saturates there: use length).
@@ -80,10 +95,20 @@ struct BadRange {
     auto operator<=>(const BadRange&) const = default;
 };
 
+// A tag's health. "ok" only when every error source that may cover the
+// tag's memory was read completely and lists nothing in it: a consumer that
+// sees "ok" may put data there. A source read only in part (a badblocks
+// list longer than a page, trace events lost) says why in `incomplete`:
+// the status is then "incomplete" unless known bad ranges make it
+// "degraded" (which still carries the reasons: more may be bad).
 struct TagHealth {
-    std::vector<BadRange> bad; // by offset; empty: ok
+    std::vector<BadRange> bad;           // by offset
+    std::vector<std::string> incomplete; // why the list may be partial; sorted
     bool degraded() const { return !bad.empty(); }
-    const char* status() const { return degraded() ? "degraded" : "ok"; }
+    bool ok() const { return bad.empty() && incomplete.empty(); }
+    const char* status() const {
+        return degraded() ? "degraded" : incomplete.empty() ? "ok" : "incomplete";
+    }
     bool operator==(const TagHealth&) const = default;
 };
 
@@ -116,7 +141,9 @@ class HealthTracker {
     std::string badblocks_path(const std::string& region) const;
 
     // The health of a tag: its single device's data against every known
-    // bad range. A record without one device is ok.
+    // bad range. A record without one device is ok. A region whose list was
+    // cut at the page, or whose last read failed, makes every tag whose
+    // memory lies in it incomplete (the reason names the region).
     TagHealth health_of(const TagRecord& record) const;
 
     // What failed in the last reads (region: why), for the log.
@@ -131,6 +158,7 @@ class HealthTracker {
         std::uint64_t start = 0;
         std::uint64_t size = 0;
         std::vector<Known> bad; // by physical start
+        bool truncated = false; // the last list read filled its page
     };
     bool apply(const std::string& name, Region& region, const std::string& text, std::int64_t now);
     Result<Region> read_place(const std::string& name);

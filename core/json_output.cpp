@@ -85,8 +85,16 @@ json health_to_json(const TagHealth* health) {
             bad.push_back({{"offset", b.offset},
                            {"length", b.length},
                            {"first_seen", iso8601_utc(b.first_seen)}});
-    const bool degraded = health && health->degraded();
-    return {{"status", degraded ? "degraded" : "ok"}, {"bad_ranges", std::move(bad)}};
+    json j = {{"status", health ? health->status() : "ok"}, {"bad_ranges", std::move(bad)}};
+    // Why the lists may be partial ("incomplete", or "degraded" with maybe
+    // more): never a physical address.
+    if (health && !health->incomplete.empty()) {
+        std::string why;
+        for (const auto& w : health->incomplete)
+            why += (why.empty() ? "" : "; ") + w;
+        j["reason"] = why;
+    }
+    return j;
 }
 
 json tag_to_json(const TagRecord& t, bool privileged) {

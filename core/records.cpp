@@ -70,7 +70,7 @@ Result<std::optional<Uuid>> config_tag_for(const DaxDevice& dev, const Config& c
 }
 
 static bool same_health(const TagRecord& a, const TagRecord& b) {
-    const bool da = a.health && a.health->degraded(), db = b.health && b.health->degraded();
+    const bool da = a.health && !a.health->ok(), db = b.health && !b.health->ok();
     return da == db && (!da || *a.health == *b.health);
 }
 

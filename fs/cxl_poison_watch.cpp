@@ -11,7 +11,8 @@
 
 namespace tagmem {
 
-Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, std::string tracing) {
+Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, const std::string& name,
+                                                             std::string tracing) {
     if (!os.exists(tracing + "/instances"))
         return make_error(ENOENT, fmt::format("no tracefs at {}", tracing));
     if (!os.exists(tracing + "/events/cxl/cxl_poison"))
@@ -19,7 +20,18 @@ Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, std::st
                                               "({}/events/cxl/cxl_poison: cxl_core not loaded, "
                                               "or Linux before 6.4)",
                                               tracing));
-    const std::string inst = fmt::format("{}/instances/{}", tracing, kInstance);
+    // The event's fields, from its format file (kernel ABI), before anything
+    // is made: an event that is not what the line parser reads is refused.
+    std::optional<PoisonFormat> format;
+    if (auto text = os.read_file(tracing + "/events/cxl/cxl_poison/format")) {
+        auto parsed = parse_poison_format(*text);
+        if (!parsed)
+            return make_error(EPROTO, parsed.error().message);
+        format = std::move(*parsed);
+    } else if (!is_gone(text.error().code)) {
+        return text.error();
+    }
+    const std::string inst = fmt::format("{}/instances/{}", tracing, name);
     bool reused = false;
     if (auto made = os.make_dir(inst); !made) {
         if (made.error().code != EEXIST)
@@ -41,7 +53,8 @@ Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, std::st
     auto pipe = os.open_nonblocking(inst + "/trace_pipe");
     if (!pipe)
         return fail(pipe.error());
-    return std::unique_ptr<CxlPoisonWatch>(new CxlPoisonWatch(os, inst, std::move(*pipe), reused));
+    return std::unique_ptr<CxlPoisonWatch>(
+        new CxlPoisonWatch(os, inst, std::move(*pipe), reused, std::move(format)));
 }
 
 CxlPoisonWatch::~CxlPoisonWatch() {
@@ -56,8 +69,10 @@ CxlPoisonWatch::~CxlPoisonWatch() {
 
 CxlPoisonWatch::Batch CxlPoisonWatch::read() {
     Batch b;
-    if (ended_)
+    if (ended_) {
+        b.ended = true; // still: a listing must not take this for an empty list
         return b;
+    }
     std::vector<std::optional<std::string>> lines;
     char buf[8192];
     std::size_t total = 0;
@@ -85,7 +100,8 @@ CxlPoisonWatch::Batch CxlPoisonWatch::read() {
                 fmt::format("a line longer than {} bytes", TraceLineSplitter::kMaxLine));
             continue;
         }
-        auto r = parse_cxl_poison_line(*line);
+        auto r = parse_cxl_poison_line(*line, format_ ? std::optional<bool>(format_->hpa_alias0)
+                                                      : std::nullopt);
         if (r)
             b.records.push_back(std::move(*r));
         else if (r.error().code == EOVERFLOW)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The daemon's side of CXL poison (docs/health.md): a tracefs instance of
-// its own, /sys/kernel/tracing/instances/tagmem, with only the
+// its own, /sys/kernel/tracing/instances/<name> (trace_instance_name: one
+// per mount point, "tagmem" for /run/tagmem), with only the
 // cxl:cxl_poison event enabled and a small ring buffer, whose trace_pipe the
 // event loop polls (POLLIN). (The writes to each memdev's
 // trigger_poison_list that make the kernel list a device's poison as events
@@ -13,6 +14,7 @@
 #pragma once
 
 #include "cxl_poison.hpp"
+#include "cxl_poison_format.hpp"
 #include "fd.hpp"
 #include "result.hpp"
 
@@ -25,46 +27,48 @@ namespace tagmem {
 
 class HostOs;
 
-class CxlPoisonWatch {
+class CxlPoisonWatch : public PoisonSource {
   public:
     static constexpr const char* kTracing = "/sys/kernel/tracing";
-    static constexpr const char* kInstance = "tagmem";
     // Per CPU, in KiB: records arrive in bursts of a poison list at most.
     static constexpr const char* kBufferKiB = "64";
     // Read per call of read(): the rest waits for the next turn of the loop.
     static constexpr std::size_t kMaxReadBytes = 64 * 1024;
 
     // Sets the instance up. ENOENT: no tracefs, or no cxl_poison event (no
-    // cxl_core, or a kernel before 6.4); other errors: the setup failed
-    // (what was made is removed again).
-    static Result<std::unique_ptr<CxlPoisonWatch>> open(HostOs& os, std::string tracing = kTracing);
-    ~CxlPoisonWatch();
+    // cxl_core, or a kernel before 6.4); EPROTO: the event's format file
+    // describes an event tagmem cannot read (the reason says why; nothing
+    // is made); other errors: the setup failed (what was made is removed
+    // again).
+    static Result<std::unique_ptr<CxlPoisonWatch>> open(HostOs& os, const std::string& name,
+                                                        std::string tracing = kTracing);
+    ~CxlPoisonWatch() override;
     CxlPoisonWatch(const CxlPoisonWatch&) = delete;
     CxlPoisonWatch& operator=(const CxlPoisonWatch&) = delete;
 
     int fd() const { return ended_ ? -1 : pipe_.get(); }
     const std::string& instance() const { return instance_; }
     bool reused() const { return reused_; }
+    // The event's format as the kernel declared it; nullopt: tracefs had no
+    // format file, and lines of either form (with or without hpa_alias0) are read.
+    const std::optional<PoisonFormat>& format() const { return format_; }
 
-    struct Batch {
-        std::vector<PoisonRecord> records;
-        std::vector<std::string> malformed; // why, per line (never the hpa)
-        std::size_t lost = 0;               // "[LOST n EVENTS]" lines
-        bool ended = false;                 // end of file: no more events
-        std::optional<Error> error;         // a failed read
-    };
+    using Batch = PoisonBatch;
     // What trace_pipe holds now, up to kMaxReadBytes.
-    Batch read();
+    Batch read() override;
 
   private:
-    CxlPoisonWatch(HostOs& os, std::string instance, Fd pipe, bool reused)
-        : os_(os), instance_(std::move(instance)), pipe_(std::move(pipe)), reused_(reused) {}
+    CxlPoisonWatch(HostOs& os, std::string instance, Fd pipe, bool reused,
+                   std::optional<PoisonFormat> format)
+        : os_(os), instance_(std::move(instance)), pipe_(std::move(pipe)), reused_(reused),
+          format_(std::move(format)) {}
 
     HostOs& os_;
     std::string instance_;
     Fd pipe_;
     bool reused_ = false;
     bool ended_ = false;
+    std::optional<PoisonFormat> format_;
     TraceLineSplitter lines_;
 };
 

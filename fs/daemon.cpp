@@ -131,9 +131,9 @@ class Daemon {
     void sync_badblocks();
     // CXL poison (fs/cxl_poison_watch.hpp): the tracefs instance, made at
     // start and tried again at each SIGHUP while it cannot be.
-    void open_cxl_poison();
-    // Writes every memdev's trigger_poison_list and reads the lists the
-    // kernel emits during the writes; returns whether tags may see a change.
+    bool open_cxl_poison(); // whether what tags see changed
+    // Lists every memdev's poison, one at a time (core's list_poison);
+    // returns whether tags may see a change.
     bool list_cxl_poison();
     // Takes what trace_pipe holds; returns whether tags may see a change.
     bool read_cxl_poison();
@@ -298,16 +298,20 @@ std::shared_ptr<const TagRecord> Daemon::with_health(std::shared_ptr<const TagRe
     TagHealth h = health_.health_of(*r);
     // The same memory may be known bad by both sources only in theory
     // (NVDIMM regions are not CXL memdevs): the lists are merged as they are.
-    for (auto& b : poison_.health_of(*r).bad)
+    auto cxl = poison_.health_of(*r);
+    for (auto& b : cxl.bad)
         h.bad.push_back(b);
     std::sort(h.bad.begin(), h.bad.end());
-    const bool had = r->health && r->health->degraded();
-    if (!h.degraded() && !had)
+    for (auto& why : cxl.incomplete)
+        h.incomplete.push_back(std::move(why));
+    std::sort(h.incomplete.begin(), h.incomplete.end());
+    const bool had = r->health && !r->health->ok();
+    if (h.ok() && !had)
         return r;
     if (had && *r->health == h)
         return r;
     auto shown = std::make_shared<TagRecord>(*r);
-    shown->health = h.degraded() ? std::make_shared<const TagHealth>(std::move(h)) : nullptr;
+    shown->health = h.ok() ? nullptr : std::make_shared<const TagHealth>(std::move(h));
     return shown;
 }
 
@@ -329,20 +333,33 @@ void Daemon::sync_badblocks() {
     badblocks_.sync(paths);
 }
 
-void Daemon::open_cxl_poison() {
-    auto w = CxlPoisonWatch::open(real_host_os());
+bool Daemon::open_cxl_poison() {
+    auto w = CxlPoisonWatch::open(real_host_os(), trace_instance_name(opt_.mount_point));
+    if (!w && w.error().code == EPROTO) {
+        // The kernel reports CXL poison, in a form tagmem cannot read: the
+        // tags in CXL memory are not ok, they are not known.
+        if (w.error().message != cxl_unavailable_)
+            log::error("CXL poison: {}; the tags in CXL memory show health \"incomplete\"",
+                       w.error().message);
+        cxl_unavailable_ = w.error().message;
+        auto ranges = cxl_region_ranges(real_host_os());
+        poison_.set_cxl_ranges(ranges ? std::optional(std::move(*ranges)) : std::nullopt);
+        return poison_.set_incomplete("", "CXL poison: the kernel's cxl_poison event has a "
+                                          "format tagmem cannot read");
+    }
     if (!w) {
         // Said once, and again only when the reason changes.
         if (w.error().message != cxl_unavailable_)
             log::info("CXL poison: {}; no CXL memory errors (NVDIMM bad blocks are unaffected)",
                       w.error().message);
         cxl_unavailable_ = w.error().message;
-        return;
+        return false;
     }
     cxl_ = std::move(*w);
     cxl_unavailable_.clear();
     log::info("CXL poison: reading cxl:cxl_poison events from {}{}", cxl_->instance(),
               cxl_->reused() ? " (left by an earlier run; reused)" : "");
+    return false;
 }
 
 bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
@@ -385,11 +402,17 @@ bool Daemon::read_cxl_poison() {
         log::warning("CXL poison: no more CXL events are read until SIGHUP "
                      "(systemctl reload tagmemfs)");
         cxl_.reset();
+        // Poison that comes now is not seen: not ok until a listing is whole.
+        changed |= poison_.set_incomplete("", "CXL poison: the trace pipe ended; no CXL events "
+                                              "are read until SIGHUP");
         return changed;
     }
     if (b.lost > 0) {
-        // The ring buffer overwrote records nobody read: ask again.
+        // The ring buffer overwrote records nobody read: not known until
+        // every list is read whole again. Ask again.
         log::warning("CXL poison: trace events were lost; listing the poison again");
+        changed |= poison_.set_incomplete("", "CXL poison: trace events were lost; "
+                                              "records may be missing");
         changed |= list_cxl_poison();
     }
     return changed;
@@ -398,28 +421,27 @@ bool Daemon::read_cxl_poison() {
 bool Daemon::list_cxl_poison() {
     if (!cxl_)
         return false;
-    bool changed = take_cxl_poison(cxl_->read()); // what came before, as it came
-    auto t = trigger_poison_lists(real_host_os());
-    for (const auto& why : t.failed)
+    // One memdev at a time, the pipe read dry after each (core's
+    // list_poison): a list with events lost keeps the memdev's last one.
+    auto r = list_poison(real_host_os(), *cxl_, poison_,
+                         [this](const PoisonBatch& b) { return take_cxl_poison(b); });
+    for (const auto& why : r.listing.failed)
         log::warning("CXL poison: {}", why);
-    if (t.bus_read) // memdevs gone take their records along
-        changed |= poison_.keep_only(std::set<std::string>(t.all.begin(), t.all.end()));
-    poison_.begin_listing(t.listed);
-    // The kernel emits a list inside the write: it is in the pipe now.
-    // Read it dry, bounded: after 16 rounds the rest comes in the loop,
-    // added rather than listed.
-    for (int round = 0; round < 16; ++round) {
-        auto b = cxl_->read();
-        changed |= take_cxl_poison(b);
-        if (b.records.empty() && b.malformed.empty() && b.lost == 0)
-            break;
-        if (b.lost > 0)
-            log::warning("CXL poison: trace events were lost while listing");
-    }
-    changed |= poison_.end_listing();
+    for (const auto& name : r.incomplete)
+        log::warning("CXL poison: the poison list of {} was not read whole (trace events "
+                     "lost); its last complete list is kept and its tags are not ok",
+                     name);
     log::info("CXL poison: listed the poison of {} of {} memdevs; {} records known",
-              t.listed.size(), t.all.size(), poison_.record_count());
-    return changed;
+              r.listing.listed.size(), r.listing.all.size(), poison_.record_count());
+    if (cxl_->fd() < 0) {
+        // The pipe ended while listing: as in read_cxl_poison.
+        log::warning("CXL poison: no more CXL events are read until SIGHUP "
+                     "(systemctl reload tagmemfs)");
+        cxl_.reset();
+        r.changed |= poison_.set_incomplete("", "CXL poison: the trace pipe ended; no CXL "
+                                                "events are read until SIGHUP");
+    }
+    return r.changed;
 }
 
 void Daemon::rescan_badblocks(const char* why) {
@@ -462,7 +484,7 @@ void Daemon::rescan(const char* why) {
     // is a mailbox command per memdev, and the poison is not what failed.
     if (std::string_view(why) != "retry") {
         if (!cxl_)
-            open_cxl_poison();
+            health_changed |= open_cxl_poison();
         health_changed |= list_cxl_poison();
     }
     auto delta = state_.rescan(config_);

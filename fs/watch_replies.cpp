@@ -40,8 +40,10 @@ std::string event_prefix(const char* event, const Uuid& tag, const std::string& 
         auto h = health_to_json(health);
         j["health"] = h["status"];
         j["bad_ranges"] = std::move(h["bad_ranges"]);
-    } else if (health && health->degraded()) {
-        j["health"] = "degraded";
+        if (h.contains("reason"))
+            j["reason"] = std::move(h["reason"]);
+    } else if (health && !health->ok()) {
+        j["health"] = health->status();
     }
     std::string line = to_line(j);
     line.pop_back();

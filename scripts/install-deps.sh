@@ -8,7 +8,7 @@ build_pkgs=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3 libdaxctl-dev libndctl-dev libudev-dev
   libfmt-dev libgtest-dev libgmock-dev nlohmann-json3-dev libinih-dev libcli11-dev
-  libsystemd-dev
+  libsystemd-dev libtraceevent-dev
 )
 # Used by the tests: jq to read JSON in shell tests, util-linux for unshare,
 # python3 for the FUSE/fixture tests, clang-format for the style check, strace

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,6 +181,51 @@ def test_wait_degraded_times_out_and_refuses_bad_usage(make_host, tagmemfs):
     assert r.returncode == 2, (r.returncode, r.stderr)
 
 
+def test_a_badblocks_list_past_a_page_is_incomplete_not_ok(make_host, tagmemfs):
+    """Issue 19, item 2: the kernel shows at most a page of badblocks (4095
+    bytes, the last line cut). 1000 bad ranges, the first page's all in
+    namespace1.0's info block (no tag's data): the tags of the region are
+    not "ok", they are "incomplete" with the reason; once the list fits a
+    page again they are ok. (The old parser refused the cut text whole and
+    kept the last known list, empty: both tags read "ok".)"""
+    host = make_host("nvdimm")
+    d = tagmemfs("--uevents", "none")
+    mnt = d.mount_point
+    w = Watcher(mnt)
+    full = "".join(f"{2 * i} 1\n" for i in range(1000))
+    assert len(full) > 4095 and 2 * 1000 < DATA_OFFSET // SECTOR
+    set_badblocks(host, full[:4095])
+    d.rescan()
+    for tag in (hg.TAG_NV0, hg.TAG_NV1):
+        ev = w.wait_for(lambda j, t=tag: j["event"] == "health" and j["tag"] == t, start=0)
+        assert ev["health"] == "incomplete" and ev["bad_ranges"] == []
+        assert "region1/badblocks is longer than the page" in ev["reason"], ev
+        health = metadata(mnt, tag)["health"]
+        assert health["status"] == "incomplete", health
+        assert health["bad_ranges"] == []
+        assert "region1/badblocks is longer than the page" in health["reason"]
+    # A snapshot says so too, and wait --degraded does not take it for degraded.
+    r = run_tagmem("wait", "--degraded", hg.TAG_NV0, "-m", mnt, "--timeout", "1")
+    assert r.returncode == 6, (r.returncode, r.stdout, r.stderr)
+    shown = run_tagmem("show", hg.TAG_NV0, "-m", mnt)
+    assert "incomplete" in shown.stdout, shown.stdout
+    # A range in TAG_NV1 on the first page: degraded, and still incomplete.
+    first = f"{sector_of(1, 8192)} 8\n"
+    set_badblocks(host, (first + full)[:4095])
+    d.rescan()
+    health = metadata(mnt, hg.TAG_NV1)["health"]
+    assert health["status"] == "degraded"
+    assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(8192, 4096)]
+    assert "longer than the page" in health["reason"]
+    # Under a page again: whole, ok.
+    set_badblocks(host, "")
+    d.rescan()
+    for tag in (hg.TAG_NV0, hg.TAG_NV1):
+        eventually(lambda t=tag: metadata(mnt, t)["health"] == {"status": "ok",
+                                                                 "bad_ranges": []})
+    w.close()
+
+
 # -- CXL poison (docs/health.md, "CXL poison") -------------------------------
 #
 # The synthetic host's /sys gains the tracefs tagmemfs looks for
@@ -186,8 +233,10 @@ def test_wait_degraded_times_out_and_refuses_bad_usage(make_host, tagmemfs):
 # which can list their poison (trigger_poison_list). The "dcd" scenario's
 # region 0 (at 64 GiB) holds TAG_A (extents at 0 and 2 GiB, 1 GiB and
 # 512 MiB) and TAG_B (256 MiB at 1 GiB). The instance a crashed run left,
-# instances/tagmem, is there with its files, and its trace_pipe is a FIFO
-# the test writes records into as the kernel would print them.
+# instances/<name> (one per mount point: instance_name), is there with its
+# files, and its trace_pipe is a FIFO the test writes records into as the
+# kernel would print them. The event's format file is Linux 6.12's
+# (tests/data), which the daemon reads with libtraceevent.
 
 CXL_BASE = 0x10_0000_0000
 CXL_UUID = "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ab"
@@ -204,14 +253,47 @@ def poison_line(hpa: int | None, dpa: int, length: int = 64, memdev: str = "mem0
             f"source=Injected flags= overflow_time=0\n")
 
 
-def fake_cxl(host, leftover: bool = True, event: bool = True) -> Path:
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def public_mount_point() -> Path:
+    """A mount point other users can reach, known before the daemon starts
+    (its tracefs instance is named after it)."""
+    top = Path(tempfile.mkdtemp(prefix="tagmem-hl-", dir="/tmp"))
+    top.chmod(0o755)
+    (top / "mnt").mkdir()
+    return top / "mnt"
+
+
+def instance_name(mount_point: Path) -> str:
+    """The daemon's tracefs instance (core's trace_instance_name)."""
+    path = str(mount_point).rstrip("/")
+    if path == "/run/tagmem":
+        return "tagmem"
+    out = "tagmem-"
+    for b in path.lstrip("/").encode():
+        c = chr(b)
+        if c.isascii() and (c.isalnum() or c in "_."):
+            out += c
+        elif c == "/":
+            out += "-"
+        else:
+            out += f"_x{b:02x}"
+    return out
+
+
+def fake_cxl(host, mount_point: Path, leftover: bool = True, event: bool = True,
+             format_text: str | None = None) -> Path:
     """The tracefs and memdevs; returns the instance directory (in the tree)."""
     tracing = host.sys / "kernel/tracing"
     (tracing / "instances").mkdir(parents=True)
     if event:
         (tracing / "events/cxl/cxl_poison").mkdir(parents=True)
         (tracing / "events/cxl/cxl_poison/enable").write_text("0\n")
-    inst = tracing / "instances/tagmem"
+        (tracing / "events/cxl/cxl_poison/format").write_text(
+            format_text if format_text is not None
+            else (DATA / "cxl_poison_format_6.12").read_text())
+    inst = tracing / "instances" / instance_name(mount_point)
     if leftover:
         (inst / "events/cxl/cxl_poison").mkdir(parents=True)
         (inst / "events/enable").write_text("X\n")  # whatever the crashed run left
@@ -231,16 +313,18 @@ def fake_cxl(host, leftover: bool = True, event: bool = True) -> Path:
 
 def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmemfs):
     host = make_host("dcd")
-    inst = fake_cxl(host)
+    mp = public_mount_point()
+    inst = fake_cxl(host, mp)
     # Read and write, so that opening never blocks and the daemon's end
     # never sees the last writer leave.
     pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
     try:
-        d = tagmemfs("--uevents", "none")
+        d = tagmemfs("--uevents", "none", mount_point=mp)
         mnt = d.mount_point
         log = d.text()
         assert ("CXL poison: reading cxl:cxl_poison events from "
-                "/sys/kernel/tracing/instances/tagmem (left by an earlier run; reused)") in log
+                f"/sys/kernel/tracing/instances/{inst.name} (left by an earlier run; reused)") \
+            in log
         # Only cxl_poison on, in a small buffer; every memdev that can list
         # its poison was asked to, the other left alone.
         assert (inst / "events/enable").read_text() == "0\n"
@@ -277,8 +361,8 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         assert metadata(mnt, hg.TAG_B)["health"]["status"] == "ok"
         # The malformed lines were said and skipped, the good one after them taken.
         text = d.text()
-        assert text.count("ignored a line of /sys/kernel/tracing/instances/tagmem/trace_pipe") \
-            == 2, text
+        assert text.count(f"ignored a line of /sys/kernel/tracing/instances/{inst.name}/"
+                          "trace_pipe") == 2, text
         assert "not a cxl_poison trace line" in text and "dpa_length=0x0" in text
 
         # Users see offsets only; no physical address in the log's warnings either.
@@ -345,7 +429,8 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         assert (inst / "events/cxl/cxl_poison/enable").read_text() == "0\n"
         assert inst.is_dir()
         text = d.text()
-        assert "cannot remove /sys/kernel/tracing/instances/tagmem: Directory not empty" in text
+        assert (f"cannot remove /sys/kernel/tracing/instances/{inst.name}: Directory not empty"
+                in text)
     finally:
         os.close(pipe)
 
@@ -355,10 +440,11 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
     last writer left) is closed rather than polled again, what it gave
     stays, and SIGHUP sets the instance up anew."""
     host = make_host("dcd")
-    inst = fake_cxl(host)
+    mp = public_mount_point()
+    inst = fake_cxl(host, mp)
     # A FIFO without a writer reads as its end: one is open before the daemon.
     pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
-    d = tagmemfs("--uevents", "none")
+    d = tagmemfs("--uevents", "none", mount_point=mp)
     mnt = d.mount_point
     w = Watcher(mnt)
     os.write(pipe, poison_line(CXL_BASE + 4096, 0x1000, trace_type="Inject").encode())
@@ -367,9 +453,12 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
     os.close(pipe)
     eventually(lambda: "no more CXL events are read until SIGHUP" in d.text())
     text = d.text()
-    assert "instances/tagmem/trace_pipe ended" in text, text
-    # Not a cleared error: TAG_A stays degraded while nothing is read.
+    assert f"instances/{inst.name}/trace_pipe ended" in text, text
+    # Not a cleared error: TAG_A stays degraded while nothing is read, and
+    # says that nothing is read; TAG_B, in CXL memory too, is not ok.
+    eventually(lambda: "trace pipe ended" in metadata(mnt, hg.TAG_A)["health"].get("reason", ""))
     assert metadata(mnt, hg.TAG_A)["health"]["status"] == "degraded"
+    eventually(lambda: metadata(mnt, hg.TAG_B)["health"]["status"] == "incomplete")
 
     pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
     try:
@@ -378,8 +467,10 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
         mark = w.pos
         os.write(pipe, poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1",
                                    trace_type="Inject").encode())
-        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B, start=mark)
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B
+                        and j["health"] == "degraded", start=mark)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
+        assert "reason" not in metadata(mnt, hg.TAG_B)["health"]  # listed whole again
         w.close()
         assert d.stop() == 0
     finally:
@@ -391,13 +482,15 @@ def test_cxl_poison_setup_failure_removes_what_it_made(make_host, tagmemfs):
     directory (tracefs fills a real one), so the setup fails: one line, the
     directory it made removed, and tags served as ever."""
     host = make_host("dcd")
-    inst = fake_cxl(host, leftover=False)
-    d = tagmemfs("--uevents", "none")
+    mp = public_mount_point()
+    inst = fake_cxl(host, mp, leftover=False)
+    d = tagmemfs("--uevents", "none", mount_point=mp)
     assert not inst.exists()
     text = d.text()
     assert text.count("CXL poison: ") == 1, text
-    assert ("CXL poison: cannot write /sys/kernel/tracing/instances/tagmem/events/enable" in text
-            or "cannot open /sys/kernel/tracing/instances/tagmem/events/enable" in text), text
+    where = f"/sys/kernel/tracing/instances/{inst.name}/events/enable"
+    assert (f"CXL poison: cannot write {where}" in text
+            or f"cannot open {where}" in text), text
     assert "NVDIMM bad blocks are unaffected" in text
     assert metadata(d.mount_point, hg.TAG_A)["health"]["status"] == "ok"
     # Tried again at SIGHUP, said again only if the reason changed.
@@ -408,12 +501,13 @@ def test_cxl_poison_setup_failure_removes_what_it_made(make_host, tagmemfs):
 
 def test_no_cxl_event_is_one_line_and_nvdimm_health_works(make_host, tagmemfs):
     host = make_host("mixed")
-    fake_cxl(host, leftover=False, event=False)
-    d = tagmemfs("--uevents", "none")
+    mp = public_mount_point()
+    inst = fake_cxl(host, mp, leftover=False, event=False)
+    d = tagmemfs("--uevents", "none", mount_point=mp)
     text = d.text()
     assert text.count("CXL poison: ") == 1, text
     assert "the kernel has no cxl:cxl_poison trace event" in text
-    assert not (host.sys / "kernel/tracing/instances/tagmem").exists()
+    assert not inst.exists()
     assert not (host.sys / "bus/cxl/devices/mem0/trigger_poison_list").read_text()
     # NVDIMM bad blocks as before.
     (host.sys / "bus/nd/devices/region1/badblocks").write_text(
@@ -422,3 +516,108 @@ def test_no_cxl_event_is_one_line_and_nvdimm_health_works(make_host, tagmemfs):
     health = metadata(d.mount_point, hg.TAG_NV1)["health"]
     assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(8192, 4096)]
     assert d.text().count("CXL poison: ") == 1
+
+
+def test_cxl_poison_events_lost_during_a_listing_keep_the_known_poison(make_host, tagmemfs):
+    """Issue 19, item 1. mem0's trigger_poison_list is a FIFO whose buffer
+    the test keeps full, so the daemon's write of "1\\n" waits for the test,
+    which then plays the kernel: it puts mem0's list in trace_pipe with the
+    ring buffer's "[LOST n EVENTS]" (the list overflowed it), then lets the
+    write return. The daemon lost events listing mem0, and keeps mem0's last
+    complete list: TAG_A stays degraded (with the reason),
+    TAG_B (same CXL region) is "incomplete". (The old daemon took the lossy
+    list as whole and dropped TAG_A's record: TAG_A read "ok".)"""
+    host = make_host("dcd")
+    mp = public_mount_point()
+    inst = fake_cxl(host, mp)
+    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    devices = host.sys / "bus/cxl/devices"
+    trig = None
+    try:
+        d = tagmemfs("--uevents", "none", mount_point=mp)
+        mnt = d.mount_point
+        w = Watcher(mnt)
+        os.write(pipe, poison_line(CXL_BASE + 4096, 0x1000).encode())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(4096, 64)]
+
+        (devices / "mem0/trigger_poison_list").unlink()
+        os.mkfifo(devices / "mem0/trigger_poison_list")
+        trig = os.open(devices / "mem0/trigger_poison_list", os.O_RDWR | os.O_NONBLOCK)
+        while True:
+            try:
+                os.write(trig, b"x" * 4096)
+            except BlockingIOError:
+                break
+        while True:  # to the last byte: a 2-byte write must wait
+            try:
+                os.write(trig, b"x")
+            except BlockingIOError:
+                break
+
+        def daemon_writing() -> bool:
+            for task in Path(f"/proc/{d.proc.pid}/task").iterdir():
+                try:
+                    if "pipe_write" in (task / "wchan").read_text():
+                        return True
+                except OSError:
+                    pass
+            return False
+
+        # Not d.rescan(): that waits for the rescan's end, and the daemon
+        # is to wait in the write until the test lets it go.
+        d.proc.send_signal(signal.SIGHUP)
+        eventually(daemon_writing)
+        os.write(pipe, (poison_line(None, 0x9000) + "CPU:0 [LOST 600 EVENTS]\n").encode())
+        # A pipe's buffer is in pages: a page read lets the write in.
+        assert os.read(trig, 4096) == b"x" * 4096
+        eventually(lambda: "the poison list of mem0 was not read whole" in d.text())
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B)
+        assert ev["health"] == "incomplete"
+        health = metadata(mnt, hg.TAG_A)["health"]
+        assert health["status"] == "degraded", health
+        assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(4096, 64)]
+        assert "mem0" in health["reason"]
+        health = metadata(mnt, hg.TAG_B)["health"]
+        assert health["status"] == "incomplete" and "mem0" in health["reason"], health
+        assert "listed the poison of 1 of 3 memdevs" in d.text()
+
+        # The trigger a file again: the list is read whole (empty now), so
+        # TAG_A's record goes and both tags are ok.
+        os.close(trig)
+        trig = None
+        (devices / "mem0/trigger_poison_list").unlink()
+        (devices / "mem0/trigger_poison_list").write_text("")
+        d.rescan()
+        for tag in (hg.TAG_A, hg.TAG_B):
+            eventually(lambda t=tag: metadata(mnt, t)["health"] == {"status": "ok",
+                                                                     "bad_ranges": []})
+        w.close()
+    finally:
+        if trig is not None:
+            os.close(trig)
+        os.close(pipe)
+
+
+def test_cxl_poison_event_of_an_unfamiliar_format_is_not_ok(make_host, tagmemfs):
+    """Issue 19, item 3: the event's format file (kernel ABI) is read with
+    libtraceevent; a kernel whose cxl_poison has no field tagmem reads (here
+    hpa renamed) is refused before any line is read, and the tags in CXL
+    memory are "incomplete", not "ok"."""
+    host = make_host("dcd")
+    mp = public_mount_point()
+    fmt = (DATA / "cxl_poison_format_6.12").read_text().replace("u64 hpa;", "u64 hpa_first;")
+    inst = fake_cxl(host, mp, format_text=fmt)
+    d = tagmemfs("--uevents", "none", mount_point=mp)
+    text = d.text()
+    assert "CXL poison: the kernel's cxl:cxl_poison format: no field hpa" in text, text
+    for tag in (hg.TAG_A, hg.TAG_B):
+        health = metadata(d.mount_point, tag)["health"]
+        assert health["status"] == "incomplete", health
+        assert "format tagmem cannot read" in health["reason"]
+    # Nothing was set up in the instance.
+    assert (inst / "events/cxl/cxl_poison/enable").read_text() == "0\n"
+    assert not (host.sys / "bus/cxl/devices/mem0/trigger_poison_list").read_text()
+    # Said once across SIGHUPs.
+    d.rescan()
+    assert d.text().count("no field hpa") == 1

@@ -6,13 +6,16 @@
 // record's host physical range to a tag's offsets at its device's range
 // boundaries (a DCD device of two extents).
 #include "cxl_poison.hpp"
+#include "cxl_poison_format.hpp"
 #include "fake_host_os.hpp"
 #include "tag_record.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 namespace tagmem {
 namespace {
@@ -403,6 +406,235 @@ TEST(TriggerPoisonLists, AFailedListingSaysNothingOfTheMemdevs) {
     auto n = trigger_poison_lists(none, bus);
     EXPECT_TRUE(n.bus_read);
     EXPECT_TRUE(n.all.empty() && n.failed.empty());
+}
+
+// A trace instance as the kernel runs it for list_poison: a write of a
+// memdev's trigger_poison_list emits that memdev's list inside the write,
+// into a ring buffer of `ring` records; a list longer than that overwrites
+// its oldest records and trace_pipe then says "[LOST n EVENTS]".
+class FakeTrace : public PoisonSource {
+  public:
+    FakeTrace(fake::FakeHostOs& os, std::size_t ring) : os_(os), ring_(ring) {}
+    std::map<std::string, std::vector<PoisonRecord>> lists; // what each memdev holds
+    std::vector<PoisonRecord> pending;                      // emitted, not read
+    std::size_t lost = 0;
+    PoisonBatch read() override {
+        // Writes since the last read: each triggered memdev's list.
+        const auto& w = os_.writes();
+        for (; seen_ < w.size(); ++seen_) {
+            const auto& path = w[seen_].first;
+            auto end = path.rfind("/trigger_poison_list");
+            auto start = path.rfind('/', end - 1) + 1;
+            for (const auto& r : lists[path.substr(start, end - start)]) {
+                if (pending.size() == ring_) {
+                    pending.erase(pending.begin()); // overwritten unread
+                    ++lost;
+                }
+                pending.push_back(r);
+            }
+        }
+        PoisonBatch b;
+        b.lost = lost > 0 ? 1 : 0;
+        lost = 0;
+        // A bounded read: at most 8 records per call.
+        auto n = std::min<std::size_t>(pending.size(), 8);
+        b.records.assign(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
+        pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
+        return b;
+    }
+
+  private:
+    fake::FakeHostOs& os_;
+    std::size_t ring_;
+    std::size_t seen_ = 0;
+};
+
+class ListPoisonTest : public PoisonTrackerTest {
+  protected:
+    static constexpr const char* kBus = "/sys/bus/cxl/devices";
+    void SetUp() override {
+        PoisonTrackerTest::SetUp();
+        os.add_file(std::string(kBus) + "/mem0/trigger_poison_list", "");
+        os.add_file(std::string(kBus) + "/mem1/trigger_poison_list", "");
+        // Region 0 holds tags A and B.
+        os.add_file(std::string(kBus) + "/region0/resource", fmt::format("{:#x}\n", kBase));
+        os.add_file(std::string(kBus) + "/region0/size", fmt::format("{:#x}\n", 4 * GiB));
+    }
+    PoisonListingResult list(FakeTrace& trace) {
+        return list_poison(os, trace, t, [&](const PoisonBatch& batch) {
+            bool changed = false;
+            for (const auto& r : batch.records)
+                changed |= t.apply(r, now);
+            return changed;
+        });
+    }
+    fake::FakeHostOs os;
+    CxlPoisonTracker t;
+    std::int64_t now = 100;
+};
+
+// Issue 19, item 1: a listing that lost events must not erase known poison.
+// (Before the fix every memdev was triggered at once and the list taken as
+// whole whatever was lost: tag A went back to ok.)
+TEST_F(ListPoisonTest, EventsLostDuringAListingKeepTheKnownPoison) {
+    FakeTrace trace(os, 16);
+    trace.lists["mem0"] = {rec(kBase, 64, 0)};
+    auto r = list(trace);
+    EXPECT_EQ(r.listing.listed, (std::vector<std::string>{"mem0", "mem1"}));
+    EXPECT_TRUE(r.incomplete.empty());
+    EXPECT_EQ(t.health_of(a).bad, (std::vector<BadRange>{{0, 64, 100}}));
+    EXPECT_TRUE(t.complete());
+    // Now mem0 lists 40 records, more than the ring holds: the first ones
+    // (tag A's, at DPA 0) are overwritten before anyone reads them.
+    std::vector<PoisonRecord> many{rec(kBase, 64, 0)};
+    for (std::uint64_t i = 1; i < 40; ++i)
+        many.push_back(rec(kMax, 64, i * 64)); // records outside every region
+    trace.lists["mem0"] = many;
+    now = 200;
+    r = list(trace);
+    EXPECT_EQ(r.incomplete, std::vector<std::string>{"mem0"});
+    EXPECT_EQ(r.listing.listed, std::vector<std::string>{"mem1"});
+    auto h = t.health_of(a);
+    EXPECT_EQ(h.bad, (std::vector<BadRange>{{0, 64, 100}})) << "known poison erased";
+    EXPECT_STREQ(h.status(), "degraded");
+    ASSERT_EQ(h.incomplete.size(), 1u);
+    EXPECT_NE(h.incomplete[0].find("mem0"), std::string::npos) << h.incomplete[0];
+    // Tag B, in the same CXL region, is not ok either: what was lost may be its.
+    EXPECT_STREQ(t.health_of(b).status(), "incomplete");
+    // A tag outside every CXL region is not concerned.
+    TagRecord far;
+    auto dev = std::make_shared<ProbedDevice>();
+    dev->dev.ranges.push_back({kBase + 8 * GiB, kBase + 9 * GiB - 1});
+    far.devices.push_back(dev);
+    EXPECT_TRUE(t.health_of(far).ok());
+    // The list fits again (the device cleared some): read whole, replaced.
+    trace.lists["mem0"] = {rec(kBase + 4096, 64, 0x1000)};
+    now = 300;
+    r = list(trace);
+    EXPECT_TRUE(r.incomplete.empty());
+    EXPECT_TRUE(r.changed);
+    EXPECT_EQ(t.health_of(a).bad, (std::vector<BadRange>{{4096, 64, 300}}));
+    EXPECT_TRUE(t.health_of(a).incomplete.empty());
+    EXPECT_TRUE(t.health_of(b).ok());
+}
+
+TEST_F(ListPoisonTest, OneMemdevAtATimeEachReadDry) {
+    // Each memdev's list fits the ring, both together do not: listed one
+    // at a time, neither loses anything.
+    FakeTrace trace(os, 12);
+    for (std::uint64_t i = 0; i < 10; ++i) {
+        trace.lists["mem0"].push_back(rec(kBase + i * 4096, 64, i * 64));
+        trace.lists["mem1"].push_back(
+            rec(kBase + GiB + i * 4096, 64, i * 64, PoisonTraceType::list, "mem1"));
+    }
+    auto r = list(trace);
+    EXPECT_TRUE(r.incomplete.empty());
+    EXPECT_EQ(t.record_count(), 20u);
+    EXPECT_EQ(t.health_of(a).bad.size(), 10u);
+    EXPECT_EQ(t.health_of(b).bad.size(), 10u);
+    EXPECT_TRUE(t.health_of(a).incomplete.empty());
+    // Triggered in order, one write each.
+    EXPECT_EQ(os.writes().size(), 2u);
+}
+
+TEST_F(ListPoisonTest, LostOutsideAListingUntilEveryListIsWhole) {
+    FakeTrace trace(os, 16);
+    trace.lists["mem0"] = {rec(kBase, 64, 0)};
+    list(trace);
+    // The loop saw "[LOST n EVENTS]": nobody knows of which memdev.
+    EXPECT_TRUE(t.set_incomplete("", "lost"));
+    EXPECT_STREQ(t.health_of(b).status(), "incomplete");
+    // A failed trigger leaves mem1 incomplete, and so the whole.
+    os.fail_calls(fake::op_write, EBUSY, std::string(kBus) + "/mem1");
+    auto r = list(trace);
+    EXPECT_EQ(r.incomplete, std::vector<std::string>{"mem1"});
+    EXPECT_EQ(t.health_of(b).incomplete.size(), 2u);
+    os.heal();
+    r = list(trace);
+    EXPECT_TRUE(r.incomplete.empty());
+    EXPECT_TRUE(t.complete());
+    EXPECT_TRUE(t.health_of(b).ok());
+    // Where the CXL regions are cannot be read: every tag is concerned.
+    os.fail_calls(fake::op_read, EIO, std::string(kBus) + "/region0");
+    t.set_incomplete("", "lost");
+    trace.lists["mem1"] = std::vector<PoisonRecord>(40, rec(kMax, 64, 0));
+    r = list(trace);
+    TagRecord far;
+    auto dev = std::make_shared<ProbedDevice>();
+    dev->dev.ranges.push_back({kBase + 8 * GiB, kBase + 9 * GiB - 1});
+    far.devices.push_back(dev);
+    EXPECT_STREQ(t.health_of(far).status(), "incomplete");
+}
+
+TEST(TraceInstanceName, OnePerMountPoint) {
+    EXPECT_EQ(trace_instance_name("/run/tagmem"), "tagmem");
+    EXPECT_EQ(trace_instance_name("/run/tagmem/"), "tagmem");
+    EXPECT_EQ(trace_instance_name("/mnt/tags"), "tagmem-mnt-tags");
+    EXPECT_EQ(trace_instance_name("/tmp/a-b/c d"), "tagmem-tmp-a_x2db-c_x20d");
+    EXPECT_NE(trace_instance_name("/a/b"), trace_instance_name("/a-b"));
+    auto long_name = trace_instance_name("/" + std::string(300, 'x'));
+    EXPECT_EQ(long_name.size(), std::string("tagmem-").size() + 16);
+    EXPECT_NE(long_name, trace_instance_name("/" + std::string(301, 'x')));
+}
+
+std::string data_file(const std::string& name) {
+    std::ifstream in(std::string(TAGMEM_TEST_DATA) + "/" + name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// Issue 19, item 3: the event is read by its fields as the format file
+// (kernel ABI) declares them, through libtraceevent.
+TEST(PoisonFormat, TheKernelsFormats) {
+    auto f = parse_poison_format(data_file("cxl_poison_format_6.12"));
+    ASSERT_TRUE(f) << f.error().message;
+    EXPECT_EQ(f->id, 1788);
+    EXPECT_FALSE(f->hpa_alias0);
+    EXPECT_EQ(f->keys.front(), "memdev");
+    EXPECT_EQ(f->keys.back(), "overflow_time");
+    auto g = parse_poison_format(data_file("cxl_poison_format_6.15"));
+    ASSERT_TRUE(g) << g.error().message;
+    EXPECT_TRUE(g->hpa_alias0);
+}
+
+TEST(PoisonFormat, AnyOtherFormatIsRefusedWithTheReason) {
+    const std::string good = data_file("cxl_poison_format_6.12");
+    ASSERT_FALSE(good.empty());
+    auto refused = [](const std::string& text, const std::string& why) {
+        auto f = parse_poison_format(text);
+        EXPECT_FALSE(f) << "accepted a format with " << why;
+        if (!f) {
+            EXPECT_NE(f.error().message.find(why), std::string::npos) << f.error().message;
+        }
+    };
+    auto with = [&](std::string_view from, std::string_view to) {
+        std::string t = good;
+        auto at = t.find(from);
+        EXPECT_NE(at, std::string::npos) << from;
+        t.replace(at, from.size(), to);
+        return t;
+    };
+    refused(with("u64 hpa;", "u64 hpx;"), "no field hpa");
+    refused(with("u32 dpa_length;\toffset:56;\tsize:4;", "u64 dpa_length;\toffset:56;\tsize:8;"),
+            "field dpa_length");
+    refused(with("__data_loc char[] memdev;", "char memdev[4];"), "field memdev");
+    refused(with("name: cxl_poison", "name: cxl_poison2"), "no event named cxl_poison");
+    refused(with("hpa=0x%llx dpa=", "hpa=0x%llx dpa_base="), "print fmt keys");
+    refused(with("memdev=%s host=%s", "host=%s memdev=%s"), "print fmt keys");
+    refused("garbage", "cxl_poison");
+    // A format with the field but a print fmt without it (or the reverse).
+    refused(with("hpa=0x%llx dpa=", "hpa=0x%llx hpa_alias0=0x%llx dpa="), "print fmt keys");
+}
+
+TEST(PoisonFormat, LinesAreHeldToTheFormat) {
+    Line l;
+    EXPECT_TRUE(parse_cxl_poison_line(l.str(), false));
+    EXPECT_FALSE(parse_cxl_poison_line(l.str(), true)) << "6.15's format: hpa_alias0 required";
+    l.hpa_alias0 = "0xffffffffffffffff";
+    EXPECT_TRUE(parse_cxl_poison_line(l.str(), true));
+    EXPECT_FALSE(parse_cxl_poison_line(l.str(), false)) << "6.12's format has no hpa_alias0";
+    EXPECT_TRUE(parse_cxl_poison_line(l.str())); // no format file: either
 }
 
 } // namespace

@@ -21,13 +21,50 @@ constexpr std::uint64_t S = kBadblockSectorSize;
 TEST(ParseBadblocks, KernelText) {
     auto r = parse_badblocks("0 1\n8 16\n18446744073709551615 4294967295\n");
     ASSERT_TRUE(r) << r.error().message;
-    ASSERT_EQ(r->size(), 3u);
-    EXPECT_EQ((*r)[0], (SectorRange{0, 1}));
-    EXPECT_EQ((*r)[1], (SectorRange{8, 16}));
-    EXPECT_EQ((*r)[2], (SectorRange{kMax, 4294967295u}));
+    ASSERT_EQ(r->ranges.size(), 3u);
+    EXPECT_FALSE(r->truncated);
+    EXPECT_EQ(r->ranges[0], (SectorRange{0, 1}));
+    EXPECT_EQ(r->ranges[1], (SectorRange{8, 16}));
+    EXPECT_EQ(r->ranges[2], (SectorRange{kMax, 4294967295u}));
     auto empty = parse_badblocks("");
     ASSERT_TRUE(empty);
-    EXPECT_TRUE(empty->empty());
+    EXPECT_TRUE(empty->ranges.empty());
+    EXPECT_FALSE(empty->truncated);
+}
+
+// What the kernel's badblocks show hands out for a list longer than a
+// page: 4095 bytes (PAGE_SIZE - 1), the last line cut where the page ended.
+std::string page_of_ranges(std::size_t n, std::size_t page = kBadblocksPage) {
+    std::string full;
+    for (std::size_t i = 0; i < n; ++i)
+        full += fmt::format("{} 8\n", 1000000 + i * 16);
+    return full.size() > page - 1 ? full.substr(0, page - 1) : full;
+}
+
+TEST(ParseBadblocks, ALongListCutAtThePageIsTruncatedNotRejected) {
+    // 500 ranges of 10 bytes each: 5000 bytes, cut at 4095.
+    const std::string text = page_of_ranges(500);
+    ASSERT_EQ(text.size(), kBadblocksPage - 1);
+    ASSERT_NE(text.back(), '\n'); // cut inside a line
+    auto r = parse_badblocks(text);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_TRUE(r->truncated);
+    EXPECT_EQ(r->ranges.size(), 4095u / 10);
+    EXPECT_EQ(r->ranges.front(), (SectorRange{1000000, 8}));
+    EXPECT_EQ(r->ranges.back(), (SectorRange{1000000 + (4095 / 10 - 1) * 16, 8}));
+    auto e = parse_badblocks(page_of_ranges(409)); // 4090 bytes, whole lines
+    ASSERT_TRUE(e);
+    EXPECT_FALSE(e->truncated) << "a list shorter than the page is whole";
+    auto full = parse_badblocks(page_of_ranges(409) + "1 10\n"); // 4095 bytes: the page
+    ASSERT_TRUE(full);
+    EXPECT_TRUE(full->truncated);
+    // The complete lines are still held to the kernel's form.
+    std::string bad = text;
+    bad.replace(0, 7, "0x10000");
+    EXPECT_FALSE(parse_badblocks(bad));
+    // Another page size (sysconf): the same rule.
+    auto big = parse_badblocks(text, 65536);
+    EXPECT_FALSE(big) << "a cut line in a list shorter than the page is malformed";
 }
 
 TEST(ParseBadblocks, MalformedLinesFailTheWhole) {
@@ -247,6 +284,52 @@ TEST_F(TrackerTest, AFailedOrMalformedReadKeepsTheLastKnown) {
     EXPECT_TRUE(t.update_region("region0", make_error(ENODEV, "gone"), 500));
     EXPECT_FALSE(t.health_of(record).degraded());
     EXPECT_TRUE(t.regions().empty());
+}
+
+TEST_F(TrackerTest, AListCutAtThePageIsIncompleteNotOk) {
+    HealthTracker t(os);
+    // 1000 bad ranges, none of them in the first page inside the tag's data
+    // (they lie before it, in the info block): the tag is not ok, as the
+    // ranges past the page may be anywhere in the region.
+    std::string full;
+    for (int i = 0; i < 1000; ++i)
+        full += fmt::format("{} 1\n", 100 + i * 2);
+    os.add_file(std::string(kRegion) + "/badblocks", full.substr(0, kBadblocksPage - 1));
+    t.rescan(100);
+    auto h = t.health_of(record);
+    EXPECT_TRUE(h.bad.empty());
+    EXPECT_FALSE(h.ok());
+    EXPECT_STREQ(h.status(), "incomplete");
+    ASSERT_EQ(h.incomplete.size(), 1u);
+    EXPECT_NE(h.incomplete[0].find("region0/badblocks is longer than the page"), std::string::npos)
+        << h.incomplete[0];
+    EXPECT_STREQ(t.health_of(other).status(), "incomplete"); // in the same region
+    // A tag outside the region is not concerned.
+    TagRecord far;
+    auto dev = std::make_shared<ProbedDevice>();
+    dev->dev.ranges.push_back({kBase + kSize, kBase + kSize + (1 << 30) - 1});
+    far.devices.push_back(dev);
+    EXPECT_TRUE(t.health_of(far).ok());
+    // Through the notification path, a page with a range in the tag: degraded,
+    // and still incomplete.
+    std::string in_tag = fmt::format("{} 8\n", (2 << 20) / S);
+    EXPECT_TRUE(t.update_region("region0",
+                                in_tag + full.substr(0, kBadblocksPage - 1 - in_tag.size()), 200));
+    h = t.health_of(record);
+    EXPECT_STREQ(h.status(), "degraded");
+    EXPECT_EQ(h.bad, (std::vector<BadRange>{{0, 4096, 200}}));
+    EXPECT_EQ(h.incomplete.size(), 1u);
+    // The list shrinks under a page: whole again.
+    EXPECT_TRUE(t.update_region("region0", std::string(""), 300));
+    EXPECT_TRUE(t.health_of(record).ok());
+    // An unreadable list is not ok either, even before anything was known.
+    os.fail(std::string(kRegion) + "/badblocks", EIO);
+    t.rescan(400);
+    EXPECT_STREQ(t.health_of(record).status(), "incomplete");
+    os.heal();
+    set_badblocks("");
+    t.rescan(500);
+    EXPECT_TRUE(t.health_of(record).ok());
 }
 
 TEST_F(TrackerTest, NotifiedText) {
