@@ -477,3 +477,85 @@ def test_dcd_abi(dcd, guest_tools, vm_timings, tmp_path):
         res.check()
     except (AssertionError, vmkit.VmError) as exc:
         _fail_with_context(res, exc)
+
+
+# --------------------------------------------------------------------------
+# d. poison: a memory error in DC capacity reaches the tag's health
+# --------------------------------------------------------------------------
+
+T5 = "d5d5d5d5-0017-4000-8000-0000000000d5"
+#: Away from offset 0, so that a wrong DPA-to-offset mapping cannot pass.
+T5_EXTENTS = [(384 * MiB, 128 * MiB)]
+#: The device has only DC capacity: DC region 0 starts at DPA 0, and an
+#: extent at region offset O is DPA O.
+POISON_OFFSET = 3 * MiB  # within T5's data
+POISON_LEN = 64
+
+
+def poison_scenario() -> str:
+    return f"""
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+dcd_start_answers
+dcd_make_region
+tm_start
+dcd_ask add T5
+dcd_claim_unless_daemon {T5}
+tagmem wait {T5} --timeout 120
+tm_section health-before sh -c 'tagmem show --json {T5}'
+tagmem watch --json >/tmp/watch.out 2>/tmp/watch.err &
+WATCH=$!
+( rc=0; tagmem wait --degraded {T5} --timeout 120 >/tmp/deg.out 2>&1 || rc=$?
+  echo $rc >/tmp/deg.rc ) &
+DEG=$!
+sleep 1
+dcd_ask poison T5
+echo "DCD-EVENT: poison injected uptime=$(tm_now)"
+# The device raises no event for an injected error: the poison list is read
+# at start, at SIGHUP and after lost events; this is the SIGHUP.
+tm_reload
+wait $DEG
+echo "DCD-EVENT: wait --degraded returned rc=$(cat /tmp/deg.rc) uptime=$(tm_now)"
+tm_section degraded cat /tmp/deg.out
+tm_section metadata-after cat $TM_MNT/{T5}/metadata
+sleep 1
+kill $WATCH
+tm_section watch cat /tmp/watch.out
+tm_stop
+"""
+
+
+def test_dcd_poison(dcd, guest_tools, vm_timings, tmp_path):
+    """cxl-inject-poison on the DC device: the kernel's poison list read
+    (cxl_poison trace events) degrades the tag at the error's offset within
+    its data, in metadata, `tagmem wait --degraded` and the watch stream."""
+    files = dcdkit.DcdGuestFiles(tmp_path / "dc.img", tmp_path / "qmp.sock", tmp_path / "ctl.sock")
+    dcdkit.backing_file(files.backing)
+    dpa = T5_EXTENTS[0][0] + POISON_OFFSET
+    initrd = _initrd(tmp_path / "poison.cpio", poison_scenario(), dcd, guest_tools)
+    guest = _start(dcd, initrd, files, "dcd-poison", tmp_path)
+    try:
+        _serve(guest, files, {
+            "add T5": lambda q: lambda: q.add_capacity(T5, T5_EXTENTS),
+            "poison T5": lambda q: lambda: q.inject_poison(dpa, POISON_LEN),
+        })
+    finally:
+        res = guest.wait()
+    vm_timings["dcd poison guest"] = res.summary()
+    try:
+        assert res.oops is None, res.oops
+        before = section_json(res, "health-before")
+        assert before["health"]["status"] == "ok", before
+        assert "DCD-EVENT: wait --degraded returned rc=0" in res.console
+        after = json.loads(section(res, "metadata-after"))
+        health = after["health"]
+        assert health["status"] == "degraded", after
+        assert [(r["offset"], r["length"]) for r in health["bad_ranges"]] == \
+            [(POISON_OFFSET, POISON_LEN)], health
+        degraded = json.loads(section(res, "degraded"))
+        assert degraded["status"] == "degraded", degraded
+        events = [e for e in _watch_events(res) if e.get("tag") == T5]
+        assert any(e["event"] == "health" and e.get("health") == "degraded" for e in events), \
+            events
+        res.check()
+    except (AssertionError, vmkit.VmError) as exc:
+        _fail_with_context(res, exc)
