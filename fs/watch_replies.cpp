@@ -211,13 +211,10 @@ std::string WatchServer::stats_reply() const {
     if (!j.is_object())
         j = nlohmann::json::object();
     const auto& n = counters_;
-    j["watch"] = {{"clients", clients_.size()},
-                  {"queued_bytes", queued_total_},
-                  {"accepted", n.accepted},
-                  {"refused", n.refused},
-                  {"shed", n.shed},
-                  {"timed_out", n.timed_out},
-                  {"overflowed", n.overflowed},
+    j["watch"] = {{"clients", clients_.size()},    {"queued_bytes", queued_total_},
+                  {"accepted", n.accepted},        {"refused", n.refused},
+                  {"evicted", n.evicted},          {"shed", n.shed},
+                  {"timed_out", n.timed_out},      {"overflowed", n.overflowed},
                   {"bad_requests", n.bad_requests}};
     return to_line(j);
 }
