@@ -20,6 +20,7 @@
 #include "watch_server.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <malloc.h>
@@ -212,6 +213,10 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
     // After the tree (a new tag's directory exists before an engine can
     // bind it), before its node goes (a removed tag leaves the spec first).
     // No-node tags are not usable: not in the spec.
+    const auto revoked = cdi_devices_.revoked_by(shown);
+    for (const auto& r : revoked)
+        log::info("tag {}: CDI device {} revoked; containers started with it still hold {}:{}",
+                  r.tag.str(), fmt::join(r.names, ", "), r.devno.major, r.devno.minor);
     if (auto changed = cdi_devices_.apply(shown); !changed.empty() && cdi_)
         write_cdi(changed);
     for (const auto& name : stale)
@@ -224,7 +229,7 @@ void Daemon::publish(const TagDelta& delta, const char* why) {
                 e.tag.str(), to_string(e.kind), e.state, e.device.empty() ? "" : ", ", e.device,
                 why);
     if (watchers_)
-        watchers_->publish(changes.events);
+        watchers_->publish(changes.events, revoked);
 }
 
 // Only the files of the tags whose spec changed: a change costs one small

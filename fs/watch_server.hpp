@@ -24,6 +24,7 @@
 // Owned and driven by the daemon's event thread: not thread-safe.
 #pragma once
 
+#include "cdi.hpp"
 #include "fd.hpp"
 #include "result.hpp"
 #include "tag_tree.hpp"
@@ -68,7 +69,9 @@ class WatchServer {
     // Closes clients past their deadline; resumes a paused listener.
     void tick();
     // After the kernel has been told: the changes are visible in the mount.
-    void publish(const std::vector<TagEvent>& events);
+    // The event of a tag in `revoked` names the CDI devices it revokes.
+    void publish(const std::vector<TagEvent>& events,
+                 const std::vector<CdiRevocation>& revoked = {});
     // The host changed in a way events do not say (rejected or untagged
     // devices): cached list replies are stale.
     void invalidate() { cache_ = {}; }
