@@ -738,7 +738,7 @@ int Daemon::run() {
     if (!opt_.cdi_dir.empty()) {
         // Without it containers cannot request tags, but the host's own
         // programs can still use them: serve, and say so.
-        if (auto cdi = CdiDir::open(opt_.cdi_dir); !cdi)
+        if (auto cdi = CdiDir::open(opt_.cdi_dir, opt_.mount_point); !cdi)
             log::error("{}; no CDI spec will be written", cdi.error().message);
         else {
             cdi_.emplace(std::move(*cdi));
