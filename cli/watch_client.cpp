@@ -111,6 +111,21 @@ std::string health_text(const nlohmann::json& j) {
     return out;
 }
 
+// " revokes tagmem.io/tag=<tag>,... (252:1)": the CDI devices whose
+// containers still hold the tag's old device number; they must be stopped
+// (docs/containers.md). Empty when the line revokes nothing.
+std::string revoked_text(const nlohmann::json& j) {
+    auto r = j.find("cdi_revoked");
+    if (r == j.end() || !r->is_object())
+        return "";
+    std::string names;
+    const auto devices = r->value("devices", nlohmann::json::array());
+    for (const auto& d : devices)
+        if (d.is_string())
+            names += (names.empty() ? "" : ",") + d.get<std::string>();
+    return fmt::format(" revokes {} ({})", names, r->value("devno", "?"));
+}
+
 } // namespace
 
 int cmd_wait(const WatchOptions& opt) {
@@ -254,10 +269,11 @@ int cmd_watch(const WatchOptions& opt) {
                        j.value("device", "") == "" ? "-" : j.value("device", ""),
                        j.value("state", "?"), health_text(j));
         else if (ended.empty() && event != "snapshot-end")
-            fmt::print("{:<8} {} {} {}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
+            fmt::print("{:<8} {} {} {}{}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
                        j.value("device", "") == "" ? "-" : j.value("device", ""),
                        j.value("state", "?"),
-                       j.value("health", "") == "" ? "" : " " + j.value("health", ""));
+                       j.value("health", "") == "" ? "" : " " + j.value("health", ""),
+                       revoked_text(j));
         return ended.empty();
     });
     (void)done;

@@ -182,6 +182,26 @@ std::vector<Uuid> CdiSet::apply(const TagDelta& delta) {
     return changed;
 }
 
+std::vector<CdiRevocation> CdiSet::revoked_by(const TagDelta& delta) const {
+    std::vector<CdiRevocation> out;
+    auto revoke = [&](const Uuid& tag, const std::optional<CdiDevice>& now) {
+        auto it = devices_.find(tag);
+        if (it == devices_.end() || (now && now->devno == it->second.devno))
+            return;
+        if (std::any_of(out.begin(), out.end(), [&](const auto& r) { return r.tag == tag; }))
+            return;
+        CdiRevocation r{tag, {fmt::format("{}={}", kCdiKind, tag.str())}, it->second.devno};
+        if (has_alias(tag))
+            r.names.push_back(fmt::format("{}={}", kCdiKind, it->second.name));
+        out.push_back(std::move(r));
+    };
+    for (const auto& tag : delta.removals)
+        revoke(tag, std::nullopt);
+    for (const auto& r : delta.upserts)
+        revoke(r->tag, cdi_device_of(*r));
+    return out;
+}
+
 bool CdiSet::has_alias(const Uuid& tag) const {
     auto it = devices_.find(tag);
     if (it == devices_.end())

@@ -74,6 +74,19 @@ std::optional<CdiDevice> cdi_device_of(const TagRecord& record);
 
 using CdiDevices = std::map<Uuid, CdiDevice>;
 
+// A tag's CDI devices that stop meaning its device: the tag is no longer
+// usable, or its device number changed. A container started with one of
+// these names holds a device rule (and a node) for `devno`, which the
+// kernel hands to the next dax device it makes: that container can then
+// open whatever memory gets that number. The watch socket says so with the
+// tag's event, so that an orchestrator stops those containers
+// (docs/containers.md).
+struct CdiRevocation {
+    Uuid tag;
+    std::vector<std::string> names; // fully qualified: tagmem.io/tag=<name>
+    DevNumber devno;                // the number the containers hold
+};
+
 // Keeps the CDI view of the published tags up to date from deltas.
 class CdiSet {
   public:
@@ -81,6 +94,10 @@ class CdiSet {
     // is an alias (a name that became shared or unshared changes the specs
     // of the other tags with that name too). Each at most once.
     std::vector<Uuid> apply(const TagDelta& delta);
+    // What the delta revokes, asked before apply(): the tags that had a
+    // CDI device and lose it or change device number, with the names
+    // engines knew them by (the tag, and the alias it had).
+    std::vector<CdiRevocation> revoked_by(const TagDelta& delta) const;
     const CdiDevices& devices() const { return devices_; }
     // Whether the tag's configured name is also a device name of its own.
     bool has_alias(const Uuid& tag) const;

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,9 +19,71 @@
 namespace tagmem {
 namespace {
 
-// Hidden and without the .json suffix: engines list *.json and *.yaml only.
-// One name will do: every write happens on the event thread, one at a time.
-constexpr const char* kTempName = ".tagmem.json.tmp";
+// Temporary files are hidden and without the .json suffix (engines list
+// *.json and *.yaml only), and named by the tag and this process: no two
+// writers, nor a file a crashed run left, ever share one. Older versions
+// used one fixed name, removed at start like the rest.
+constexpr std::string_view kTempPrefix = ".tagmem-";
+constexpr std::string_view kTempSuffix = ".tmp";
+constexpr const char* kOldTempName = ".tagmem.json.tmp";
+constexpr const char* kLockName = ".tagmem.lock";
+
+std::string temp_name(const Uuid& tag) {
+    return fmt::format("{}{}.{}{}", kTempPrefix, tag.str(), ::getpid(), kTempSuffix);
+}
+
+bool is_temp_name(std::string_view name) {
+    return name == kOldTempName || (name.size() > kTempPrefix.size() + kTempSuffix.size() &&
+                                    name.starts_with(kTempPrefix) && name.ends_with(kTempSuffix));
+}
+
+// The directory's lock (see cdi_file.hpp). The file is unlinked at a clean
+// stop, so a lock taken on a file that was unlinked meanwhile is taken
+// again on the one now at that name: two daemons never both hold "the" lock.
+Result<Fd> lock_dir(int dir, const std::string& dir_path, const std::string& mount_point) {
+    const std::string path = fmt::format("{}/{}", dir_path, kLockName);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+        // O_NOFOLLOW, O_NONBLOCK and the checks below: a CDI directory may
+        // be writable by others, who must not make root write through a
+        // planted link or hang on a FIFO.
+        Fd fd(
+            ::openat(dir, kLockName, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644));
+        if (!fd)
+            return sys_error(fmt::format("cannot open the lock file {}", path));
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+            st.st_nlink > 1)
+            return make_error(EPERM, fmt::format("{} is not a lock file of this user's (a "
+                                                 "regular file with one link); remove it",
+                                                 path));
+        if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+            const int err = errno;
+            if (err != EWOULDBLOCK)
+                return make_error(err, fmt::format("cannot lock {}: {}", path, std::strerror(err)));
+            char buf[512] = {};
+            auto n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
+            std::string owner(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+            while (!owner.empty() && owner.back() == '\n')
+                owner.pop_back();
+            return make_error(EWOULDBLOCK,
+                              fmt::format("CDI directory {} is kept by the tagmemfs of {} (it "
+                                          "holds {}); give this one cdi-dir= or no-cdi",
+                                          dir_path, owner.empty() ? "another mount point" : owner,
+                                          path));
+        }
+        struct stat now {};
+        if (::fstatat(dir, kLockName, &now, AT_SYMLINK_NOFOLLOW) != 0 || now.st_ino != st.st_ino ||
+            now.st_dev != st.st_dev)
+            continue; // unlinked by a daemon stopping in between: take the new one
+        // Only for the message of a second daemon: failures change nothing.
+        const std::string text = mount_point + "\n";
+        if (::ftruncate(fd.get(), 0) == 0) {
+            [[maybe_unused]] auto w = ::pwrite(fd.get(), text.data(), text.size(), 0);
+        }
+        return fd;
+    }
+    return make_error(EAGAIN, fmt::format("cannot lock {}: it keeps being replaced", path));
+}
 
 Status mkdirs(const std::string& dir) {
     for (std::size_t at = 1; at <= dir.size(); ++at) {
@@ -47,7 +110,7 @@ Status write_all(int fd, std::string_view data, const std::string& path) {
 
 } // namespace
 
-Result<CdiDir> CdiDir::open(const std::string& dir) {
+Result<CdiDir> CdiDir::open(const std::string& dir, const std::string& mount_point) {
     if (dir.empty() || dir.front() != '/')
         return make_error(EINVAL, fmt::format("CDI directory '{}' is not absolute", dir));
     if (auto made = mkdirs(dir); !made)
@@ -55,7 +118,10 @@ Result<CdiDir> CdiDir::open(const std::string& dir) {
     Fd fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!fd)
         return sys_error(fmt::format("cannot open {}", dir));
-    return CdiDir(std::move(fd), dir);
+    auto lock = lock_dir(fd.get(), dir, mount_point);
+    if (!lock)
+        return lock.error();
+    return CdiDir(std::move(fd), std::move(*lock), dir);
 }
 
 CdiDir::~CdiDir() {
@@ -69,6 +135,9 @@ CdiDir::~CdiDir() {
         if (auto gone = remove(tag); !gone)
             log::warning("{}", gone.error().message);
     }
+    // While still holding the lock: the next daemon creates a new file (a
+    // leftover is harmless too, the lock being the kernel's, not the file's).
+    ::unlinkat(dir_.get(), kLockName, 0);
 }
 
 std::string CdiDir::path(const Uuid& tag) const {
@@ -76,10 +145,15 @@ std::string CdiDir::path(const Uuid& tag) const {
 }
 
 Status CdiDir::write(const Uuid& tag, const std::string& content) {
-    const std::string temp = fmt::format("{}/{}", dir_path_, kTempName);
+    const std::string temp_leaf = temp_name(tag);
+    const std::string temp = fmt::format("{}/{}", dir_path_, temp_leaf);
     const std::string name = cdi_file_name(tag);
-    Fd fd(::openat(dir_.get(), kTempName, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                   0644));
+    // O_EXCL: a name of this pid that exists was left by a crashed run that
+    // had the same pid; it is removed and made anew, never written through.
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    Fd fd(::openat(dir_.get(), temp_leaf.c_str(), flags, 0644));
+    if (!fd && errno == EEXIST && ::unlinkat(dir_.get(), temp_leaf.c_str(), 0) == 0)
+        fd = Fd(::openat(dir_.get(), temp_leaf.c_str(), flags, 0644));
     if (!fd)
         return sys_error(fmt::format("cannot create {}", temp));
     // Readable by rootless engines too, whatever the umask: the nodes' own
@@ -91,10 +165,10 @@ Status CdiDir::write(const Uuid& tag, const std::string& content) {
         done = sys_error(fmt::format("cannot sync {}", temp));
     // rename() replaces whatever has the name, a link included, never what
     // a link leads to.
-    if (done && ::renameat(dir_.get(), kTempName, dir_.get(), name.c_str()) != 0)
+    if (done && ::renameat(dir_.get(), temp_leaf.c_str(), dir_.get(), name.c_str()) != 0)
         done = sys_error(fmt::format("cannot rename {} to {}", temp, path(tag)));
     if (!done) {
-        ::unlinkat(dir_.get(), kTempName, 0);
+        ::unlinkat(dir_.get(), temp_leaf.c_str(), 0);
         return done;
     }
     written_.insert(tag);
@@ -143,7 +217,7 @@ void CdiDir::remove_stale(const std::function<bool(const Uuid&)>& keep) {
     while (const dirent* e = ::readdir(d)) {
         const std::string_view name = e->d_name;
         auto tag = cdi_file_tag(name);
-        if ((tag && !keep(*tag)) || name == kCdiLegacyFileName || name == kTempName)
+        if ((tag && !keep(*tag)) || name == kCdiLegacyFileName || is_temp_name(name))
             stale.emplace_back(name);
     }
     ::closedir(d);

@@ -10,6 +10,14 @@
 // old one. The files are removed when their tag stops being usable and at a
 // clean stop; after a crash they stay until the next start, which removes
 // those whose tag is no longer usable.
+//
+// One tagmemfs per CDI directory: two daemons (the service and an fstab
+// mount, say) would write the same device names with their own paths, and
+// the one that stops would remove the other's files. The first takes
+// flock(LOCK_EX) on <dir>/.tagmem.lock (hidden, no .json: no engine reads
+// it) and keeps it while it runs; a second one is refused the directory
+// and writes nothing there (docs/containers.md). The kernel drops the lock
+// when its holder dies, however it dies.
 #pragma once
 
 #include "fd.hpp"
@@ -24,11 +32,14 @@ namespace tagmem {
 
 class CdiDir {
   public:
-    // Opens the directory, creating it (0755) if missing.
-    static Result<CdiDir> open(const std::string& dir);
+    // Opens the directory, creating it (0755) if missing, and takes its
+    // lock for the daemon of mount_point (named in the lock file, for the
+    // message a second daemon gives). EWOULDBLOCK when another live
+    // tagmemfs holds it.
+    static Result<CdiDir> open(const std::string& dir, const std::string& mount_point);
     CdiDir(CdiDir&&) noexcept = default;
     CdiDir& operator=(CdiDir&&) = delete;
-    ~CdiDir(); // removes every file it wrote
+    ~CdiDir(); // removes every file it wrote, then its lock file
 
     // Replaces the tag's file atomically.
     Status write(const Uuid& tag, const std::string& content);
@@ -41,9 +52,11 @@ class CdiDir {
     const std::string& dir() const { return dir_path_; }
 
   private:
-    CdiDir(Fd dir, std::string dir_path) : dir_(std::move(dir)), dir_path_(std::move(dir_path)) {}
+    CdiDir(Fd dir, Fd lock, std::string dir_path)
+        : dir_(std::move(dir)), lock_(std::move(lock)), dir_path_(std::move(dir_path)) {}
     Status unlink_owned(const std::string& name);
     Fd dir_;
+    Fd lock_; // flock'ed while this daemon writes the directory
     std::string dir_path_;
     std::set<Uuid> written_; // the files to remove at a clean stop
 };

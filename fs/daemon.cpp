@@ -21,6 +21,7 @@
 #include "watch_server.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <malloc.h>
@@ -224,6 +225,10 @@ void Daemon::publish(const TagDelta& claimable, const char* why) {
     // After the tree (a new tag's directory exists before an engine can
     // bind it), before its node goes (a removed tag leaves the spec first).
     // No-node tags are not usable: not in the spec.
+    const auto revoked = cdi_devices_.revoked_by(shown);
+    for (const auto& r : revoked)
+        log::info("tag {}: CDI device {} revoked; containers started with it still hold {}:{}",
+                  r.tag.str(), fmt::join(r.names, ", "), r.devno.major, r.devno.minor);
     if (auto changed = cdi_devices_.apply(shown); !changed.empty() && cdi_)
         write_cdi(changed);
     for (const auto& name : stale)
@@ -236,7 +241,7 @@ void Daemon::publish(const TagDelta& claimable, const char* why) {
                 e.tag.str(), to_string(e.kind), e.state, e.device.empty() ? "" : ", ", e.device,
                 why);
     if (watchers_)
-        watchers_->publish(changes.events);
+        watchers_->publish(changes.events, revoked);
 }
 
 void Daemon::retry_claims() {
@@ -804,7 +809,7 @@ int Daemon::run() {
     if (!opt_.cdi_dir.empty()) {
         // Without it containers cannot request tags, but the host's own
         // programs can still use them: serve, and say so.
-        if (auto cdi = CdiDir::open(opt_.cdi_dir); !cdi)
+        if (auto cdi = CdiDir::open(opt_.cdi_dir, opt_.mount_point); !cdi)
             log::error("{}; no CDI spec will be written", cdi.error().message);
         else {
             cdi_.emplace(std::move(*cdi));

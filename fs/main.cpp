@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     auto* cdi_dir =
         app.add_option("--cdi-dir", opt.cdi_dir,
                        "where to keep the CDI specs of the usable tags (tagmem-<uuid>.json) "
-                       "for container engines; empty: none")
+                       "for container engines, one tagmemfs per directory; empty: none")
             ->capture_default_str();
     bool no_cdi = false;
     app.add_flag("--no-cdi", no_cdi, "write no CDI spec (same as an empty --cdi-dir)")

@@ -32,10 +32,17 @@ std::string to_line(const nlohmann::json& j) {
 // `health` events carry the tag's health (offsets within its data, never
 // physical addresses); `exists` lines say "health":"degraded" for a tag that
 // is, so a snapshot tells a waiter where things stand.
+// A `removed` or `changed` line of a tag whose CDI devices stop meaning its
+// device says which, and the device number containers started with them
+// hold (core/cdi.hpp, CdiRevocation).
 std::string event_prefix(const char* event, const Uuid& tag, const std::string& device,
                          const std::string& state, const TagHealth* health = nullptr,
-                         bool full_health = false) {
+                         bool full_health = false, const CdiRevocation* revoked = nullptr) {
     nlohmann::json j{{"event", event}, {"tag", tag.str()}, {"device", device}, {"state", state}};
+    if (revoked)
+        j["cdi_revoked"] = {
+            {"devices", revoked->names},
+            {"devno", fmt::format("{}:{}", revoked->devno.major, revoked->devno.minor)}};
     if (full_health) {
         auto h = health_to_json(health);
         j["health"] = h["status"];
@@ -142,11 +149,17 @@ void WatchServer::deliver(Client& c, const std::string& prefix) {
         overflow(c, "reads too slowly");
 }
 
-void WatchServer::publish(const std::vector<TagEvent>& events) {
+void WatchServer::publish(const std::vector<TagEvent>& events,
+                          const std::vector<CdiRevocation>& revoked) {
     invalidate();
     if (clients_.empty())
         return;
     for (const auto& e : events) {
+        const CdiRevocation* revokes = nullptr;
+        if (e.kind == TagEventKind::removed || e.kind == TagEventKind::changed)
+            for (const auto& r : revoked)
+                if (r.tag == e.tag)
+                    revokes = &r;
         std::string prefix;
         for (auto& [fd, c] : clients_) {
             if (!c.fd || !may_see(c, e.access))
@@ -154,7 +167,7 @@ void WatchServer::publish(const std::vector<TagEvent>& events) {
             if (c.phase == Phase::watching) {
                 if (prefix.empty())
                     prefix = event_prefix(to_string(e.kind), e.tag, e.device, e.state,
-                                          e.health.get(), e.kind == TagEventKind::health);
+                                          e.health.get(), e.kind == TagEventKind::health, revokes);
                 deliver(c, prefix);
             }
             if (c.phase == Phase::waiting && c.waiting == e.tag &&
@@ -213,13 +226,10 @@ std::string WatchServer::stats_reply() const {
     if (!j.is_object())
         j = nlohmann::json::object();
     const auto& n = counters_;
-    j["watch"] = {{"clients", clients_.size()},
-                  {"queued_bytes", queued_total_},
-                  {"accepted", n.accepted},
-                  {"refused", n.refused},
-                  {"shed", n.shed},
-                  {"timed_out", n.timed_out},
-                  {"overflowed", n.overflowed},
+    j["watch"] = {{"clients", clients_.size()},    {"queued_bytes", queued_total_},
+                  {"accepted", n.accepted},        {"refused", n.refused},
+                  {"evicted", n.evicted},          {"shed", n.shed},
+                  {"timed_out", n.timed_out},      {"overflowed", n.overflowed},
                   {"bad_requests", n.bad_requests}};
     return to_line(j);
 }

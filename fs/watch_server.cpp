@@ -129,6 +129,9 @@ void WatchServer::poll_fds(std::vector<pollfd>& fds) const {
 }
 
 void WatchServer::handle(const std::vector<pollfd>& fds) {
+    // A client accepted in this pass may have the fd number of one evicted
+    // in it: the readiness polled was the old one's, not its own.
+    const std::uint64_t polled_before = accepts_;
     for (const auto& p : fds) {
         if (!p.revents)
             continue;
@@ -140,6 +143,8 @@ void WatchServer::handle(const std::vector<pollfd>& fds) {
         if (it == clients_.end() || !it->second.fd)
             continue;
         Client& c = it->second;
+        if (c.order >= polled_before)
+            continue;
         if (p.revents & POLLNVAL) {
             drop(c);
             continue;
@@ -187,15 +192,53 @@ void WatchServer::tick() {
     reap();
 }
 
-bool WatchServer::admit(uid_t uid) const {
+// The non-root budget is shared, so a few uids (or one user's subordinate
+// uid range) could fill it and lock every other user out. When it is full,
+// a uid that holds none, or that would still hold fewer than the uid
+// holding the most, takes a slot from that uid: a uid is never locked out
+// by others that hold more than it. Between uids that hold about as many,
+// nothing moves (no ping-pong).
+bool WatchServer::admit(uid_t uid) {
     if (uid == 0)
         return root_clients_ < limits_.max_root_clients;
-    unsigned total = 0;
-    for (const auto& [u, n] : per_uid_)
-        total += n;
     auto it = per_uid_.find(uid);
-    return total < limits_.max_clients &&
-           (it == per_uid_.end() || it->second < limits_.max_clients_per_uid);
+    const unsigned mine = it == per_uid_.end() ? 0 : it->second;
+    if (mine >= limits_.max_clients_per_uid)
+        return false;
+    if (non_root_clients_ < limits_.max_clients)
+        return true;
+    const auto [holder, most] = largest_holder();
+    if (most == 0 || holder == uid || (mine != 0 && mine + 1 >= most))
+        return false;
+    evict_newest_of(holder);
+    return non_root_clients_ < limits_.max_clients;
+}
+
+std::pair<uid_t, unsigned> WatchServer::largest_holder() const {
+    std::pair<uid_t, unsigned> best{0, 0};
+    for (const auto& [u, n] : per_uid_)
+        if (n > best.second)
+            best = {u, n};
+    return best;
+}
+
+// Its newest: the connection that has had the least service, and the one a
+// flooder that reconnects keeps replacing, so that a long-lived watcher of
+// that uid stays.
+void WatchServer::evict_newest_of(uid_t uid) {
+    Client* newest = nullptr;
+    for (auto& [fd, c] : clients_)
+        if (c.fd && c.uid == uid && (!newest || c.order > newest->order))
+            newest = &c;
+    if (!newest)
+        return;
+    ++counters_.evicted;
+    // Never inside a line a watcher has begun to read: it would get half
+    // of one and then a line it cannot parse.
+    if (!newest->mid_line)
+        send_now(newest->fd.get(),
+                 "{\"error\":\"too many connections: closed to make room for another user\"}\n");
+    drop(*newest);
 }
 
 void WatchServer::accept_clients() {
@@ -224,6 +267,7 @@ void WatchServer::accept_clients() {
         socklen_t len = sizeof cred;
         if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
             continue;
+        const std::uint64_t evicted = counters_.evicted;
         if (!admit(cred.uid)) {
             ++counters_.refused;
             send_now(fd.get(), "{\"error\":\"too many connections\"}\n");
@@ -235,18 +279,31 @@ void WatchServer::accept_clients() {
             }
             continue;
         }
+        if (counters_.evicted != evicted && now - last_refusal_log_ >= kRefusalLogInterval) {
+            last_refusal_log_ = now;
+            log::warning("watch socket: the non-root budget is full; closed a connection of the "
+                         "uid holding the most to admit uid {} ({} so far)",
+                         cred.uid, counters_.evicted);
+        }
         ++counters_.accepted;
         ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &kSocketBuffer, sizeof kSocketBuffer);
         if (cred.uid == 0)
             ++root_clients_;
-        else
+        else {
             ++per_uid_[cred.uid];
+            ++non_root_clients_;
+        }
         Client c;
         c.uid = cred.uid;
+        c.order = accepts_++;
         c.groups = peer_groups(fd.get(), cred.gid);
         c.deadline = now + std::chrono::milliseconds(limits_.idle_timeout_ms);
         int key = fd.get();
         c.fd = std::move(fd);
+        // An evicted client's entry, closed but not yet reaped, may hold
+        // the number the kernel has just reused.
+        if (auto old = clients_.find(key); old != clients_.end() && !old->second.fd)
+            clients_.erase(old);
         clients_.emplace(key, std::move(c));
     }
 }
@@ -405,8 +462,10 @@ void WatchServer::drop(Client& c) {
     c.snapshot.reset();
     if (c.uid == 0) {
         --root_clients_;
-    } else if (auto it = per_uid_.find(c.uid); it != per_uid_.end() && --it->second == 0) {
-        per_uid_.erase(it);
+    } else if (auto it = per_uid_.find(c.uid); it != per_uid_.end()) {
+        --non_root_clients_;
+        if (--it->second == 0)
+            per_uid_.erase(it);
     }
     c.fd.reset();
 }

@@ -24,6 +24,7 @@
 // Owned and driven by the daemon's event thread: not thread-safe.
 #pragma once
 
+#include "cdi.hpp"
 #include "fd.hpp"
 #include "result.hpp"
 #include "tag_tree.hpp"
@@ -68,7 +69,9 @@ class WatchServer {
     // Closes clients past their deadline; resumes a paused listener.
     void tick();
     // After the kernel has been told: the changes are visible in the mount.
-    void publish(const std::vector<TagEvent>& events);
+    // The event of a tag in `revoked` names the CDI devices it revokes.
+    void publish(const std::vector<TagEvent>& events,
+                 const std::vector<CdiRevocation>& revoked = {});
     // The host changed in a way events do not say (rejected or untagged
     // devices): cached list replies are stale.
     void invalidate() { cache_ = {}; }
@@ -90,8 +93,9 @@ class WatchServer {
         std::string in;             // the request being read
         std::string out;            // output not yet written, from out_off
         std::size_t out_off = 0;
-        bool mid_line = false; // the last byte written was not a newline
-        std::uint64_t seq = 0; // of the last line sent to this watcher
+        bool mid_line = false;   // the last byte written was not a newline
+        std::uint64_t seq = 0;   // of the last line sent to this watcher
+        std::uint64_t order = 0; // of acceptance: eviction takes a uid's newest
         std::optional<Uuid> waiting;
         // While a watcher's initial snapshot is sent: the records as they
         // were at its request, the next to send, and the events since,
@@ -106,7 +110,7 @@ class WatchServer {
 
     struct Counters {
         std::uint64_t accepted = 0, refused = 0, shed = 0, timed_out = 0, overflowed = 0,
-                      bad_requests = 0;
+                      bad_requests = 0, evicted = 0;
     };
 
     // A list reply per privilege level, rendered once per host change.
@@ -121,7 +125,13 @@ class WatchServer {
 
     void accept_clients();
     bool shed_connection();
-    bool admit(uid_t uid) const;
+    // Whether a connection of uid may be taken: within root's budget, or
+    // within the per-uid limit and, when the non-root budget is full,
+    // after evicting a connection of the uid holding the most.
+    bool admit(uid_t uid);
+    // The non-root uid holding the most connections, and how many.
+    std::pair<uid_t, unsigned> largest_holder() const;
+    void evict_newest_of(uid_t uid);
     void read_request(Client& c);
     void on_request(Client& c, const std::string& line);
     void start_watch(Client& c);
@@ -148,6 +158,8 @@ class WatchServer {
     WatchLimits limits_;
     std::map<int, Client> clients_;
     std::map<uid_t, unsigned> per_uid_; // open non-root connections
+    unsigned non_root_clients_ = 0;     // the sum of per_uid_
+    std::uint64_t accepts_ = 0;         // Client::order of the next one
     unsigned root_clients_ = 0;
     std::size_t queued_total_ = 0;
     std::optional<Clock::time_point> listener_paused_until_;

@@ -532,3 +532,88 @@ def test_a_watcher_that_lags_is_told_before_it_is_dropped(make_host, tagmemfs, p
     assert last["seq"] > len(got) + 1
     assert all(e["event"] != "overflow" for e in got)
     stop_promptly(d)
+
+
+HOLDER = """
+    import json, socket, sys
+    held = []
+    for _ in range({n}):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(10)
+        c.connect({sock!r})
+        try:  # a refused connection may be closed before the request is sent
+            c.sendall(b'{{"op":"watch"}}\\n')
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        while b"snapshot-end" not in data and b"error" not in data:
+            try:
+                chunk = c.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        held.append((c, data))
+    print(json.dumps([d.decode() for _, d in held]), flush=True)
+    sys.stdin.readline()
+    # What each connection got since: already there, as the server wrote
+    # and closed before it let the newcomer in.
+    later = []
+    for c, _ in held:
+        c.setblocking(False)
+        try:
+            later.append(c.recv(65536).decode())
+        except BlockingIOError:
+            later.append(None)
+    print(json.dumps(later), flush=True)
+"""
+
+FILLERS = [5101, 5102, 5103, 5104]  # uids with no tag to hear of
+NEWCOMER = 5105
+
+
+def hold(sock: Path, uid: int, n: int) -> tuple[subprocess.Popen, list[str]]:
+    """n watch connections of uid, each served its snapshot, held open."""
+    p = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                          sys.executable, "-c",
+                          textwrap.dedent(HOLDER.format(n=n, sock=str(sock)))],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return p, json.loads(wait_line(p))
+
+
+def test_uids_that_fill_the_socket_do_not_lock_out_a_uid_with_none(make_host, tagmemfs,
+                                                                     public_dir):
+    """Four uids hold every non-root slot (two each, the per-uid limit);
+    a fifth uid still gets in, by one connection of a uid holding the most
+    being closed; and a uid holding one less than the most cannot take a
+    slot back (no ping-pong)."""
+    h, d, conf = start_on_host(make_host, tagmemfs, public_dir, range(0, 3),
+                               "--watch-max-clients", "8", "--watch-max-clients-per-uid", "2")
+    holders = [hold(d.socket, uid, 2) for uid in FILLERS]
+    for _, got in holders:
+        assert all('"snapshot-end"' in g for g in got), got
+    assert stats(d.socket)["watch"]["clients"] == 8 + 1  # and root's, asking
+    # The newcomer holds none: it gets its snapshot, not a refusal.
+    newcomer, got = hold(d.socket, NEWCOMER, 1)
+    assert got == ['{"event":"snapshot-end","seq":1}\n'], got
+    later = []
+    for p, _ in holders:
+        out, _ = p.communicate("go\n", timeout=30)
+        later += json.loads(out)
+    evicted = [g for g in later if g is not None]
+    assert evicted == ['{"error":"too many connections: closed to make room for another user"}\n']
+    s = stats(d.socket)["watch"]
+    assert s["evicted"] == 1 and s["refused"] == 0
+    # Full again once the server has seen the fillers go: three uids with
+    # two, one with one, the newcomer with one.
+    eventually(lambda: stats(d.socket)["watch"]["clients"] == 1 + 1, what="the fillers gone")
+    holders = [hold(d.socket, uid, 2 if uid != FILLERS[3] else 1) for uid in FILLERS]
+    assert stats(d.socket)["watch"]["clients"] == 8 + 1
+    over, got = hold(d.socket, FILLERS[3], 1)
+    over.communicate("go\n", timeout=30)
+    assert got == ['{"error":"too many connections"}\n'], got
+    assert stats(d.socket)["watch"]["evicted"] == 1
+    for p, _ in holders + [(newcomer, None)]:
+        p.communicate("go\n", timeout=30)
+    stop_promptly(d)

@@ -144,3 +144,22 @@ def test_tagmemfs_help_and_version():
     assert r.returncode == 0 and r.stdout.startswith("tagmemfs ")
     r = subprocess.run([str(TAGMEMFS), "--log-level", "loud"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_mount_helper_options_agree_with_the_man_page_and_tagmemfs():
+    """The options mount.tagmem turns into tagmemfs's own are the ones
+    tagmemfs(8) MOUNTING lists, and each is an option tagmemfs --help knows."""
+    script = (ROOT / "mount-helper" / "mount.tagmem.in").read_text()
+    valued = set(re.findall(r"(?:^ *|\| )([a-z-]+)=\*", script.split('set -- # tagmemfs')[1],
+                            re.M))
+    flags = set(re.findall(r"^    ([a-z-]+)\)\n        set -- \"\$@\" (--[a-z-]+) ;;", script,
+                           re.M))
+    valued -= {"comment", "user", "users"}  # dropped or refused, not passed on
+    man = (ROOT / "man" / "tagmemfs.8").read_text().replace("\\-", "-")
+    section = man.split(".SH MOUNTING")[1].split("\n.SH ")[0]
+    sentence = section.split("become the options of the same names")[0]
+    assert set(re.findall(r"^\.BR? ([a-z-]+)=", sentence, re.M)) == valued
+    assert flags == {("no-cdi", "--no-cdi")}
+    assert ".B no-cdi\nbecomes\n.BR --no-cdi" in section
+    helped = _help_options([str(TAGMEMFS)])
+    assert {f"--{o}" for o in valued} | {f for _, f in flags} <= helped

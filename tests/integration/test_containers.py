@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -39,6 +41,8 @@ SCHEMA = Path("/usr/share/gocode/src/github.com/container-orchestrated-devices/"
 NOBODY = 65534
 GiB, MiB = hg.GiB, hg.MiB
 TAG_X = "7e570000-0000-4000-8000-0000000000e1"
+# The build tree's mount.tagmem (it starts the build tree's tagmemfs).
+HELPER = conftest.TAGMEMFS.parents[1] / "mount-helper" / "mount.tagmem"
 
 
 def host_with(tags: dict[int, str]) -> tuple[hg.Host, dict[str, str]]:
@@ -186,7 +190,7 @@ def test_spec_in_var_run_cdi_follows_the_tags(make_host, tagmemfs, tmp_path):
         d = tagmemfs(cdi=True)  # no CDI option: the default directory
         # One file per usable tag, and no temporary file left.
         names = [f"tagmem-{t}.json" for t in sorted([hg.TAG_A, hg.TAG_B])]
-        assert sorted(os.listdir("/run/cdi")) == names
+        assert sorted(os.listdir("/run/cdi")) == [".tagmem.lock"] + names
         spec = spec_of(Path("/var/run/cdi"))
         assert device_names(spec) == sorted([hg.TAG_A, hg.TAG_B])
         for name in names:
@@ -210,7 +214,7 @@ def test_cdi_dir_options(make_host, tagmemfs, tmp_path):
         d = tagmemfs(*off, cdi=True)
         assert "CDI spec" not in d.text()
     assert sorted(os.listdir(elsewhere)) == sorted(
-        f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B))
+        [".tagmem.lock"] + [f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B)])
 
 
 def test_a_change_rewrites_only_its_tags_file(make_host, tagmemfs, cdi_dir, tmp_path):
@@ -254,7 +258,8 @@ def test_a_crashed_runs_files_are_cleaned_links_never_followed(make_host, tagmem
     gone = "7e570000-0000-4000-8000-0000000000e1"  # usable no more
     (cdi_dir / f"tagmem-{gone}.json").write_text("{}")
     (cdi_dir / "tagmem.json").write_text("{}")  # the single spec of older versions
-    (cdi_dir / ".tagmem.json.tmp").write_text("half")
+    (cdi_dir / ".tagmem.json.tmp").write_text("half")  # the temporary name of older versions
+    (cdi_dir / f".tagmem-{hg.TAG_A}.4242.tmp").write_text("half")  # and of this one
     (cdi_dir / "other-vendor.json").write_text("{}")
     victim = tmp_path / "victim"
     victim.write_text("keep me")
@@ -263,7 +268,7 @@ def test_a_crashed_runs_files_are_cleaned_links_never_followed(make_host, tagmem
     (cdi_dir / f"tagmem-{hg.TAG_A}.json").symlink_to(victim)
     d = tagmemfs("--cdi-dir", cdi_dir)
     assert sorted(os.listdir(cdi_dir)) == sorted(
-        ["other-vendor.json", f"tagmem-{gone_link}.json"] +
+        [".tagmem.lock", "other-vendor.json", f"tagmem-{gone_link}.json"] +
         [f"tagmem-{t}.json" for t in (hg.TAG_A, hg.TAG_B)])
     assert victim.read_text() == "keep me"  # neither written through nor removed
     assert (cdi_dir / f"tagmem-{gone_link}.json").is_symlink()  # not ours: left
@@ -272,6 +277,101 @@ def test_a_crashed_runs_files_are_cleaned_links_never_followed(make_host, tagmem
     d.stop()
     assert victim.read_text() == "keep me"
     assert sorted(os.listdir(cdi_dir)) == ["other-vendor.json", f"tagmem-{gone_link}.json"]
+
+
+def spec_texts(cdi_dir: Path) -> dict[str, str]:
+    return {f.name: f.read_text() for f in spec_files(cdi_dir)}
+
+
+def test_two_daemons_never_share_a_cdi_dir(make_host, tagmemfs, cdi_dir, tmp_path):
+    """The service and an fstab (mount.tagmem) instance on another mount
+    point, both given one CDI directory: the second must neither rewrite the
+    first's specs (their hostPath) nor remove them when it stops."""
+    make_host("dcd")  # TAG_A and TAG_B ready
+    first = tagmemfs("--cdi-dir", cdi_dir)
+    before = spec_texts(cdi_dir)
+    assert len(before) == 2 and all(str(first.mount_point) in t for t in before.values())
+    second = tagmemfs("--cdi-dir", cdi_dir)
+    assert f"CDI directory {cdi_dir} is kept by the tagmemfs of {first.mount_point}" in \
+        second.text()
+    assert spec_texts(cdi_dir) == before
+    assert second.stop() == 0
+    assert spec_texts(cdi_dir) == before  # the first's, still there
+    # mount.tagmem gives an fstab instance a directory of its own.
+    own = tmp_path / "cdi-own"
+    mp = tmp_path / "mnt-fstab"
+    r = subprocess.run([str(HELPER), "tagmem", str(mp), "-o", f"cdi-dir={own}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    try:
+        mine = spec_texts(own)
+        assert sorted(mine) == sorted(before)
+        assert all(f'"hostPath":"{mp}/' in t for t in mine.values())
+        assert spec_texts(cdi_dir) == before
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    # Stopped cleanly, the first leaves nothing behind, its lock included.
+    assert first.stop() == 0
+    assert os.listdir(cdi_dir) == []
+    # A stopped owner's directory is free: a new daemon takes it.
+    third = tagmemfs("--cdi-dir", cdi_dir)
+    assert all(str(third.mount_point) in t for t in spec_texts(cdi_dir).values())
+    assert len(spec_texts(cdi_dir)) == 2
+
+
+def data_node(spec_file: Path) -> tuple[int, int]:
+    node = json.loads(spec_file.read_text())["devices"][0]["containerEdits"]["deviceNodes"][0]
+    return node["major"], node["minor"]
+
+
+def test_a_tag_that_goes_revokes_its_cdi_devices_on_the_watch_socket(make_host, tagmemfs,
+                                                                     cdi_dir, tmp_path):
+    """A container holds the device number its tag had; the kernel gives
+    it to the next dax device. Without a container: the number leaves the
+    spec with the tag, the next tag's spec may carry the very same number,
+    and the tag's removal on the watch socket (and in `tagmem watch`) names
+    the CDI devices to stop and the number their containers hold."""
+    conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nname = pool\n")
+    host = make_host(host_with({0: hg.TAG_A, 1: hg.TAG_B})[0])
+    d = tagmemfs("--cdi-dir", cdi_dir, "--config", conf, "--uevents", "none")
+    sock = Path(str(d.mount_point) + ".sock")
+    a_file = cdi_dir / f"tagmem-{hg.TAG_A}.json"
+    a_major, a_minor = data_node(a_file)
+    watcher = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    watcher.connect(str(sock))
+    watcher.settimeout(30)  # a line that never comes fails rather than hangs
+    watcher.sendall(b'{"op":"watch"}\n')
+    lines = watcher.makefile("r")
+    while json.loads(lines.readline())["event"] != "snapshot-end":
+        pass
+    cli = subprocess.Popen([str(conftest.TAGMEM), "watch", "--snapshot", "--socket", str(sock)],
+                           stdout=subprocess.PIPE, text=True)
+    # Its snapshot printed: its changes are the ones after this.
+    assert sorted(cli.stdout.readline().split()[:2] for _ in range(2)) == sorted(
+        [["exists", hg.TAG_A], ["exists", hg.TAG_B]])
+    # A goes; a new tag X gets A's device, and with it A's number.
+    host.rewrite(host_with({0: TAG_X, 1: hg.TAG_B})[0])
+    d.rescan()
+    events = {}
+    while len(events) < 2:
+        e = json.loads(lines.readline())
+        events[(e["event"], e["tag"])] = e
+    removed = events[("removed", hg.TAG_A)]
+    assert removed["cdi_revoked"] == {
+        "devices": [f"{KIND}={hg.TAG_A}", f"{KIND}=pool"], "devno": f"{a_major}:{a_minor}"}
+    assert "cdi_revoked" not in events[("added", TAG_X)]
+    assert not a_file.exists()
+    assert data_node(cdi_dir / f"tagmem-{TAG_X}.json") == (a_major, a_minor)
+    out = ""
+    while "removed" not in out:
+        assert select.select([cli.stdout], [], [], 30)[0], "tagmem watch printed no removal"
+        out = cli.stdout.readline()
+    assert out.split()[:2] == ["removed", hg.TAG_A]
+    assert out.rstrip().endswith(
+        f"revokes {KIND}={hg.TAG_A},{KIND}=pool ({a_major}:{a_minor})"), out
+    cli.terminate()
+    cli.wait()
+    watcher.close()
 
 
 def test_tagmem_cdi_with_names(make_host, tmp_path):

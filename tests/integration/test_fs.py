@@ -569,6 +569,15 @@ def test_mount_helper_translates_mount_options(make_host, tmp_path):
     assert fstype == "fuse.tagmem" and "noexec" in opts
     assert (mp / hg.TAG_A / "data").stat().st_uid == NOBODY
     subprocess.run(["umount", str(mp)], check=True)
+    # The CDI options, for an fstab mount beside the service (one CDI
+    # directory serves one daemon).
+    fake = helper("tagmem", mp, "-f", "-o", "cdi-dir=/run/cdi-fstab,noexec")
+    assert fake.stdout.split() == [str(TAGMEMFS), "--cdi-dir", "/run/cdi-fstab", "-o", "noexec",
+                                   str(mp)]
+    fake = helper("tagmem", mp, "-f", "-o", "no-cdi,log-level=info")
+    assert fake.stdout.split() == [str(TAGMEMFS), "--no-cdi", "--log-level", "info", str(mp)]
+    fake = helper("tagmem", mp, "-f", "-o", "cdi-dir=")
+    assert fake.stdout.split() == [str(TAGMEMFS), "--cdi-dir", str(mp)]  # empty: none
     # What tagmemfs refuses, the helper does not smuggle through.
     r = helper("tagmem", mp, "-o", "nodev")
     assert r.returncode == 2 and "not allowed" in r.stderr

@@ -227,6 +227,41 @@ TEST(CdiSet, ATagsFileHoldsItsDevicesAsTheCombinedSpecDoes) {
     EXPECT_EQ(json(merged), combined["devices"]);
 }
 
+// A container keeps the device rule and node of the number it was started
+// with; the kernel gives a freed dax minor to the next device at once. So a
+// tag's CDI names are revoked, with that number, whenever the tag stops
+// being usable or its number changes, and at no other change.
+TEST(CdiSet, RevokesANamesDeviceNumberWhenTheTagLosesIt) {
+    CdiSet set;
+    set.apply(upsert(record(1, TagState::ready, "pool")));
+    set.apply(upsert(record(2)));
+    // Owner, mode: the number stays the tag's; nothing revoked.
+    EXPECT_TRUE(set.revoked_by(upsert(record(1, TagState::ready, "pool", {.mode = 0640}))).empty());
+    // Gone: both names, and the number the containers hold.
+    TagDelta gone;
+    gone.removals.push_back(tag_n(1));
+    auto r = set.revoked_by(gone);
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(r[0].tag, tag_n(1));
+    EXPECT_THAT(r[0].names, ElementsAre("tagmem.io/tag=" + tag_n(1).str(), "tagmem.io/tag=pool"));
+    EXPECT_EQ(r[0].devno, (DevNumber{252, 1}));
+    // No longer usable (disabled, conflict...): revoked as well.
+    r = set.revoked_by(upsert(record(2, TagState::disabled)));
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_THAT(r[0].names, ElementsAre("tagmem.io/tag=" + tag_n(2).str()));
+    // Another device number for the tag (the device was made anew): the old
+    // number is revoked, the new one is in the spec.
+    auto moved = std::make_shared<TagRecord>(*record(2));
+    auto dev = std::make_shared<ProbedDevice>(*moved->devices[0]);
+    dev->dev.devno = DevNumber{252, 7};
+    moved->devices = {dev};
+    r = set.revoked_by(upsert(moved));
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(r[0].devno, (DevNumber{252, 2}));
+    // A tag that had no CDI device revokes nothing.
+    EXPECT_TRUE(set.revoked_by(upsert(record(3, TagState::disabled))).empty());
+}
+
 TEST(CdiFileName, OnlyTagmemfsOwnPattern) {
     const Uuid t = tag_n(30);
     EXPECT_EQ(cdi_file_name(t), "tagmem-" + t.str() + ".json");
