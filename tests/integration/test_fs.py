@@ -319,6 +319,35 @@ def test_sighup_reloads_grants_and_keeps_a_good_config_over_a_bad_one(make_host,
     assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o600
 
 
+def test_a_config_of_100000_sections_applies_and_a_failed_read_keeps_the_last(
+        make_host, tagmemfs, tmp_path):
+    """Issue 19: tagmem.conf was read as a sysfs attribute (64 KiB at most,
+    about 300 sections) and a larger one was refused whole. A reload that
+    cannot read the file (over its own bound, a directory) keeps the last
+    configuration, with the reason in the log."""
+    make_host("dcd")
+    filler = "".join(f"[tag 6f1c2d3e-0000-4000-8000-{i:012x}]\nmode = 0640\n"
+                     for i in range(100_000))
+    conf = write_config(tmp_path, filler + f"[tag {hg.TAG_A}]\nowner = {NOBODY}\nmode = 0640\n")
+    assert conf.stat().st_size > 64 * 1024
+    d = tagmemfs("-c", conf)
+    data = d.mount_point / hg.TAG_A / "data"
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+    conf.write_text(f"[tag {hg.TAG_A}]\nmode = 0600\n")
+    os.truncate(conf, 64 * 1024 * 1024 + 1)
+    d.rescan()
+    assert f"{conf}: larger than 67108864 bytes, the most it may have; not read" in d.text()
+    assert d.text().count("keeping the previous configuration") == 1
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+    conf.unlink()
+    conf.mkdir()
+    d.rescan()
+    assert d.text().count("keeping the previous configuration") == 2
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+
 def test_sighup_revokes_a_grant(make_host, tagmemfs, tmp_path):
     make_host("dcd")
     conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
