@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
-from conftest import TAGMEM, TAGMEMFS, mount_options, run_as, run_tagmem, write_config
+from conftest import TAGMEM, TAGMEMFS, mount_options, preload_env, run_as, run_tagmem, write_config
 
 NOBODY = 65534
 
@@ -720,17 +720,6 @@ def test_opens_cost_no_request_where_the_kernel_allows(make_host, tagmemfs):
     _open_requests(d.mount_point, 1)  # the first of each is answered ENOSYS
     assert _open_requests(d.mount_point) == (0, 0)
     assert "asks before every" not in d.text()
-
-
-def preload_env(shim: Path) -> dict:
-    """The environment that preloads the shim. Under ASan (the sanitizer pass of
-    scripts/test.sh) the shim comes before the ASan runtime in the library list,
-    which ASan refuses by default; it is a plain interposer, so that check alone
-    is turned off, for this process only."""
-    env = {**os.environ, "LD_PRELOAD": str(shim)}
-    if "ASAN_OPTIONS" in env:
-        env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
-    return env
 
 
 def test_opens_are_answered_on_a_kernel_without_zero_message_opens(make_host, tmp_path):
