@@ -2,6 +2,7 @@
 #include "daemon.hpp"
 
 #include "badblocks_watch.hpp"
+#include "capabilities.hpp"
 #include "cdi.hpp"
 #include "cdi_file.hpp"
 #include "config.hpp"
@@ -806,6 +807,17 @@ int Daemon::run() {
     log::info("mounted {} tags on {} ({}); events from {}, watch socket {}", tree_->tag_count(),
               opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
               socket_path);
+
+    // Mounted, listening, the CDI directory open: from here on the daemon
+    // parses what every local user sends, and needs root's power only for
+    // what fs/capabilities.hpp lists. Before daemonizing, so that a failure
+    // is the exit status of whoever started it (unit, shell, mount.tagmem),
+    // and before any thread is made, so that every thread has the sets.
+    if (auto dropped = drop_capabilities(); !dropped) {
+        log::error("cannot drop capabilities: {}; not serving", dropped.error().message);
+        return 1; // still able to unmount: capset changes all sets or none
+    }
+    log::debug("capabilities kept: {}", capability_summary());
 
     if (!opt_.foreground) {
         if (fuse_daemonize(0) != 0) {

@@ -348,6 +348,62 @@ def test_a_config_of_100000_sections_applies_and_a_failed_read_keeps_the_last(
     assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
 
 
+# What tagmemfs keeps once it serves (fs/capabilities.hpp): CAP_CHOWN (0),
+# CAP_FOWNER (3), CAP_SYS_ADMIN (21), CAP_MKNOD (27).
+KEPT_CAPS = (1 << 0) | (1 << 3) | (1 << 21) | (1 << 27)
+
+
+def capability_sets(pid: int) -> dict[str, dict[str, int]]:
+    """Every thread's capability sets and no_new_privs, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = dict(line.split(":\t", 1)
+                      for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        out[task.name] = {k: int(fields[k], 16)
+                          for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+        out[task.name]["NoNewPrivs"] = int(fields["NoNewPrivs"])
+    return out
+
+
+def assert_capabilities_dropped(pid: int) -> None:
+    sets = capability_sets(pid)
+    assert len(sets) >= 2, sets  # at least the main thread and the event thread
+    want = {"CapInh": 0, "CapPrm": KEPT_CAPS, "CapEff": KEPT_CAPS, "CapBnd": KEPT_CAPS,
+            "CapAmb": 0, "NoNewPrivs": 1}
+    for tid, got in sets.items():
+        assert got == want, (tid, {k: hex(v) for k, v in got.items()})
+
+
+def test_the_daemon_keeps_four_capabilities_and_still_does_its_job(make_host, tagmemfs,
+                                                                    tmp_path):
+    """Issue 19: tagmemfs kept every capability for its whole life. Now every
+    thread has CAP_CHOWN, CAP_FOWNER, CAP_SYS_ADMIN and CAP_MKNOD once it
+    serves, and with them it still makes, gives away and re-modes nodes at a
+    reload, and unmounts both mounts when stopped."""
+    make_host("dcd")
+    conf = write_config(tmp_path, "")
+    d = tagmemfs("-c", conf)
+    assert_capabilities_dropped(d.proc.pid)
+    data = d.mount_point / hg.TAG_A / "data"
+    nodes = Path(f"{d.mount_point}.nodes")
+    assert data.stat().st_uid == 0 and stat.S_IMODE(data.stat().st_mode) == 0o600
+    # mknod, chown and chmod of a node for another user.
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\ngroup = {NOBODY}\nmode = 0640\n")
+    d.rescan()
+    st = data.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o640)
+    assert open_errno_as(NOBODY, NOBODY, data) == "ENXIO"  # the mode lets nobody in
+    # A mode change of a node that belongs to nobody.
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\nmode = 0604\n")
+    d.rescan()
+    st = data.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0, 0o604)
+    assert "Operation not permitted" not in d.text()
+    assert_capabilities_dropped(d.proc.pid)  # the threads made since, too
+    assert d.stop() == 0
+    assert mount_options(d.mount_point) is None and mount_options(nodes) is None
+
+
 def test_sighup_revokes_a_grant(make_host, tagmemfs, tmp_path):
     make_host("dcd")
     conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
@@ -602,6 +658,30 @@ def test_mount_helper_translates_mount_options(make_host, tmp_path):
     r = helper("tagmem", mp, "-o", "nodev")
     assert r.returncode == 2 and "not allowed" in r.stderr
     assert mount_options(mp) is None
+
+
+@pytest.mark.parametrize("how", ["mount.tagmem", "by hand"])
+def test_a_daemonized_tagmemfs_keeps_four_capabilities(make_host, tmp_path, how):
+    """Not only under the unit: in the background, started by mount(8)'s
+    helper or from a shell, every thread has the four capabilities."""
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    r = (helper("tagmem", mp) if how == "mount.tagmem" else
+         subprocess.run([str(TAGMEMFS), str(mp)], capture_output=True, text=True, timeout=30))
+    assert r.returncode == 0, r.stderr
+    try:
+        pids = subprocess.run(["pgrep", "-f", f"tagmemfs {mp}$"], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1
+        assert_capabilities_dropped(int(pids[0]))
+        assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    deadline = time.monotonic() + 30  # a bound for a hang, not a timing
+    while Path(f"/proc/{pids[0]}").exists():
+        assert time.monotonic() < deadline, "tagmemfs did not exit after the unmount"
+        time.sleep(0.05)
+    assert mount_options(Path(f"{mp}.nodes")) is None  # unmounted at its exit
 
 
 @pytest.mark.parametrize("argv", [
