@@ -307,7 +307,7 @@ Config parse_config(std::string_view text, std::string origin) {
 }
 
 Config load_config(const std::string& path, bool missing_ok, HostOs& os) {
-    auto text = os.read_file(path);
+    auto text = os.read_file_bounded(path, kMaxConfigBytes);
     if (!text) {
         Config empty;
         empty.origin = path;

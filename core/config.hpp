@@ -29,6 +29,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -41,6 +42,11 @@ namespace tagmem {
 class HostOs;
 
 inline constexpr const char* kDefaultConfigPath = "/etc/tagmem/tagmem.conf";
+// The most tagmem.conf may hold: 64 MiB, some 500,000 sections with every
+// key. Its own bound, not a sysfs attribute's (64 KiB, about 300 sections):
+// the file is root's, and the bound only keeps a runaway generator from
+// exhausting the daemon's memory.
+inline constexpr std::size_t kMaxConfigBytes = std::size_t{64} << 20;
 
 // Inclusive physical address range, as /proc/iomem prints it.
 struct PhysRange {
@@ -95,8 +101,10 @@ struct Config {
 // Parses text; never fails as a whole: problems land in Config::errors.
 Config parse_config(std::string_view text, std::string origin);
 
-// Reads and parses a file. A missing file is an empty configuration when
-// missing_ok (the default path), an error otherwise. Owners and groups are
+// Reads (at most kMaxConfigBytes) and parses a file. A missing file is an
+// empty configuration when missing_ok (the default path), an error
+// otherwise; any other failed read is an error, never an empty
+// configuration. Owners and groups are
 // checked against the user database so that a typo is reported at load time
 // rather than when a tag appears.
 Config load_config(const std::string& path, bool missing_ok, HostOs& os);

@@ -70,6 +70,36 @@ class RealHostOs final : public HostOs {
         return out;
     }
 
+    Result<std::string> read_file_bounded(const std::string& path, std::size_t max_bytes) override {
+        Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+        if (!fd)
+            return errno_error(errno, "cannot open", path);
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0)
+            return errno_error(errno, "cannot stat", path);
+        // Said before a byte is read: a huge file costs nothing.
+        if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) > max_bytes)
+            return too_large(path, max_bytes);
+        std::string out;
+        if (S_ISREG(st.st_mode))
+            out.reserve(static_cast<std::size_t>(st.st_size));
+        char buf[65536];
+        for (;;) {
+            ssize_t n = ::read(fd.get(), buf, sizeof buf);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return errno_error(errno, "cannot read", path);
+            }
+            if (n == 0)
+                return out;
+            // The file may grow while it is read, or be no regular file.
+            if (out.size() + static_cast<std::size_t>(n) > max_bytes)
+                return too_large(path, max_bytes);
+            out.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+
     Result<std::string> real_path(const std::string& path) override {
         std::unique_ptr<char, decltype(&std::free)> p(::realpath(path.c_str(), nullptr),
                                                       &std::free);

@@ -51,8 +51,26 @@ class HostOs {
   public:
     virtual ~HostOs() = default;
 
+    // The error read_file_bounded() returns for a file over its bound.
+    static Error too_large(const std::string& path, std::size_t max_bytes) {
+        return make_error(EFBIG, fmt::format("{}: larger than {} bytes, the most it may have; "
+                                             "not read",
+                                             path, max_bytes));
+    }
+
     // Reads a small file (sysfs attribute) whole. ENOENT when it is absent.
+    // EFBIG past 64 KiB: no attribute is larger.
     virtual Result<std::string> read_file(const std::string& path) = 0;
+    // Reads a file whole that may be far larger than an attribute (a
+    // configuration file), up to max_bytes: EFBIG, saying the bound,
+    // beyond. The default, for hosts whose read_file() has no bound of its
+    // own (the in-memory ones), applies the bound to read_file().
+    virtual Result<std::string> read_file_bounded(const std::string& path, std::size_t max_bytes) {
+        auto text = read_file(path);
+        if (text && text->size() > max_bytes)
+            return too_large(path, max_bytes);
+        return text;
+    }
     virtual Result<std::string> real_path(const std::string& path) = 0;
     // Where a symlink points, as an absolute path: the link's target joined
     // to the link's directory, "." and ".." folded. Only as exact as that

@@ -2,6 +2,7 @@
 #include "daemon.hpp"
 
 #include "badblocks_watch.hpp"
+#include "capabilities.hpp"
 #include "cdi.hpp"
 #include "cdi_file.hpp"
 #include "claimer.hpp"
@@ -42,7 +43,9 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <system_error>
 #include <thread>
+#include <tuple>
 
 namespace tagmem {
 namespace {
@@ -116,6 +119,7 @@ class Daemon {
     void retry_claims();
     void write_cdi(const std::vector<Uuid>& tags);
     void event_loop();
+    Status start_signals();
     // What failed to read (or a node that could not be made) is retried
     // with backoff until it succeeds; said once when it starts, once when
     // it ends.
@@ -707,6 +711,52 @@ sigset_t stop_signals() {
     return set;
 }
 
+// The eventfds the handlers write and the event thread polls, then the
+// handlers. Signals are blocked meanwhile (run()): a handler in place early
+// runs only once they are unblocked, with the eventfds there.
+Status Daemon::start_signals() {
+    auto make = [](Fd& fd, int flags, const char* what) -> Status {
+        fd = Fd(::eventfd(0, EFD_CLOEXEC | flags));
+        if (!fd) {
+            const int err = errno; // before fmt allocates
+            return make_error(
+                err, fmt::format("cannot make the {} eventfd: {}", what, std::strerror(err)));
+        }
+        return Ok{};
+    };
+    if (auto ok = make(rescan_event_, EFD_NONBLOCK, "rescan"); !ok)
+        return ok;
+    if (auto ok = make(stop_event_, 0, "stop"); !ok)
+        return ok;
+    if (auto ok = make(stop_request_, EFD_NONBLOCK, "stop request"); !ok)
+        return ok;
+    g_rescan_fd = rescan_event_.get();
+    g_stop_fd = stop_request_.get();
+    auto handle = [](int sig, void (*handler)(int), int flags) -> Status {
+        struct sigaction sa {};
+        sa.sa_handler = handler;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = flags;
+        if (::sigaction(sig, &sa, nullptr) != 0) {
+            const int err = errno;
+            return make_error(
+                err, fmt::format("cannot handle SIG{}: {}", sigabbrev_np(sig), std::strerror(err)));
+        }
+        return Ok{};
+    };
+    for (auto [sig, handler, flags] : {
+             std::tuple{SIGHUP, &on_sighup, SA_RESTART},
+             // No SA_RESTART: the main thread's wait in the session loop must end.
+             std::tuple{SIGTERM, &on_stop, 0},
+             std::tuple{SIGINT, &on_stop, 0},
+             // As libfuse's handlers did: a closed peer is an error.
+             std::tuple{SIGPIPE, SIG_IGN, 0},
+         })
+        if (auto ok = handle(sig, handler, flags); !ok)
+            return ok;
+    return Ok{};
+}
+
 bool stop_requested() {
     sigset_t pending;
     sigemptyset(&pending);
@@ -730,6 +780,12 @@ int Daemon::run() {
     if (!options) {
         log::error("{}", options.error().message);
         return 2;
+    }
+    // Before anything is mounted: a daemon that could not be told to rescan
+    // or to stop must not start serving (its stop would hang at exit).
+    if (auto started = start_signals(); !started) {
+        log::error("{}; not mounting", started.error().message);
+        return 1;
     }
     // Listen before the first scan, so that no event between the scan and
     // the start of the loop is lost (it waits in the socket).
@@ -828,6 +884,17 @@ int Daemon::run() {
               opt_.mount_point, *options, uevents_ ? uevents_->source_name() : "nowhere",
               socket_path);
 
+    // Mounted, listening, the CDI directory open: from here on the daemon
+    // parses what every local user sends, and needs root's power only for
+    // what fs/capabilities.hpp lists. Before daemonizing, so that a failure
+    // is the exit status of whoever started it (unit, shell, mount.tagmem),
+    // and before any thread is made, so that every thread has the sets.
+    if (auto dropped = drop_capabilities(); !dropped) {
+        log::error("cannot drop capabilities: {}; not serving", dropped.error().message);
+        return 1; // still able to unmount: capset changes all sets or none
+    }
+    log::debug("capabilities kept: {}", capability_summary());
+
     if (!opt_.foreground) {
         if (fuse_daemonize(0) != 0) {
             log::error("cannot daemonize");
@@ -837,31 +904,20 @@ int Daemon::run() {
         lock_->record_pid();
     }
 
-    rescan_event_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    stop_event_ = Fd(::eventfd(0, EFD_CLOEXEC));
-    stop_request_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    g_rescan_fd = rescan_event_.get();
-    g_stop_fd = stop_request_.get();
     g_session = se_;
     main_thread_ = pthread_self();
 
     // Made while the signals are blocked, and they stay blocked in it: the
     // event thread must never be interrupted inside libdaxctl.
-    std::thread events([this] { event_loop(); });
-
-    auto handle = [](int sig, void (*handler)(int), int flags) {
-        struct sigaction sa {};
-        sa.sa_handler = handler;
-        sigemptyset(&sa.sa_mask);
-        sa.sa_flags = flags;
-        sigaction(sig, &sa, nullptr);
-    };
-    handle(SIGHUP, on_sighup, SA_RESTART);
-    // No SA_RESTART: the main thread's wait in the session loop must end.
-    handle(SIGTERM, on_stop, 0);
-    handle(SIGINT, on_stop, 0);
-    handle(SIGPIPE, SIG_IGN, 0); // as libfuse's handlers did: a closed peer is an error
-    // Handlers in place: signals that waited are delivered now.
+    std::optional<std::thread> events;
+    try {
+        events.emplace([this] { event_loop(); });
+    } catch (const std::system_error& e) {
+        log::error("cannot start the event thread: {}; not serving", e.what());
+        return 1; // the mounts' destructors unmount
+    }
+    // Handlers in place (start_signals()): signals that waited are
+    // delivered now.
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 
     // Type=notify: ready once the first scan is mounted and the watch socket
@@ -886,7 +942,7 @@ int Daemon::run() {
     g_stop_fd = -1;
     std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(stop_event_.get(), &one, sizeof one);
-    events.join();
+    events->join();
     se_ = nullptr;
     cdi_.reset(); // no engine may start a container on a mount about to go
     watchers_.reset();

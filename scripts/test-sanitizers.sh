@@ -36,8 +36,9 @@ if command -v ccache >/dev/null; then
 fi
 
 # What the tests run (not tagmem-bench: no benchmarks here).
-# old_kernel_shim: preloaded into tagmemfs by test_fs.py (a kernel without no-open).
-test_targets=(tagmemfs tagmem tagmem_unit_tests old_kernel_shim)
+# old_kernel_shim: preloaded into tagmemfs by test_fs.py (a kernel without no-open);
+# fault_shim: by test_faults.py (a failing eventfd or sigaction).
+test_targets=(tagmemfs tagmem tagmem_unit_tests old_kernel_shim fault_shim)
 
 log() { echo "test-sanitizers: $*" >&2; }
 

@@ -193,6 +193,17 @@ def list_json(config: Path | None = None) -> dict:
     return run_tagmem("list", "--json", config=config, check_json=True)
 
 
+def preload_env(shim: Path) -> dict:
+    """The environment that preloads the shim. Under ASan (the sanitizer pass of
+    scripts/test.sh) the shim comes before the ASan runtime in the library list,
+    which ASan refuses by default; it is a plain interposer, so that check alone
+    is turned off, for this process only."""
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+    return env
+
+
 def write_config(tmp_path: Path, text: str, name="tagmem.conf") -> Path:
     p = tmp_path / name
     p.write_text(text)

@@ -24,7 +24,7 @@ from pathlib import Path
 import hostgen as hg
 import pytest
 import conftest
-from conftest import TAGMEMFS, write_config
+from conftest import TAGMEMFS, mount_options, preload_env, write_config
 
 GiB, MiB = hg.GiB, hg.MiB
 # Events enough to overflow tagmemfs's event socket (64 MiB asked for,
@@ -345,3 +345,36 @@ def test_a_change_racing_a_lookup_reaches_the_new_inode(make_host, tagmemfs, tmp
     now = (tag_dir / "metadata").read_text()
     assert json.loads(now)["name"] == long_name, now
     assert os.stat(tag_dir / "metadata").st_size == len(now.encode())
+
+
+FAULT_SHIM = TAGMEMFS.parents[1] / "tests" / "libfault_shim.so"
+
+
+@pytest.mark.parametrize("fault,says", [
+    ("eventfd=1", "cannot make the rescan eventfd: Too many open files"),
+    ("eventfd=2", "cannot make the stop eventfd: Too many open files"),
+    ("eventfd=3", "cannot make the stop request eventfd: Too many open files"),
+    (f"sigaction={int(signal.SIGHUP)}", "cannot handle SIGHUP: Invalid argument"),
+    (f"sigaction={int(signal.SIGTERM)}", "cannot handle SIGTERM: Invalid argument"),
+])
+def test_a_failed_eventfd_or_sigaction_stops_startup_cleanly(make_host, tmp_path, fault, says):
+    """Issue 19: unchecked, a failed eventfd left a daemon that served but
+    could never be stopped (its event thread waited on nothing, and the exit
+    joined it forever); a failed sigaction left SIGTERM to kill it with its
+    mount left behind, or SIGHUP unheard. Now it says why and mounts nothing."""
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    env = {**preload_env(FAULT_SHIM), "TAGMEM_FAULT": fault}
+    p = subprocess.Popen([str(TAGMEMFS), "-f", "--no-cdi", "--uevents", "none", str(mp)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out, _ = p.communicate(timeout=60)  # a bound for a hang, not a timing
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        pytest.fail(f"tagmemfs served on despite TAGMEM_FAULT={fault}:\n{out}")
+    assert p.returncode == 1, out
+    assert f"{says}; not mounting" in out
+    assert mount_options(mp) is None
+    assert mount_options(Path(f"{mp}.nodes")) is None

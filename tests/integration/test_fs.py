@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hostgen as hg
 import pytest
-from conftest import TAGMEM, TAGMEMFS, mount_options, run_as, run_tagmem, write_config
+from conftest import TAGMEM, TAGMEMFS, mount_options, preload_env, run_as, run_tagmem, write_config
 
 NOBODY = 65534
 
@@ -319,6 +319,91 @@ def test_sighup_reloads_grants_and_keeps_a_good_config_over_a_bad_one(make_host,
     assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o600
 
 
+def test_a_config_of_100000_sections_applies_and_a_failed_read_keeps_the_last(
+        make_host, tagmemfs, tmp_path):
+    """Issue 19: tagmem.conf was read as a sysfs attribute (64 KiB at most,
+    about 300 sections) and a larger one was refused whole. A reload that
+    cannot read the file (over its own bound, a directory) keeps the last
+    configuration, with the reason in the log."""
+    make_host("dcd")
+    filler = "".join(f"[tag 6f1c2d3e-0000-4000-8000-{i:012x}]\nmode = 0640\n"
+                     for i in range(100_000))
+    conf = write_config(tmp_path, filler + f"[tag {hg.TAG_A}]\nowner = {NOBODY}\nmode = 0640\n")
+    assert conf.stat().st_size > 64 * 1024
+    d = tagmemfs("-c", conf)
+    data = d.mount_point / hg.TAG_A / "data"
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+    conf.write_text(f"[tag {hg.TAG_A}]\nmode = 0600\n")
+    os.truncate(conf, 64 * 1024 * 1024 + 1)
+    d.rescan()
+    assert f"{conf}: larger than 67108864 bytes, the most it may have; not read" in d.text()
+    assert d.text().count("keeping the previous configuration") == 1
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+    conf.unlink()
+    conf.mkdir()
+    d.rescan()
+    assert d.text().count("keeping the previous configuration") == 2
+    assert data.stat().st_uid == NOBODY and stat.S_IMODE(data.stat().st_mode) == 0o640
+
+
+# What tagmemfs keeps once it serves (fs/capabilities.hpp): CAP_CHOWN (0),
+# CAP_FOWNER (3), CAP_SYS_ADMIN (21), CAP_MKNOD (27).
+KEPT_CAPS = (1 << 0) | (1 << 3) | (1 << 21) | (1 << 27)
+
+
+def capability_sets(pid: int) -> dict[str, dict[str, int]]:
+    """Every thread's capability sets and no_new_privs, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = dict(line.split(":\t", 1)
+                      for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        out[task.name] = {k: int(fields[k], 16)
+                          for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+        out[task.name]["NoNewPrivs"] = int(fields["NoNewPrivs"])
+    return out
+
+
+def assert_capabilities_dropped(pid: int) -> None:
+    sets = capability_sets(pid)
+    assert len(sets) >= 2, sets  # at least the main thread and the event thread
+    want = {"CapInh": 0, "CapPrm": KEPT_CAPS, "CapEff": KEPT_CAPS, "CapBnd": KEPT_CAPS,
+            "CapAmb": 0, "NoNewPrivs": 1}
+    for tid, got in sets.items():
+        assert got == want, (tid, {k: hex(v) for k, v in got.items()})
+
+
+def test_the_daemon_keeps_four_capabilities_and_still_does_its_job(make_host, tagmemfs,
+                                                                    tmp_path):
+    """Issue 19: tagmemfs kept every capability for its whole life. Now every
+    thread has CAP_CHOWN, CAP_FOWNER, CAP_SYS_ADMIN and CAP_MKNOD once it
+    serves, and with them it still makes, gives away and re-modes nodes at a
+    reload, and unmounts both mounts when stopped."""
+    make_host("dcd")
+    conf = write_config(tmp_path, "")
+    d = tagmemfs("-c", conf)
+    assert_capabilities_dropped(d.proc.pid)
+    data = d.mount_point / hg.TAG_A / "data"
+    nodes = Path(f"{d.mount_point}.nodes")
+    assert data.stat().st_uid == 0 and stat.S_IMODE(data.stat().st_mode) == 0o600
+    # mknod, chown and chmod of a node for another user.
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\ngroup = {NOBODY}\nmode = 0640\n")
+    d.rescan()
+    st = data.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o640)
+    assert open_errno_as(NOBODY, NOBODY, data) == "ENXIO"  # the mode lets nobody in
+    # A mode change of a node that belongs to nobody.
+    conf.write_text(f"[tag {hg.TAG_A}]\nowner = {NOBODY}\nmode = 0604\n")
+    d.rescan()
+    st = data.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0, 0o604)
+    assert "Operation not permitted" not in d.text()
+    assert_capabilities_dropped(d.proc.pid)  # the threads made since, too
+    assert d.stop() == 0
+    assert mount_options(d.mount_point) is None and mount_options(nodes) is None
+
+
 def test_sighup_revokes_a_grant(make_host, tagmemfs, tmp_path):
     make_host("dcd")
     conf = write_config(tmp_path, f"[tag {hg.TAG_A}]\nowner = {NOBODY}\n")
@@ -584,6 +669,30 @@ def test_mount_helper_translates_mount_options(make_host, tmp_path):
     assert mount_options(mp) is None
 
 
+@pytest.mark.parametrize("how", ["mount.tagmem", "by hand"])
+def test_a_daemonized_tagmemfs_keeps_four_capabilities(make_host, tmp_path, how):
+    """Not only under the unit: in the background, started by mount(8)'s
+    helper or from a shell, every thread has the four capabilities."""
+    make_host("dcd")
+    mp = tmp_path / "mnt"
+    r = (helper("tagmem", mp) if how == "mount.tagmem" else
+         subprocess.run([str(TAGMEMFS), str(mp)], capture_output=True, text=True, timeout=30))
+    assert r.returncode == 0, r.stderr
+    try:
+        pids = subprocess.run(["pgrep", "-f", f"tagmemfs {mp}$"], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1
+        assert_capabilities_dropped(int(pids[0]))
+        assert sorted(os.listdir(mp)) == sorted([hg.TAG_A, hg.TAG_B, hg.TAG_C])
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    deadline = time.monotonic() + 30  # a bound for a hang, not a timing
+    while Path(f"/proc/{pids[0]}").exists():
+        assert time.monotonic() < deadline, "tagmemfs did not exit after the unmount"
+        time.sleep(0.05)
+    assert mount_options(Path(f"{mp}.nodes")) is None  # unmounted at its exit
+
+
 @pytest.mark.parametrize("argv", [
     ["tagmem", "MP", "-o", "noexec", "-f"],
     ["tagmem", "MP", "-f", "-n", "-s", "-v", "-o", "noexec"],
@@ -700,17 +809,6 @@ def test_opens_cost_no_request_where_the_kernel_allows(make_host, tagmemfs):
     _open_requests(d.mount_point, 1)  # the first of each is answered ENOSYS
     assert _open_requests(d.mount_point) == (0, 0)
     assert "asks before every" not in d.text()
-
-
-def preload_env(shim: Path) -> dict:
-    """The environment that preloads the shim. Under ASan (the sanitizer pass of
-    scripts/test.sh) the shim comes before the ASan runtime in the library list,
-    which ASan refuses by default; it is a plain interposer, so that check alone
-    is turned off, for this process only."""
-    env = {**os.environ, "LD_PRELOAD": str(shim)}
-    if "ASAN_OPTIONS" in env:
-        env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
-    return env
 
 
 def test_opens_are_answered_on_a_kernel_without_zero_message_opens(make_host, tmp_path):

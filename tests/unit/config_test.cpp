@@ -8,6 +8,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <string>
 
 namespace tagmem {
@@ -813,6 +820,79 @@ TEST_F(LoadConfig, SyntaxErrorInTheFileLeavesNoTags) {
     EXPECT_THAT(c.tags, IsEmpty());
     ASSERT_THAT(c.errors, SizeIs(1));
     EXPECT_THAT(c.errors[0], StartsWith(path + ":3: syntax error"));
+}
+
+// --- a large file, read by the real host ------------------------------
+
+// A file of the real file system, removed at the end of the test.
+class RealConfigFile : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        path_ = ::testing::TempDir() + "tagmem-config-test-XXXXXX";
+        int fd = ::mkstemp(path_.data());
+        ASSERT_GE(fd, 0) << std::strerror(errno);
+        ::close(fd);
+    }
+    void TearDown() override { ::unlink(path_.c_str()); }
+    void write(const std::string& text) {
+        std::ofstream out(path_, std::ios::binary | std::ios::trunc);
+        out << text;
+        ASSERT_TRUE(out.good());
+    }
+    std::string path_;
+};
+
+// Issue 19: read as a sysfs attribute (64 KiB at most), a file of more than
+// about 300 sections was refused whole.
+TEST_F(RealConfigFile, AHundredThousandSectionsAreRead) {
+    constexpr int kSections = 100'000;
+    std::string text;
+    for (int i = 0; i < kSections; ++i)
+        text += fmt::format("[tag 6f1c2d3e-0000-4000-8000-{:012x}]\nname = pool-{}\nmode = 0640\n",
+                            i, i);
+    ASSERT_GT(text.size(), std::size_t{64} << 10);
+    write(text);
+    auto c = load_config(path_, false, real_host_os());
+    EXPECT_THAT(c.errors, IsEmpty()) << joined(c.errors);
+    ASSERT_THAT(c.tags, SizeIs(kSections));
+    const TagConfig* last = c.find(U("6f1c2d3e-0000-4000-8000-00000001869f"));
+    ASSERT_NE(last, nullptr);
+    EXPECT_EQ(last->name, "pool-99999");
+    EXPECT_EQ(last->mode, mode_t{0640});
+}
+
+TEST_F(RealConfigFile, OverTheBoundIsAClearErrorAndNoTags) {
+    write(std::string("[tag ") + kA + "]\nmode = 0640\n");
+    // Sparse: refused from its size, before a byte of it is read.
+    ASSERT_EQ(::truncate(path_.c_str(), static_cast<off_t>(kMaxConfigBytes + 1)), 0);
+    auto c = load_config(path_, true, real_host_os());
+    EXPECT_THAT(c.tags, IsEmpty());
+    ASSERT_THAT(c.errors, SizeIs(1));
+    EXPECT_EQ(c.errors[0], fmt::format("{}: larger than {} bytes, the most it may have; not read",
+                                       path_, kMaxConfigBytes));
+}
+
+// The in-memory host has no bound of its own: HostOs's default applies it.
+TEST_F(LoadConfig, OverTheBoundOnAnyHostIsAnError) {
+    os.add_file(path, std::string(kMaxConfigBytes + 1, '#'));
+    auto c = load_config(path, true, os);
+    EXPECT_THAT(c.tags, IsEmpty());
+    ASSERT_THAT(c.errors, SizeIs(1));
+    EXPECT_THAT(c.errors[0], AllOf(HasSubstr(path), HasSubstr("larger than")));
+}
+
+// A read that fails for a passing reason (the daemon at its descriptor
+// limit) is an error, never an empty configuration: the daemon keeps the
+// previous one rather than dropping every grant.
+TEST_F(LoadConfig, AFailedReadIsAnErrorNotAnEmptyConfiguration) {
+    os.add_file(path, std::string("[tag ") + kA + "]\nname = a\n");
+    for (int err : {EMFILE, ENFILE, ENOMEM, EIO}) {
+        os.heal();
+        os.fail_calls(fake::op_read, err, path);
+        auto c = load_config(path, true, os);
+        EXPECT_THAT(c.errors, SizeIs(1)) << err;
+        EXPECT_THAT(c.tags, IsEmpty());
+    }
 }
 
 } // namespace
