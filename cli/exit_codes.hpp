@@ -22,6 +22,7 @@ enum ExitCode : int {
     kExitInUse = 12,         // a process has the device open or mapped
     kExitKernelRefused = 13, // the kernel could not (offline: pages that cannot move)
     kExitConfigInvalid = 14, // tagmem.conf has errors: nothing is decided on it
+    kExitPidNamespace = 15,  // online from a PID namespace whose /proc hides processes
 };
 
 } // namespace tagmem::cli
