@@ -36,14 +36,18 @@ static void fill(fuse_ino_t ino, struct stat* st) {
 static void on_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     struct fuse_entry_param e;
     memset(&e, 0, sizeof e);
-    if (parent != kRoot)
-        return (void)fuse_reply_err(req, ENOENT);
+    if (parent != kRoot) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
     if (strcmp(name, "claims-dax") == 0)
         e.ino = kClaims;
     else if (strcmp(name, "never-answers") == 0)
         e.ino = kNever;
-    else
-        return (void)fuse_reply_err(req, ENOENT);
+    else {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
     fill(e.ino, &e.attr);
     e.entry_timeout = 3600; // the name stays; the attributes are never cached
     fuse_reply_entry(req, &e);

@@ -72,7 +72,9 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
         assert os.readlink(t / "dev") == f"/dev/{dev}"
         shown = json.loads(run_tagmem("show", "--json", tag).stdout)
         assert (t / "size").read_text() == f"{shown['size']}\n"
-        assert (t / "shareable").read_text() == "0\n"
+        # DCD tags are shareable unless configured not (issue 19); NVDIMM not.
+        dcd = tag in (hg.TAG_A, hg.TAG_B)
+        assert (t / "shareable").read_text() == ("1\n" if dcd else "0\n")
         meta = (t / "metadata").read_text()
         assert json.loads(meta) == without_ranges(shown)
         for name, content in (("size", (t / "size").read_text()), ("metadata", meta)):

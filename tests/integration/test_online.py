@@ -6,6 +6,7 @@ the one path that reaches the kernel here is the kernel "refusing"; the
 real onlining is tested in a QEMU guest (tests/qemu/test_online_real.py)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -149,9 +150,8 @@ def test_a_dcd_tag_is_shareable_unless_configured_not(make_host, tmp_path):
     alone = write_config(tmp_path, f"[tag {hg.TAG_C}]\nonline = allow\n", "alone.conf")
     refused(run_tagmem("online", hg.TAG_C, config=alone), 11, "is shareable",
             "online-shareable = allow")
-    shown = run_tagmem("show", hg.TAG_C, "--json", config=alone)
-    assert '"shareable": true' in shown.stdout and '"shareable_from": "default"' in shown.stdout, \
-        shown.stdout
+    listed = {t["tag"]: t for t in json.loads(run_tagmem("list", "--json").stdout)["tags"]}
+    assert (listed[hg.TAG_C]["shareable"], listed[hg.TAG_C]["shareable_from"]) == (True, "default")
     not_shared = write_config(tmp_path, f"[tag {hg.TAG_C}]\nonline = allow\nshareable = no\n",
                               "no.conf")
     refused(run_tagmem("online", hg.TAG_C, config=not_shared), 5, "offered")
@@ -281,7 +281,9 @@ def test_an_auto_online_policy_is_refused_before_anything(make_host, tmp_path):
 def test_already_there_is_success_and_does_nothing(make_host, tmp_path):
     host = make_host("system-ram")
     before = device_state(host, "dax0.0")
-    config = write_config(tmp_path, f"[tag {hg.TAG_RAM}]\nonline = allow\n")
+    # A DCD tag: shareable by default (issue 19), so both settings.
+    config = write_config(tmp_path, f"[tag {hg.TAG_RAM}]\nonline = allow\n"
+                                    "online-shareable = allow\n")
     r = run_tagmem("online", hg.TAG_RAM, config=config)
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     assert "already system RAM" in r.stdout
