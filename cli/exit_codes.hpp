@@ -22,8 +22,9 @@ enum ExitCode : int {
     kExitInUse = 12,         // a process has the device open or mapped
     kExitKernelRefused = 13, // the kernel could not (offline: pages that cannot move)
     kExitConfigInvalid = 14, // tagmem.conf has errors: nothing is decided on it
+    kExitPidNamespace = 15,  // online from a PID namespace whose /proc hides processes
     // tagmem claim (docs/dcd.md): 13 when the kernel refuses, and
-    kExitNotClaimable = 15, // the tag's extents are inconsistent (regions, overlap, alignment)
+    kExitNotClaimable = 16, // the tag's extents are inconsistent (regions, overlap, alignment)
 };
 
 } // namespace tagmem::cli

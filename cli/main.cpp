@@ -218,7 +218,7 @@ int run(int argc, char** argv) {
     std::string change_tag;
     auto* online = app.add_subcommand(
         "online", "make a tag's device system RAM (root; only if tagmem.conf says "
-                  "online = allow); refusals exit 3-5 or 10-14");
+                  "online = allow); refusals exit 3-5 or 10-15");
     auto* offline = app.add_subcommand(
         "offline", "return a tag's system RAM to devdax (root; the same opt-in); exit 13 when "
                    "the kernel cannot offline it");
@@ -229,7 +229,7 @@ int run(int argc, char** argv) {
     std::string claim_tag;
     auto* claim = app.add_subcommand(
         "claim", "make a tag's offered CXL Dynamic Capacity its devdax device (root); exit 0 "
-                 "also if claimed already; refusals exit 3-5, 10, 13-15");
+                 "also if claimed already; refusals exit 3-5, 10, 13, 14, 16");
     claim->add_option("tag", claim_tag, "the tag (UUID)")->required();
 
     WatchOptions wopt;

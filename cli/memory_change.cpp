@@ -11,6 +11,7 @@
 #include "format.hpp"
 
 #include "discovery.hpp"
+#include "handoff.hpp"
 #include "host_os.hpp"
 #include "online.hpp"
 
@@ -58,7 +59,7 @@ Result<std::vector<DeviceUser>> users_of(const TagRecord* record, HostOs& os) {
     const ProbedDevice* dev = record ? record->device() : nullptr;
     if (!dev || dev->dev.mode != DevMode::devdax)
         return std::vector<DeviceUser>{};
-    return find_device_users(dev->dev.devno, os);
+    return find_device_users_within(dev->dev.devno, os, kUserScanTimeout);
 }
 
 } // namespace
@@ -83,6 +84,9 @@ int cmd_memory_change(MemoryChange change, const std::string& tag_text, const Qu
     auto decision = decide_memory_change(change, *tag, record, config, {});
     if (decision.verdict == MemoryDecision::Verdict::proceed && change == MemoryChange::online) {
         auto users = users_of(record, os);
+        if (!users && users.error().code == kOtherPidNamespace)
+            return fail(kExitPidNamespace,
+                        fmt::format("{}; nothing was changed", users.error().message));
         if (!users)
             return fail(kExitInUse, fmt::format("cannot tell who uses the device, so it is taken "
                                                 "as in use; nothing was changed: {}",
@@ -103,7 +107,9 @@ int cmd_memory_change(MemoryChange change, const std::string& tag_text, const Qu
         // The first look at /proc was made while the device could still be
         // opened; this one is made once it cannot.
         auto recheck = [&]() -> Status {
-            auto again = find_device_users(dev.devno, os);
+            // Bounded: device_dax is unbound now, and whatever happens it
+            // must be bound again (to_system_ram does on any failure).
+            auto again = find_device_users_within(dev.devno, os, kUserScanTimeout);
             if (!again)
                 return make_error(kInUseError, fmt::format("cannot tell who uses {}: {}", dev.name,
                                                            again.error().message));
@@ -113,9 +119,23 @@ int cmd_memory_change(MemoryChange change, const std::string& tag_text, const Qu
                                               dev.name, (*again)[0].pid, (*again)[0].how));
             return Ok{};
         };
+        // Marked first: a guest's tagmemfs must not bind device_dax back
+        // while the device is between drivers, nor later (docs/vm.md).
+        if (auto marked = mark_explicit_online(*tag, os); !marked)
+            return fail(kExitError, fmt::format("cannot mark tag {} as onlined by the "
+                                                "administrator: {}; nothing was changed",
+                                                tag->str(), marked.error().message));
         done = to_system_ram(dev.name, os, recheck);
+        if (!done) {
+            // The mark stays only while kmem holds the device.
+            auto dax = open_dax_driver(dev.name);
+            if (dax && !(*dax)->is_system_ram())
+                (void)clear_explicit_online(*tag, os);
+        }
     } else {
         done = to_devdax(dev.name, os);
+        if (done)
+            (void)clear_explicit_online(*tag, os);
     }
     if (!done) {
         const int code = done.error().code;

@@ -243,4 +243,29 @@ Result<Handoff> read_handoff(HostOs& os) {
     return parse_handoff(*text);
 }
 
+Status mark_explicit_online(const Uuid& tag, HostOs& os) {
+    for (const std::string& dir :
+         {std::string(kExplicitOnlineDir), fmt::format("{}/{}", kExplicitOnlineDir, tag.str())})
+        if (auto made = os.make_dir(dir); !made && made.error().code != EEXIST)
+            return made.error();
+    return Ok{};
+}
+
+Status clear_explicit_online(const Uuid& tag, HostOs& os) {
+    auto removed = os.remove_dir(fmt::format("{}/{}", kExplicitOnlineDir, tag.str()));
+    if (!removed && removed.error().code != ENOENT)
+        return removed.error();
+    (void)os.remove_dir(kExplicitOnlineDir); // when it was the last mark
+    return Ok{};
+}
+
+Result<bool> is_explicitly_online(const Uuid& tag, HostOs& os) {
+    auto mark = os.lstat_node(fmt::format("{}/{}", kExplicitOnlineDir, tag.str()));
+    if (mark)
+        return true;
+    if (mark.error().code == ENOENT || mark.error().code == ENOTDIR)
+        return false;
+    return mark.error();
+}
+
 } // namespace tagmem

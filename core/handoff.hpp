@@ -61,4 +61,17 @@ Result<Handoff> parse_handoff(std::string_view text);
 // errors as reading gave them (is_transient).
 Result<Handoff> read_handoff(HostOs& os);
 
+// `tagmem online` of a tag leaves a mark here (a directory named by the
+// tag, on /run's tmpfs: gone at the next boot) before it unbinds
+// device_dax, and `tagmem offline` removes it. tagmemfs's hand-off binds
+// device_dax to a disabled device it was handed, but never to a marked
+// one: an administrator's explicit online is not undone, not even by a
+// daemon restarted while the device was between drivers (docs/vm.md).
+inline constexpr const char* kExplicitOnlineDir = "/run/tagmem.online";
+Status mark_explicit_online(const Uuid& tag, HostOs& os);
+Status clear_explicit_online(const Uuid& tag, HostOs& os); // no mark: Ok
+// Whether the tag is marked; an error when that cannot be known (then the
+// device is not enabled now, and it is asked again at the retry).
+Result<bool> is_explicitly_online(const Uuid& tag, HostOs& os);
+
 } // namespace tagmem

@@ -183,6 +183,25 @@ class RealHostOs final : public HostOs {
         return node_info(st);
     }
 
+    Result<NodeInfo> stat_cached(const std::string& path) override {
+        struct statx stx {};
+        if (::statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, STATX_TYPE | STATX_MODE, &stx) != 0)
+            return errno_error(errno, "cannot stat", path);
+        struct stat st {};
+        st.st_mode = stx.stx_mode;
+        st.st_rdev = ::makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
+        st.st_nlink = stx.stx_nlink;
+        return node_info(st);
+    }
+
+    Result<std::string> read_link(const std::string& path) override {
+        char buf[4096];
+        ssize_t n = ::readlink(path.c_str(), buf, sizeof buf);
+        if (n < 0)
+            return errno_error(errno, "cannot read link", path);
+        return std::string(buf, static_cast<std::size_t>(n));
+    }
+
     static NodeInfo node_info(const struct stat& st) {
         NodeInfo info;
         switch (st.st_mode & S_IFMT) {

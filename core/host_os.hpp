@@ -104,6 +104,19 @@ class HostOs {
             return real.error();
         return lstat_node(*real);
     }
+    // statx(AT_STATX_DONT_SYNC) following links: what the kernel has
+    // cached of the file, without a round trip to the filesystem that holds
+    // it. For the files other processes hold (/proc/<pid>/fd, map_files):
+    // a FUSE server there must neither be able to hang the caller (a
+    // GETATTR never answered) nor be asked anything (issue 19). A char
+    // device's rdev is the inode's, fixed when it was made. The default,
+    // for hosts without that distinction, is stat_node().
+    virtual Result<NodeInfo> stat_cached(const std::string& path) { return stat_node(path); }
+    // readlink(2): the link's text as it is (a /proc link is answered by
+    // the kernel, e.g. "pid:[4026531836]" for /proc/self/ns/pid).
+    virtual Result<std::string> read_link(const std::string& path) {
+        return make_error(ENOTSUP, fmt::format("cannot read link {} here", path));
+    }
     virtual bool exists(const std::string& path) = 0;
     // The character major the running kernel registered for "dax"; nullopt
     // when none is, an error when /proc/devices cannot be read.

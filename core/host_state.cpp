@@ -183,8 +183,30 @@ DaxDevice HostState::enable_for_handoff(const DaxDevice& dev, const HandoffEntry
                                         std::string& enable_error) {
     if (dev.mode != DevMode::disabled || !enable_tried_.insert(dev.sysfs_path()).second)
         return dev;
+    // A transient failure (of the check or of the bind) is tried again at
+    // the retry; any other is the device's answer until it changes.
+    auto try_later = [&](const Error& why) {
+        if (!is_transient(why.code))
+            return;
+        enable_tried_.erase(dev.sysfs_path());
+        note_failure(why);
+        pending_[dev.name] = why;
+    };
+    // Disabled by an administrator's `tagmem online` (between device_dax
+    // and kmem, or left so): not undone, whenever this daemon started.
+    auto marked = is_explicitly_online(entry.tag, os_);
+    if (!marked || *marked) {
+        enable_error = marked ? fmt::format("not enabled: tagmem online made tag {} system RAM "
+                                            "({}/{})",
+                                            entry.tag.str(), kExplicitOnlineDir, entry.tag.str())
+                              : marked.error().message;
+        if (!marked)
+            try_later(marked.error());
+        return dev;
+    }
     if (auto ok = os_.enable_devdax(dev.name); !ok) {
         enable_error = ok.error().message;
+        try_later(ok.error());
         return dev;
     }
     auto fresh = read_dax_device(dev.name, os_);

@@ -33,11 +33,6 @@ std::string users_text(const std::vector<DeviceUser>& users) {
     return out;
 }
 
-// /proc/<pid> entries are numbers; everything else there is not a process.
-bool is_pid(const std::string& name) {
-    return !name.empty() && name.find_first_not_of("0123456789") == std::string::npos;
-}
-
 // A process or descriptor that vanished while we looked was no user.
 bool vanished(const Error& e) {
     return e.code == ENOENT || e.code == ESRCH;
@@ -111,9 +106,33 @@ Result<std::unique_ptr<Daxctl>> open_device(const std::string& name) {
     return d;
 }
 
-Error daxctl_error(const Daxctl& d, int rc, const std::string& what) {
-    return make_error(-rc, fmt::format("{}: {}: {}{}", daxctl_dev_get_devname(d.dev), what,
-                                       std::strerror(-rc), d.said()));
+class LibDaxctlDriver final : public DaxDriver {
+  public:
+    explicit LibDaxctlDriver(std::unique_ptr<Daxctl> d) : d_(std::move(d)) {}
+    bool is_system_ram() override { return daxctl_dev_get_memory(d_->dev) != nullptr; }
+    int disable() override { return daxctl_dev_disable(d_->dev); }
+    int enable_devdax() override { return daxctl_dev_enable_devdax(d_->dev); }
+    int enable_ram() override { return daxctl_dev_enable_ram(d_->dev); }
+    int memory_online() override { return on_memory(&daxctl_memory_online); }
+    int memory_offline() override { return on_memory(&daxctl_memory_offline); }
+    int blocks_online() override { return on_memory(&daxctl_memory_is_online); }
+    int blocks() override { return on_memory(&daxctl_memory_num_sections); }
+    int movable() override { return on_memory(&daxctl_memory_is_movable); }
+    std::uint64_t start() override { return daxctl_dev_get_resource(d_->dev); }
+    std::uint64_t size() override { return daxctl_dev_get_size(d_->dev); }
+    std::string said() override { return d_->said(); }
+
+  private:
+    // kmem's memory object; -ENXIO when libdaxctl sees none (not system RAM).
+    int on_memory(int (*op)(daxctl_memory*)) {
+        daxctl_memory* mem = daxctl_dev_get_memory(d_->dev);
+        return mem ? op(mem) : -ENXIO;
+    }
+    std::unique_ptr<Daxctl> d_;
+};
+
+Error driver_error(DaxDriver& d, const std::string& device, int rc, const std::string& what) {
+    return make_error(-rc, fmt::format("{}: {}: {}{}", device, what, std::strerror(-rc), d.said()));
 }
 
 // The kernel's policy for memory it adds (memhp_default_state): blocks it
@@ -123,6 +142,37 @@ Result<std::string> auto_online_policy(HostOs& os) {
     if (!text)
         return text.error();
     return std::string(trim_attr(*text));
+}
+
+Error no_memory_hotplug() {
+    return make_error(EOPNOTSUPP, fmt::format("this kernel has no memory hotplug ({} is "
+                                              "missing); nothing was changed",
+                                              kMemoryRoot));
+}
+
+// Undoes a to_system_ram() that got as far as binding kmem, as offline
+// does: the blocks offlined, kmem unbound, device_dax bound again. Says
+// where the device was left.
+std::string roll_back_ram(DaxDriver& d, const std::string& device, HostOs& os) {
+    int rc = d.memory_offline();
+    if (rc < 0 || d.blocks_online() != 0) {
+        std::string stayed;
+        if (auto blocks = memory_blocks(d.start(), d.size(), os))
+            stayed = blocks->names(true);
+        return fmt::format("undoing it failed: blocks {} cannot be offlined{}; {} stays with "
+                           "kmem (tagmem offline, or daxctl offline-memory, when they are free)",
+                           stayed.empty() ? "?" : stayed,
+                           rc < 0 ? fmt::format(" ({})", std::strerror(-rc)) : "", device);
+    }
+    if (rc = d.disable(); rc < 0)
+        return fmt::format("undone as far as offlining its blocks; kmem cannot be unbound ({}): "
+                           "a kernel older than 5.9 keeps it until a reboot",
+                           std::strerror(-rc));
+    if (rc = d.enable_devdax(); rc < 0)
+        return fmt::format("kmem is unbound but device_dax cannot be bound ({}): the device has "
+                           "no driver (daxctl enable-device {})",
+                           std::strerror(-rc), device);
+    return fmt::format("undone: {} is devdax again", device);
 }
 
 } // namespace
@@ -180,69 +230,6 @@ MemoryDecision decide_memory_change(MemoryChange change, const Uuid& tag, const 
         return refuse(Refusal::not_ready, fmt::format("tag {} ({}) is {}, not system-ram",
                                                       tag.str(), name, to_string(mode)));
     return {MemoryDecision::Verdict::proceed, Refusal::none, {}};
-}
-
-Result<std::vector<DeviceUser>> find_device_users(DevNumber rdev, HostOs& os) {
-    auto pids = os.list_dir("/proc");
-    if (!pids)
-        return pids.error();
-    std::vector<DeviceUser> users;
-    auto is_the_device = [&](const std::string& path) -> Result<bool> {
-        auto node = os.stat_node(path);
-        if (!node)
-            return node.error();
-        return node->type == NodeType::char_device && node->rdev == rdev;
-    };
-    auto command_of = [&](const std::string& pid) {
-        auto comm = os.read_file("/proc/" + pid + "/comm");
-        return comm ? std::string(trim_attr(*comm)) : std::string();
-    };
-    std::sort(pids->begin(), pids->end(), [](const std::string& a, const std::string& b) {
-        return a.size() != b.size() ? a.size() < b.size() : a < b;
-    });
-    for (const auto& pid : *pids) {
-        if (!is_pid(pid))
-            continue;
-        const std::string dir = "/proc/" + pid;
-        auto found = [&](std::string how) {
-            users.push_back({std::stoi(pid), command_of(pid), std::move(how)});
-        };
-        // The links in dir/sub that lead to the device. False: the process
-        // ended while being looked at, which is no user.
-        auto scan = [&](const char* sub, const char* verb, const char* label) -> Result<bool> {
-            auto entries = os.list_dir(dir + "/" + sub);
-            if (!entries) {
-                if (vanished(entries.error()))
-                    return false;
-                return entries.error();
-            }
-            for (const auto& entry : *entries) {
-                auto hit = is_the_device(dir + "/" + sub + "/" + entry);
-                if (!hit) {
-                    if (vanished(hit.error()))
-                        continue;
-                    return make_error(hit.error().code,
-                                      fmt::format("cannot tell whether pid {} {} the device: {}",
-                                                  pid, verb, hit.error().message));
-                }
-                if (*hit)
-                    found(fmt::format("{} {}", label, entry));
-            }
-            return true;
-        };
-        // Open descriptors: stat() follows each to the file it holds.
-        auto alive = scan("fd", "uses", "fd");
-        if (!alive)
-            return alive.error();
-        if (!*alive)
-            continue;
-        // Mappings outlive the descriptor they were made through.
-        // map_files lists the file mappings, named start-end; following
-        // one takes CAP_SYS_ADMIN (tagmem online runs as root).
-        if (auto mapped = scan("map_files", "maps", "mapping"); !mapped)
-            return mapped.error();
-    }
-    return users;
 }
 
 std::uint64_t MemoryBlocks::online_bytes() const {
@@ -305,14 +292,27 @@ Result<MemoryBlocks> memory_blocks(std::uint64_t start, std::uint64_t size, Host
     return out;
 }
 
+Result<std::unique_ptr<DaxDriver>> open_dax_driver(const std::string& name) {
+    auto opened = open_device(name);
+    if (!opened)
+        return opened.error();
+    return std::unique_ptr<DaxDriver>(std::make_unique<LibDaxctlDriver>(std::move(*opened)));
+}
+
 Status to_system_ram(const std::string& device, HostOs& os,
+                     const std::function<Status()>& recheck) {
+    auto dax = open_dax_driver(device);
+    if (!dax)
+        return dax.error();
+    return to_system_ram(**dax, device, os, recheck);
+}
+
+Status to_system_ram(DaxDriver& d, const std::string& device, HostOs& os,
                      const std::function<Status()>& recheck) {
     auto policy = auto_online_policy(os);
     if (!policy) {
         if (policy.error().code == ENOENT)
-            return make_error(EOPNOTSUPP, fmt::format("this kernel has no memory hotplug ({} is "
-                                                      "missing); nothing was changed",
-                                                      kMemoryRoot));
+            return no_memory_hotplug();
         return policy.error();
     }
     // "offline": tagmem onlines the blocks itself; "online_movable": the
@@ -324,19 +324,15 @@ Status to_system_ram(const std::string& device, HostOs& os,
                                              "it may not come back; set it to offline or "
                                              "online_movable first. Nothing was changed",
                                              *policy));
-    auto opened = open_device(device);
-    if (!opened)
-        return opened.error();
-    Daxctl& d = **opened;
-    if (daxctl_dev_get_memory(d.dev))
+    if (d.is_system_ram())
         return make_error(EALREADY, fmt::format("{} is already system RAM", device));
 
-    if (int rc = daxctl_dev_disable(d.dev); rc < 0)
-        return daxctl_error(d, rc, "cannot unbind device_dax; nothing was changed");
+    if (int rc = d.disable(); rc < 0)
+        return driver_error(d, device, rc, "cannot unbind device_dax; nothing was changed");
     // From here on an open() of the device fails (its character device is
     // gone): whoever the first look missed is in /proc now, or never.
     if (auto ok = recheck(); !ok) {
-        int rc = daxctl_dev_enable_devdax(d.dev);
+        int rc = d.enable_devdax();
         return make_error(ok.error().code,
                           fmt::format("{}; {} is devdax again{}", ok.error().message, device,
                                       rc < 0 ? fmt::format(" - NOT: rebinding device_dax failed: "
@@ -344,49 +340,57 @@ Status to_system_ram(const std::string& device, HostOs& os,
                                                            std::strerror(-rc))
                                              : ""));
     }
-    if (int rc = daxctl_dev_enable_ram(d.dev); rc < 0) {
-        auto err = daxctl_error(d, rc, "cannot bind kmem");
-        int back = daxctl_dev_enable_devdax(d.dev);
+    if (int rc = d.enable_ram(); rc < 0) {
+        auto err = driver_error(d, device, rc, "cannot bind kmem");
+        int back = d.enable_devdax();
         err.message += back < 0 ? fmt::format("; rebinding device_dax failed too ({}): the device "
                                               "has no driver",
                                               std::strerror(-back))
                                 : "; it is devdax again";
         return err;
     }
-    daxctl_memory* mem = daxctl_dev_get_memory(d.dev);
-    if (!mem)
-        return make_error(ENXIO, fmt::format("{}: kmem is bound but libdaxctl sees no memory "
-                                             "object; see daxctl list -M",
-                                             device));
-    int rc = daxctl_memory_online(mem);
-    if (rc < 0)
-        return daxctl_error(d, rc,
-                            "kmem is bound but onlining its memory blocks to ZONE_MOVABLE failed "
-                            "(some may be online; see tagmem show and daxctl list)");
-    int online = daxctl_memory_is_online(mem);
-    int sections = daxctl_memory_num_sections(mem);
-    if (online < 0 || sections < 0 || online < sections)
-        return make_error(ENXIO, fmt::format("{}: {} of {} memory blocks are online{}", device,
-                                             online, sections, d.said()));
-    return Ok{};
+    // Online every block, then check that all are, and all in ZONE_MOVABLE:
+    // a udev rule (or the kernel) may have onlined some first, elsewhere.
+    std::string what;
+    int code = 0;
+    if (int rc = d.memory_online(); rc < 0) {
+        code = -rc;
+        what = fmt::format("onlining its memory blocks to ZONE_MOVABLE failed: {}{}",
+                           std::strerror(-rc), d.said());
+    } else if (int online = d.blocks_online(), all = d.blocks();
+               online < 0 || all < 0 || online < all) {
+        code = ENXIO;
+        what = fmt::format("{} of {} memory blocks are online{}", online, all, d.said());
+    } else if (int movable = d.movable(); movable != 1) {
+        code = movable < 0 ? -movable : EXDEV;
+        what = movable < 0 ? fmt::format("cannot tell the zone of its memory blocks: {}{}",
+                                         std::strerror(-movable), d.said())
+                           : "some of its memory blocks were onlined outside ZONE_MOVABLE (by "
+                             "a udev rule or the kernel), from where they may never be "
+                             "offlined";
+    }
+    if (!code)
+        return Ok{};
+    return make_error(code, fmt::format("{}: {}; {}", device, what, roll_back_ram(d, device, os)));
 }
 
 Status to_devdax(const std::string& device, HostOs& os) {
-    auto opened = open_device(device);
-    if (!opened)
-        return opened.error();
-    Daxctl& d = **opened;
-    daxctl_memory* mem = daxctl_dev_get_memory(d.dev);
-    if (!mem)
+    auto dax = open_dax_driver(device);
+    if (!dax)
+        return dax.error();
+    return to_devdax(**dax, device, os);
+}
+
+Status to_devdax(DaxDriver& d, const std::string& device, HostOs& os) {
+    if (!d.is_system_ram())
         return make_error(EALREADY, fmt::format("{} is not system RAM", device));
-    int rc = daxctl_memory_offline(mem);
-    int still = daxctl_memory_is_online(mem);
+    int rc = d.memory_offline();
+    int still = d.blocks_online();
     if (rc < 0 || still != 0) {
         // Say which blocks stayed, then put back those that went: the
         // device is either devdax or all system RAM, never half of each.
         std::string stayed;
-        if (auto blocks =
-                memory_blocks(daxctl_dev_get_resource(d.dev), daxctl_dev_get_size(d.dev), os))
+        if (auto blocks = memory_blocks(d.start(), d.size(), os))
             stayed = blocks->names(true);
         std::string reason = rc < 0 ? std::strerror(-rc) : "blocks still online";
         std::string why =
@@ -396,7 +400,7 @@ Status to_devdax(const std::string& device, HostOs& os) {
             : rc == -EINTR ? "interrupted by a signal"
                            : "offlining failed";
         const std::string log = d.said();
-        int back = daxctl_memory_online(mem);
+        int back = d.memory_online();
         return make_error(rc == -EINTR ? EINTR : EBUSY,
                           fmt::format("{}: cannot offline its memory: {} ({}){}; blocks still "
                                       "online: {}; {}",
@@ -406,12 +410,12 @@ Status to_devdax(const std::string& device, HostOs& os) {
                                                              std::strerror(-back))
                                                : "it stays system RAM"));
     }
-    if (rc = daxctl_dev_disable(d.dev); rc < 0)
-        return daxctl_error(d, rc,
+    if (rc = d.disable(); rc < 0)
+        return driver_error(d, device, rc,
                             "memory is offline but kmem cannot be unbound (a kernel older "
                             "than 5.9 cannot release it before a reboot)");
-    if (rc = daxctl_dev_enable_devdax(d.dev); rc < 0)
-        return daxctl_error(d, rc,
+    if (rc = d.enable_devdax(); rc < 0)
+        return driver_error(d, device, rc,
                             "kmem released it but device_dax cannot be bound; the device "
                             "has no driver (daxctl enable-device)");
     return Ok{};

@@ -17,8 +17,10 @@
 #include "sysfs_value.hpp"
 #include "tag_record.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,7 +68,26 @@ MemoryDecision decide_memory_change(MemoryChange change, const Uuid& tag, const 
 // tagmemfs's node behind `data`, or a node someone made elsewhere. A process
 // that exits during the scan is no user; any other failed read fails the
 // whole (the answer must never be "unused" for want of looking).
-Result<std::vector<DeviceUser>> find_device_users(DevNumber rdev, HostOs& os);
+//
+// What a process holds is looked at without asking the filesystem it is on
+// (HostOs::stat_cached): a user's FUSE file can neither hang the scan nor,
+// held O_PATH (the only way a char node on a nodev mount can be held),
+// pass for the device: an O_PATH descriptor cannot read, write or map, and
+// opening the file through it is an open(), which fails once device_dax is
+// unbound and before that is seen by the second look. The scan gives up
+// with ETIMEDOUT at deadline. It refuses with kOtherPidNamespace when run
+// outside the init PID namespace, where /proc does not show every process.
+inline constexpr int kOtherPidNamespace = EXDEV;
+Result<std::vector<DeviceUser>> find_device_users(DevNumber rdev, HostOs& os,
+                                                  std::chrono::steady_clock::time_point deadline);
+
+// find_device_users() on a thread of its own, given up (ETIMEDOUT) after
+// timeout even when a read of /proc blocks in the kernel: the caller, which
+// may have unbound device_dax, can then bind it again. The abandoned thread
+// keeps using os, which must outlive it (real_host_os() does).
+inline constexpr std::chrono::milliseconds kUserScanTimeout{10000};
+Result<std::vector<DeviceUser>> find_device_users_within(DevNumber rdev, HostOs& os,
+                                                         std::chrono::milliseconds timeout);
 
 // One memory block of the device's range (/sys/devices/system/memory).
 struct MemoryBlock {
@@ -93,12 +114,40 @@ Result<MemoryBlocks> memory_blocks(std::uint64_t start, std::uint64_t size, Host
 // the kernel gave them. Each message says what state the device was left in.
 inline constexpr int kInUseError = EADDRINUSE;
 
+// The kernel operations on one dax device, as libdaxctl makes them (return
+// values as libdaxctl's: < 0 is -errno). An interface so that every failure
+// path below is unit-tested; production uses libdaxctl (open_dax_driver).
+class DaxDriver {
+  public:
+    virtual ~DaxDriver() = default;
+    virtual bool is_system_ram() = 0;  // kmem bound (daxctl_dev_get_memory)
+    virtual int disable() = 0;         // unbind the driver
+    virtual int enable_devdax() = 0;   // bind device_dax
+    virtual int enable_ram() = 0;      // bind kmem (hot-adds the blocks)
+    virtual int memory_online() = 0;   // online every block, ZONE_MOVABLE
+    virtual int memory_offline() = 0;  // offline every block
+    virtual int blocks_online() = 0;   // how many blocks are online
+    virtual int blocks() = 0;          // how many blocks the device has
+    virtual int movable() = 0;         // 1: all online blocks in ZONE_MOVABLE, 0: not
+    virtual std::uint64_t start() = 0; // the device's physical range
+    virtual std::uint64_t size() = 0;
+    virtual std::string said() = 0; // libdaxctl's own messages, " (libdaxctl: ...)"
+};
+
+// libdaxctl's driver for the named device; ENODEV when it does not list it.
+Result<std::unique_ptr<DaxDriver>> open_dax_driver(const std::string& name);
+
 // devdax -> system-ram: checks the kernel's auto-online policy, unbinds
 // device_dax (from then on nobody can open the device), calls recheck (which
 // must fail with kInUseError if someone got in before that; the device is
 // then bound to device_dax again), binds kmem and onlines the memory blocks
 // to ZONE_MOVABLE, on the device's target node (kmem adds the memory there).
+// When onlining fails, or leaves a block outside ZONE_MOVABLE (a udev rule
+// or the kernel onlined it first, elsewhere), the change is undone: blocks
+// offlined, kmem unbound, device_dax bound; the error says how far that got.
 Status to_system_ram(const std::string& device, HostOs& os, const std::function<Status()>& recheck);
+Status to_system_ram(DaxDriver& dax, const std::string& device, HostOs& os,
+                     const std::function<Status()>& recheck);
 
 // system-ram -> devdax: offlines the blocks, unbinds kmem, binds
 // device_dax. When a block cannot be offlined, the device stays system RAM
@@ -108,5 +157,6 @@ Status to_system_ram(const std::string& device, HostOs& os, const std::function<
 // interrupted offline returns EINTR here and is undone, rather than killing
 // the process half-way.
 Status to_devdax(const std::string& device, HostOs& os);
+Status to_devdax(DaxDriver& dax, const std::string& device, HostOs& os);
 
 } // namespace tagmem

@@ -95,6 +95,12 @@ TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedD
     });
     r.devices = std::move(devs);
     r.source = r.devices.empty() ? TagSource::dcd : r.devices.front()->source;
+    // A DCD tag is capacity the fabric may share between hosts: until
+    // tagmem.conf says `shareable = no` it is taken as shareable, so that
+    // `online = allow` alone never hands other hosts' data to this host's
+    // page allocator (issue 19, docs/online.md). NVDIMM and configured
+    // memory are this host's unless configured otherwise.
+    r.shareable = r.source == TagSource::dcd;
     const TagConfig* c = config.find(tag);
     if (c) {
         r.name = c->name;

@@ -37,7 +37,7 @@ struct Access {
 };
 
 // Where the shareable flag came from: DCD v11 has no attribute for it, so
-// configuration or the default (false).
+// configuration or the default (true for a DCD tag, false for others).
 // handoff: a VM guest's tag, as its host said (core/handoff.hpp).
 enum class ShareableFrom : std::uint8_t { default_value, config, handoff };
 const char* to_string(ShareableFrom from);

@@ -142,7 +142,7 @@ def test_inconsistent_extents_are_not_claimed(make_host, tagmemfs):
     assert m["state"] == "offered" and "lie in two regions" in m.get("reason", ""), m
     assert seed_uuid(host) == hg.ZERO_UUID
     r = run_tagmem("claim", TAG)
-    assert r.returncode == 15 and "lie in two regions" in r.stderr, r
+    assert r.returncode == 16 and "lie in two regions" in r.stderr, r
     assert seed_uuid(host) == hg.ZERO_UUID
 
 

@@ -47,7 +47,8 @@ def test_dcd_host(make_host):
     # Only the extents that carry this tag, in region order.
     assert [(e["offset"], e["length"]) for e in dev["extents"]] == [(0, GiB),
                                                                    (2 * GiB, 512 * MiB)]
-    assert a["shareable"] is False and a["shareable_from"] == "default"
+    # DCD capacity: shareable unless tagmem.conf says no (issue 19).
+    assert a["shareable"] is True and a["shareable_from"] == "default"
     assert a["access"] == {"owner": "root", "group": "root", "uid": 0, "gid": 0, "mode": "0600"}
     b = tags[hg.TAG_B]
     assert b["device"] == "dax0.1" and b["size"] == 256 * MiB

@@ -72,7 +72,9 @@ def test_every_file_of_every_tag(make_host, tagmemfs):
         assert os.readlink(t / "dev") == f"/dev/{dev}"
         shown = json.loads(run_tagmem("show", "--json", tag).stdout)
         assert (t / "size").read_text() == f"{shown['size']}\n"
-        assert (t / "shareable").read_text() == "0\n"
+        # DCD tags are shareable unless configured not (issue 19); NVDIMM not.
+        dcd = tag in (hg.TAG_A, hg.TAG_B)
+        assert (t / "shareable").read_text() == ("1\n" if dcd else "0\n")
         meta = (t / "metadata").read_text()
         assert json.loads(meta) == without_ranges(shown)
         for name, content in (("size", (t / "size").read_text()), ("metadata", meta)):
@@ -836,7 +838,8 @@ def test_opens_are_answered_on_a_kernel_without_zero_message_opens(make_host, tm
         assert len(found.stdout.splitlines()) == 1 + 2 * 6 + 3
         r = run_as(NOBODY, NOBODY, f"import os; print(os.listdir({str(mp / hg.TAG_A)!r}), "
                                    f"open({str(mp / hg.TAG_A / 'shareable')!r}).read())")
-        assert r.returncode == 0 and "metadata" in r.stdout and "0" in r.stdout, r.stderr
+        # TAG_A is DCD: shareable by default (issue 19).
+        assert r.returncode == 0 and "metadata" in r.stdout and "] 1\n" in r.stdout, r.stderr
         assert open_errno(mp / hg.TAG_A / "metadata", os.O_WRONLY) == errno.EROFS
     finally:
         p.send_signal(signal.SIGTERM)

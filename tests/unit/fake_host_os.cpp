@@ -54,6 +54,13 @@ std::string dec(std::int64_t v) {
     return fmt::format("{}\n", v);
 }
 
+const std::string& key_of(const std::string& path) {
+    return path;
+}
+template <typename V> const std::string& key_of(const std::pair<const std::string, V>& entry) {
+    return entry.first;
+}
+
 } // namespace
 
 std::string normalize_path(const std::string& path) {
@@ -314,6 +321,72 @@ Result<NodeInfo> FakeHostOs::lstat_node(const std::string& path) {
     if (files_.contains(*where))
         return NodeInfo{NodeType::regular, {}};
     return errno_error(ENOENT, "cannot stat", path);
+}
+
+Result<NodeInfo> FakeHostOs::stat_node(const std::string& path) {
+    {
+        std::lock_guard lock(mutex_);
+        stats_.push_back(path);
+    }
+    auto real = real_path(path);
+    if (!real)
+        return real.error();
+    return lstat_node(*real);
+}
+
+Result<NodeInfo> FakeHostOs::stat_cached(const std::string& path) {
+    if (stat_cached_hook_)
+        stat_cached_hook_(path);
+    {
+        std::lock_guard lock(mutex_);
+        cached_stats_.push_back(path);
+    }
+    auto real = real_path(path);
+    if (!real)
+        return real.error();
+    return lstat_node(*real);
+}
+
+Result<std::string> FakeHostOs::read_link(const std::string& path) {
+    std::lock_guard lock(mutex_);
+    auto where = resolve(path, false);
+    if (auto err = injected(op_resolve, path, where ? *where : path))
+        return errno_error(*err, "cannot read link", path);
+    if (!where)
+        return where.error();
+    auto it = links_.find(*where);
+    if (it == links_.end())
+        return errno_error(EINVAL, "cannot read link", path);
+    return it->second;
+}
+
+Status FakeHostOs::make_dir(const std::string& path) {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_write, path, path))
+        return errno_error(*err, "cannot make", path);
+    if (is_dir(path) || files_.contains(path) || links_.contains(path) || nodes_.contains(path))
+        return errno_error(EEXIST, "cannot make", path);
+    if (!is_dir(parent_of(path)))
+        return errno_error(ENOENT, "cannot make", path);
+    dirs_.insert(path);
+    return Ok{};
+}
+
+Status FakeHostOs::remove_dir(const std::string& path) {
+    std::lock_guard lock(mutex_);
+    if (auto err = injected(op_write, path, path))
+        return errno_error(*err, "cannot remove", path);
+    if (!is_dir(path))
+        return errno_error(ENOENT, "cannot remove", path);
+    const std::string below = path + "/";
+    auto has_child = [&](const auto& paths) {
+        auto it = paths.lower_bound(below);
+        return it != paths.end() && std::string_view(key_of(*it)).starts_with(below);
+    };
+    if (has_child(dirs_) || has_child(files_) || has_child(links_) || has_child(nodes_))
+        return errno_error(ENOTEMPTY, "cannot remove", path);
+    dirs_.erase(path);
+    return Ok{};
 }
 
 bool FakeHostOs::exists(const std::string& path) {

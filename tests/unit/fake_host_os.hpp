@@ -16,6 +16,7 @@
 #include "host_os.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -141,6 +142,19 @@ class FakeHostOs : public HostOs {
     Result<std::string> real_path(const std::string& path) override;
     Result<std::vector<std::string>> list_dir(const std::string& path) override;
     Result<NodeInfo> lstat_node(const std::string& path) override;
+    // stat(): links followed; every path asked for is kept (stats()).
+    Result<NodeInfo> stat_node(const std::string& path) override;
+    // As stat_node(), but kept apart (cached_stats()), and after
+    // on_stat_cached(path) has run outside the host's lock: a test makes it
+    // block, as a FUSE server that never answers would make a stat().
+    Result<NodeInfo> stat_cached(const std::string& path) override;
+    void on_stat_cached(std::function<void(const std::string&)> hook) {
+        stat_cached_hook_ = std::move(hook);
+    }
+    // The symlink's text as add_symlink() stored it.
+    Result<std::string> read_link(const std::string& path) override;
+    const std::vector<std::string>& stats() const { return stats_; }
+    const std::vector<std::string>& cached_stats() const { return cached_stats_; }
     bool exists(const std::string& path) override;
     Result<std::optional<unsigned>> dax_char_major() override;
     // As libdaxctl: the bus's devices read by read_dax_device, those that
@@ -158,6 +172,9 @@ class FakeHostOs : public HostOs {
     Status write_file(const std::string& path, std::string_view text) override;
     // Every write_file() that succeeded, in order: (path, text).
     const std::vector<std::pair<std::string, std::string>>& writes() const { return writes_; }
+    // mkdir(2) and rmdir(2) of an empty directory, failures injected as writes.
+    Status make_dir(const std::string& path) override;
+    Status remove_dir(const std::string& path) override;
     Result<uid_t> user_id(const std::string& name_or_number) override;
     Result<gid_t> group_id(const std::string& name_or_number) override;
 
@@ -200,6 +217,9 @@ class FakeHostOs : public HostOs {
     std::vector<std::string> enabled_;
     std::vector<std::pair<std::string, std::string>> writes_;
     int enable_error_ = 0;
+    std::vector<std::string> stats_;
+    std::vector<std::string> cached_stats_;
+    std::function<void(const std::string&)> stat_cached_hook_;
 };
 
 // "/a/b/../c/./d" -> "/a/c/d" (no symlink resolution).

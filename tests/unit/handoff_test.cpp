@@ -346,6 +346,61 @@ TEST_F(HandoffScan, AFailedEnableShowsTheTagNotReadyWithTheReason) {
     EXPECT_EQ(a->name.str(), "pool-a");
 }
 
+// Issue 19: a transient failure to bind device_dax is tried again.
+TEST_F(HandoffScan, ATransientEnableFailureIsRetried) {
+    hmem(0, G4, 128 * MiB, 1);
+    os.fail_enable(EBUSY);
+    os.add_file(kHandoffPath, item({entry(kA, G4, 128 * MiB, 1)}).dump());
+    ScanResult s = scan();
+    EXPECT_EQ(s.find(U(kA))->state, TagState::disabled);
+    EXPECT_TRUE(state.needs_retry());
+    os.fail_enable(0);
+    state.retry();
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0", "dax0.0"));
+    const ScanResult after = state.snapshot();
+    ASSERT_NE(after.find(U(kA)), nullptr);
+    EXPECT_EQ(after.find(U(kA))->state, TagState::ready) << after.find(U(kA))->reason;
+    EXPECT_FALSE(state.needs_retry());
+    // A lasting refusal (not transient) is the device's answer: no retry.
+    hmem(1, G4 + 128 * MiB, 64 * MiB, 2);
+    os.fail_enable(EINVAL);
+    os.add_file(kHandoffPath, two_tags().dump());
+    scan();
+    EXPECT_FALSE(state.needs_retry());
+}
+
+// Issue 19: a device the administrator put online with `tagmem online` is
+// not bound to device_dax again, not even by a daemon started afresh while
+// it is between drivers (or left disabled).
+TEST_F(HandoffScan, AnExplicitOnlineIsNotUndoneByARestartedDaemon) {
+    hmem(0, G4, 128 * MiB, 1);
+    os.add_dir("/run");
+    ASSERT_TRUE(mark_explicit_online(U(kA), os));
+    os.add_file(kHandoffPath, item({entry(kA, G4, 128 * MiB, 1)}).dump());
+    ScanResult s = scan();
+    EXPECT_THAT(os.enabled(), IsEmpty());
+    ASSERT_NE(s.find(U(kA)), nullptr);
+    EXPECT_EQ(s.find(U(kA))->state, TagState::disabled);
+    EXPECT_THAT(s.find(U(kA))->reason, HasSubstr("tagmem online made tag"));
+    // `tagmem offline` clears the mark; the next daemon enables it.
+    ASSERT_TRUE(clear_explicit_online(U(kA), os));
+    EXPECT_FALSE(os.exists(kExplicitOnlineDir));
+    HostState restarted{os};
+    ASSERT_TRUE(restarted.rescan({}));
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+    // A mark that cannot be read (EMFILE) enables nothing now, and is retried.
+    hmem(1, G4 + 128 * MiB, 64 * MiB, 2);
+    os.add_file(kHandoffPath, two_tags().dump());
+    os.fail_calls(fake::op_stat, EMFILE, kExplicitOnlineDir);
+    HostState third{os};
+    ASSERT_TRUE(third.rescan({}));
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0"));
+    EXPECT_TRUE(third.needs_retry());
+    os.heal();
+    third.retry();
+    EXPECT_THAT(os.enabled(), ElementsAre("dax0.0", "dax1.0"));
+}
+
 TEST_F(HandoffScan, AMalformedItemIsRefusedAndTouchesNothingElse) {
     hmem(0, G4, 128 * MiB, 1);
     DaxDevice nv = os.add_nvdimm_device(DaxSpec{}.at(5, 0).range(0x240000000, 256 * MiB), kC,

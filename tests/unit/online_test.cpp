@@ -6,10 +6,14 @@
 #include "config.hpp"
 #include "fake_host_os.hpp"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace tagmem {
@@ -163,9 +167,18 @@ TEST(DecideMemoryChange, AlreadyThereIsNothingToDo) {
 
 // --- find_device_users -------------------------------------------------------
 
+// The default deadline of a scan in these tests: never reached.
+Result<std::vector<DeviceUser>> find_device_users(DevNumber rdev, HostOs& os) {
+    return tagmem::find_device_users(rdev, os,
+                                     std::chrono::steady_clock::now() + std::chrono::hours(1));
+}
+
+constexpr const char* kInitPidNs = "pid:[4026531836]";
+
 struct Proc : ::testing::Test {
     fake::FakeHostOs os;
     void SetUp() override {
+        os.add_symlink("/proc/self/ns/pid", kInitPidNs);
         os.add_char_device("/dev/dax0.1", 252, 7);
         os.add_char_device("/dev/dax0.2", 252, 8);
         os.add_char_device("/run/tagmem.nodes/" + std::string(kA), 252, 7);
@@ -178,14 +191,23 @@ struct Proc : ::testing::Test {
         const std::string dir = "/proc/" + std::to_string(pid);
         os.add_file(dir + "/comm", comm + "\n");
         os.add_dir(dir + "/fd");
+        os.add_dir(dir + "/fdinfo");
         os.add_dir(dir + "/map_files");
+    }
+    // Descriptor n of pid leads to target; flags as fdinfo shows them
+    // (octal; 02 is O_RDWR, 010000000 O_PATH).
+    void add_fd(int pid, int n, const std::string& target, const char* flags = "02") {
+        const std::string dir = "/proc/" + std::to_string(pid);
+        os.add_symlink(dir + "/fd/" + std::to_string(n), target);
+        os.add_file(dir + "/fdinfo/" + std::to_string(n),
+                    fmt::format("pos:\t0\nflags:\t{}\nmnt_id:\t25\nino:\t7\n", flags));
     }
 };
 
 TEST_F(Proc, NobodyUsesIt) {
     add_process(20, "other");
-    os.add_symlink("/proc/20/fd/0", "/dev/dax0.2"); // another device
-    os.add_symlink("/proc/20/fd/1", "/dev/null-ish");
+    add_fd(20, 0, "/dev/dax0.2"); // another device
+    add_fd(20, 1, "/dev/null-ish");
     os.add_symlink("/proc/20/map_files/7f00-7f20", "/dev/dax0.2");
     auto users = find_device_users(kDevno, os);
     ASSERT_TRUE(users) << users.error().message;
@@ -195,8 +217,8 @@ TEST_F(Proc, NobodyUsesIt) {
 TEST_F(Proc, OpenThroughAnyNodeOfItsNumber) {
     add_process(20, "opener");
     add_process(31, "tagmem-user");
-    os.add_symlink("/proc/20/fd/3", "/dev/dax0.1");
-    os.add_symlink("/proc/31/fd/5", "/run/tagmem.nodes/" + std::string(kA));
+    add_fd(20, 3, "/dev/dax0.1");
+    add_fd(31, 5, "/run/tagmem.nodes/" + std::string(kA), "0100000");
     auto users = find_device_users(kDevno, os);
     ASSERT_TRUE(users) << users.error().message;
     EXPECT_THAT(*users, ElementsAre(DeviceUser{20, "opener", "fd 3"},
@@ -214,10 +236,10 @@ TEST_F(Proc, MappedAfterTheDescriptorWasClosed) {
 
 TEST_F(Proc, AProcessThatExitsMeanwhileIsNoUser) {
     add_process(20, "gone");
-    os.add_symlink("/proc/20/fd/3", "/dev/dax0.1");
+    add_fd(20, 3, "/dev/dax0.1");
     os.fail("/proc/20/fd", ENOENT);
     add_process(21, "closing");
-    os.add_symlink("/proc/21/fd/4", "/dev/dax0.1");
+    add_fd(21, 4, "/dev/dax0.1");
     os.fail("/proc/21/fd/4", ENOENT);
     auto users = find_device_users(kDevno, os);
     ASSERT_TRUE(users) << users.error().message;
@@ -242,6 +264,116 @@ TEST_F(Proc, AProcessThatCannotBeInspectedFailsTheWhole) {
     os.heal();
     os.fail("/proc", EMFILE);
     EXPECT_FALSE(find_device_users(kDevno, os));
+}
+
+// Issue 19: what a process holds is never stat()ed (a FUSE server behind
+// it could hang tagmem in D state); only what the kernel has cached is read.
+TEST_F(Proc, NoHeldFileIsStatted) {
+    add_process(20, "opener");
+    add_fd(20, 3, "/dev/dax0.1");
+    add_fd(20, 4, "/dev/null-ish");
+    os.add_symlink("/proc/20/map_files/7f00-7f20", "/dev/dax0.1");
+    auto users = find_device_users(kDevno, os);
+    ASSERT_TRUE(users) << users.error().message;
+    EXPECT_THAT(*users, ElementsAre(DeviceUser{20, "opener", "fd 3"},
+                                    DeviceUser{20, "opener", "mapping 7f00-7f20"}));
+    EXPECT_THAT(os.stats(), IsEmpty());
+    EXPECT_THAT(os.cached_stats(), ::testing::Contains("/proc/20/fd/3"));
+}
+
+// A user's own FUSE file can claim the device's number, but a char node on
+// a nodev mount can only be held O_PATH, which neither reads nor maps: no
+// user (and neither is an O_PATH descriptor of the real node).
+TEST_F(Proc, APathOnlyDescriptorIsNoUser) {
+    add_process(20, "hostile");
+    os.add_char_device("/home/u/fuse/fake-dax", 252, 7);
+    add_fd(20, 3, "/home/u/fuse/fake-dax", "012000000");
+    add_fd(20, 4, "/dev/dax0.1", "010000000");
+    auto users = find_device_users(kDevno, os);
+    ASSERT_TRUE(users) << users.error().message;
+    EXPECT_THAT(*users, IsEmpty());
+    // fdinfo without flags is not taken for "not O_PATH" nor for "O_PATH".
+    os.add_file("/proc/20/fdinfo/4", "pos:\t0\n");
+    users = find_device_users(kDevno, os);
+    ASSERT_FALSE(users);
+    EXPECT_THAT(users.error().message, HasSubstr("pid 20"));
+}
+
+// A user's FUSE mount without allow_other answers root's stat with EACCES;
+// on a nodev mount (as every user's FUSE mount is) that is no user, for a
+// descriptor (its mount by fdinfo's mnt_id) and for a mapping (its device
+// by /proc/<pid>/maps). On a mount that allows devices it stays "cannot tell".
+TEST_F(Proc, AFileOnANodevMountThatDeniesRootIsNoUser) {
+    add_process(20, "sshfs-user");
+    os.add_file("/home/u/mnt/f", "");
+    add_fd(20, 3, "/home/u/mnt/f");
+    os.add_symlink("/proc/20/map_files/7f0000000000-7f0000200000", "/home/u/mnt/f");
+    os.fail("/proc/20/fd/3", EACCES);
+    os.fail("/proc/20/map_files/7f0000000000-7f0000200000", EACCES);
+    os.add_file("/proc/20/maps", "55d0000000-55d0001000 r-xp 00000000 fd:01 12 /usr/bin/x\n"
+                                 "7f0000000000-7f0000200000 r--s 00000000 00:2f 2 /home/u/mnt/f\n");
+    os.add_file("/proc/20/mountinfo",
+                "22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+                "25 22 0:47 / /home/u/mnt rw,nosuid,nodev,relatime shared:2 - fuse.sshfs x rw\n");
+    // add_fd's fdinfo says mnt_id 25; the mapping's device is 0:2f = 0:47.
+    auto users = find_device_users(kDevno, os);
+    ASSERT_TRUE(users) << users.error().message;
+    EXPECT_THAT(*users, IsEmpty());
+    os.add_file("/proc/20/mountinfo",
+                "22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+                "25 22 0:47 / /home/u/mnt rw,nosuid,relatime shared:2 - fuse.root x rw\n");
+    users = find_device_users(kDevno, os);
+    ASSERT_FALSE(users);
+    EXPECT_EQ(users.error().code, EACCES);
+}
+
+// A read of /proc that never returns (a stat() through a FUSE server that
+// never answers would) ends the scan at its deadline, with an error.
+TEST_F(Proc, TheScanEndsAtItsDeadlineWhateverBlocks) {
+    // Kept beyond the test: the abandoned scan thread may still use it.
+    static auto* hung = new fake::FakeHostOs();
+    static std::mutex gate;
+    hung->add_symlink("/proc/self/ns/pid", kInitPidNs);
+    hung->add_char_device("/dev/dax0.1", 252, 7);
+    hung->add_file("/proc/20/comm", "stuck\n");
+    hung->add_symlink("/proc/20/fd/3", "/dev/dax0.1");
+    hung->add_file("/proc/20/fdinfo/3", "flags:\t02\n");
+    hung->add_dir("/proc/20/map_files");
+    std::unique_lock closed(gate);
+    hung->on_stat_cached([](const std::string&) { std::lock_guard wait_for_it(gate); });
+    const auto start = std::chrono::steady_clock::now();
+    auto users = find_device_users_within(kDevno, *hung, std::chrono::milliseconds(300));
+    const auto took = std::chrono::steady_clock::now() - start;
+    ASSERT_FALSE(users);
+    EXPECT_EQ(users.error().code, ETIMEDOUT);
+    EXPECT_THAT(users.error().message, HasSubstr("did not finish within 300 ms"));
+    EXPECT_LT(took, std::chrono::seconds(5));
+    closed.unlock(); // the abandoned thread finishes
+    // A scan that is only slow stops at the deadline too.
+    auto late = tagmem::find_device_users(
+        kDevno, *hung, std::chrono::steady_clock::now() - std::chrono::seconds(1));
+    ASSERT_FALSE(late);
+    EXPECT_EQ(late.error().code, ETIMEDOUT);
+    // And one that ends in time answers.
+    auto fine = find_device_users_within(kDevno, os, std::chrono::seconds(30));
+    ASSERT_TRUE(fine) << fine.error().message;
+}
+
+// Issue 19: in a child PID namespace /proc does not show every process
+// (even when /proc is that namespace's own, whose pid 1 is its init).
+TEST_F(Proc, OutsideTheInitPidNamespaceItRefuses) {
+    add_process(20, "opener");
+    add_fd(20, 3, "/dev/dax0.1");
+    os.add_symlink("/proc/self/ns/pid", "pid:[4026532801]");
+    os.add_symlink("/proc/1/ns/pid", "pid:[4026532801]");
+    auto users = find_device_users(kDevno, os);
+    ASSERT_FALSE(users);
+    EXPECT_EQ(users.error().code, kOtherPidNamespace);
+    EXPECT_THAT(users.error().message, HasSubstr("PID namespace other than the host's"));
+    os.remove("/proc/self/ns/pid");
+    users = find_device_users(kDevno, os);
+    ASSERT_FALSE(users);
+    EXPECT_EQ(users.error().code, kOtherPidNamespace);
 }
 
 // --- memory_blocks -----------------------------------------------------------
@@ -293,6 +425,118 @@ TEST_F(Blocks, NoneInRangeAndBadAttributes) {
     EXPECT_FALSE(memory_blocks(40 * kBlock, 4 * kBlock, os));
     os.fail("/sys/devices/system/memory", EMFILE);
     EXPECT_FALSE(memory_blocks(40 * kBlock, 4 * kBlock, os));
+}
+
+// --- to_system_ram / to_devdax: the kernel's answers, scripted ---------------
+
+// A device as libdaxctl drives it: each call is logged; the state follows
+// the calls unless a test scripts a failure.
+struct ScriptedDriver : DaxDriver {
+    std::vector<std::string> calls;
+    bool ram = false;
+    int online = 0, total = 2;
+    int fail_online = 0;           // memory_online() returns -fail_online, after onlining partly
+    int fail_offline = 0;          // memory_offline() returns -fail_offline
+    int zone_movable = 1;          // movable()
+    bool udev_onlines_one = false; // a udev rule onlines one block at kmem's bind
+    bool is_system_ram() override { return ram; }
+    int disable() override {
+        calls.push_back("disable");
+        ram = false;
+        return 0;
+    }
+    int enable_devdax() override {
+        calls.push_back("enable_devdax");
+        return 0;
+    }
+    int enable_ram() override {
+        calls.push_back("enable_ram");
+        ram = true;
+        online = udev_onlines_one ? 1 : 0;
+        return 0;
+    }
+    int memory_online() override {
+        calls.push_back("memory_online");
+        if (fail_online) {
+            online = 1;
+            return -fail_online;
+        }
+        online = total;
+        return 0;
+    }
+    int memory_offline() override {
+        calls.push_back("memory_offline");
+        if (fail_offline)
+            return -fail_offline;
+        online = 0;
+        return 0;
+    }
+    int blocks_online() override { return online; }
+    int blocks() override { return total; }
+    int movable() override { return zone_movable; }
+    std::uint64_t start() override { return 0x1040000000; }
+    std::uint64_t size() override { return 256ull << 20; }
+    std::string said() override { return ""; }
+};
+
+struct ToRam : ::testing::Test {
+    fake::FakeHostOs os;
+    ScriptedDriver dax;
+    std::function<Status()> nobody = [] { return Status{Ok{}}; };
+    void SetUp() override {
+        os.add_file("/sys/devices/system/memory/auto_online_blocks", "offline\n");
+        os.add_file("/sys/devices/system/memory/block_size_bytes", "8000000\n");
+    }
+};
+
+TEST_F(ToRam, AllOnlineAndMovableIsDone) {
+    auto done = to_system_ram(dax, "dax0.1", os, nobody);
+    ASSERT_TRUE(done) << done.error().message;
+    EXPECT_THAT(dax.calls, ElementsAre("disable", "enable_ram", "memory_online"));
+}
+
+// Issue 19: a failed online used to leave kmem bound and some blocks online.
+TEST_F(ToRam, AFailedOnlineIsUndoneLikeOffline) {
+    dax.fail_online = ENOMEM;
+    auto done = to_system_ram(dax, "dax0.1", os, nobody);
+    ASSERT_FALSE(done);
+    EXPECT_EQ(done.error().code, ENOMEM);
+    EXPECT_THAT(dax.calls, ElementsAre("disable", "enable_ram", "memory_online", "memory_offline",
+                                       "disable", "enable_devdax"));
+    EXPECT_THAT(done.error().message,
+                AllOf(HasSubstr("onlining its memory blocks"), HasSubstr("devdax again")));
+}
+
+// Issue 19: blocks a udev rule onlined to ZONE_NORMAL before tagmem did are
+// online, but not movable: that is checked, and undone.
+TEST_F(ToRam, BlocksOutsideZoneMovableAreUndone) {
+    dax.udev_onlines_one = true;
+    dax.zone_movable = 0;
+    auto done = to_system_ram(dax, "dax0.1", os, nobody);
+    ASSERT_FALSE(done);
+    EXPECT_THAT(done.error().message,
+                AllOf(HasSubstr("outside ZONE_MOVABLE"), HasSubstr("devdax again")));
+    EXPECT_THAT(dax.calls, ElementsAre("disable", "enable_ram", "memory_online", "memory_offline",
+                                       "disable", "enable_devdax"));
+}
+
+TEST_F(ToRam, AnUndoThatCannotOfflineSaysWhereItStands) {
+    dax.fail_online = EIO;
+    dax.fail_offline = EBUSY;
+    auto done = to_system_ram(dax, "dax0.1", os, nobody);
+    ASSERT_FALSE(done);
+    EXPECT_THAT(done.error().message,
+                AllOf(HasSubstr("undoing it failed"), HasSubstr("stays with kmem")));
+    EXPECT_THAT(dax.calls, ElementsAre("disable", "enable_ram", "memory_online", "memory_offline"));
+}
+
+// A timed-out second look (after the unbind) binds device_dax again.
+TEST_F(ToRam, ATimedOutRecheckRebindsDeviceDax) {
+    auto done =
+        to_system_ram(dax, "dax0.1", os, [] { return Status{make_error(ETIMEDOUT, "too long")}; });
+    ASSERT_FALSE(done);
+    EXPECT_EQ(done.error().code, ETIMEDOUT);
+    EXPECT_THAT(dax.calls, ElementsAre("disable", "enable_devdax"));
 }
 
 } // namespace

@@ -182,7 +182,7 @@ TEST_F(Records, SingleDcdDeviceIsAReadyTag) {
     EXPECT_EQ(t.name, "");
     ASSERT_NE(t.device(), nullptr);
     EXPECT_EQ(t.device()->dev.name, "dax0.0");
-    EXPECT_FALSE(t.shareable);
+    EXPECT_TRUE(t.shareable) << "DCD capacity is shareable unless configured otherwise";
     EXPECT_EQ(t.shareable_from, ShareableFrom::default_value);
     EXPECT_THAT(r.untagged, IsEmpty());
     EXPECT_THAT(r.rejected, IsEmpty());
@@ -411,7 +411,7 @@ TEST_F(Records, SectionWithoutAccessKeysKeepsTheDefault) {
     ASSERT_THAT(r.tags, SizeIs(1));
     EXPECT_EQ(r.tags[0].name, "named");
     EXPECT_EQ(r.tags[0].access, Access{});
-    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_TRUE(r.tags[0].shareable);
     EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::default_value);
 }
 
@@ -432,6 +432,25 @@ TEST_F(Records, ConfigAttributesApply) {
     EXPECT_EQ(t.access.owner, "famfs");
     EXPECT_EQ(t.access.group, "famfs-users");
     EXPECT_EQ(t.state, TagState::ready);
+}
+
+// Issue 19: DCD capacity may be shared with other hosts, and onlining it
+// hands it to the page allocator, which zeroes it. Without a word in
+// tagmem.conf a DCD tag is shareable (so `online = allow` alone is not
+// enough); other sources are this host's own.
+TEST_F(Records, DcdTagIsShareableUnlessConfiguredNo) {
+    ScanResult r = build({dcd(0, 0, kA)}, empty);
+    ASSERT_THAT(r.tags, SizeIs(1));
+    EXPECT_TRUE(r.tags[0].shareable);
+    EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::default_value);
+    r = build({dcd(0, 0, kA)}, config_from(section(kA, "online = allow\n")));
+    EXPECT_TRUE(r.tags[0].shareable) << "online = allow says nothing about sharing";
+    r = build({dcd(0, 0, kA)}, config_from(section(kA, "shareable = no\n")));
+    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::config);
+    r = build({device(0, 0, U(kA), TagSource::nvdimm)}, empty);
+    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_EQ(r.tags[0].shareable_from, ShareableFrom::default_value);
 }
 
 TEST_F(Records, ShareableNoIsStillFromConfig) {
@@ -479,7 +498,7 @@ TEST_F(Records, ConfigForAnotherTagDoesNotApply) {
     ASSERT_THAT(r.tags, SizeIs(1));
     EXPECT_EQ(r.tags[0].name, "");
     EXPECT_EQ(r.tags[0].access, Access{});
-    EXPECT_FALSE(r.tags[0].shareable);
+    EXPECT_TRUE(r.tags[0].shareable); // the DCD default, not kB's setting
     EXPECT_EQ(r.find(U(kB)), nullptr) << "a configured tag without memory is no record";
 }
 
@@ -570,7 +589,7 @@ TEST_F(Records, JsonOfAReadyTag) {
     EXPECT_EQ(j["name"], "pool");
     EXPECT_EQ(j["source"], "dcd");
     EXPECT_EQ(j["state"], "ready");
-    EXPECT_EQ(j["shareable"], false);
+    EXPECT_EQ(j["shareable"], true);
     EXPECT_EQ(j["shareable_from"], "default");
     EXPECT_EQ(j["device"], "dax0.0");
     EXPECT_EQ(j["path"], "/dev/dax0.0");
