@@ -269,11 +269,10 @@ int cmd_watch(const WatchOptions& opt) {
                        j.value("device", "") == "" ? "-" : j.value("device", ""),
                        j.value("state", "?"), health_text(j));
         else if (ended.empty() && event != "snapshot-end")
-            fmt::print("{:<8} {} {} {}{}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
-                       j.value("device", "") == "" ? "-" : j.value("device", ""),
-                       j.value("state", "?"),
-                       j.value("health", "") == "" ? "" : " " + j.value("health", ""),
-                       revoked_text(j));
+            fmt::print(
+                "{:<8} {} {} {}{}{}\n", event.empty() ? "?" : event, j.value("tag", "?"),
+                j.value("device", "") == "" ? "-" : j.value("device", ""), j.value("state", "?"),
+                j.value("health", "") == "" ? "" : " " + j.value("health", ""), revoked_text(j));
         return ended.empty();
     });
     (void)done;
