@@ -150,7 +150,20 @@ def test_nvdimm(tmp_path):
     assert (nd_region / "namespace1.1/uuid").read_text() == hg.TAG_NV1 + "\n"
     assert (nd_region / "dax1.1/uuid").read_text() == hg.INFOBLOCK_NV1 + "\n"
     assert (nd_region / "dax1.1/namespace").read_text() == "namespace1.1\n"
-    assert not (nd_region / "dax1.1/dax1.1/uuid").exists()
+    # The dax device itself has a uuid of its own on a DCD (v11) kernel: the
+    # null UUID, and no tag; the earlier layout has none.
+    assert (nd_region / "dax1.1/dax1.1/uuid").read_text() == hg.ZERO_UUID + "\n"
+
+
+@needs_host
+def test_nvdimm_early_layout_has_no_device_uuid(tmp_path):
+    h = hg.Host("early")
+    r = h.nvdimm_region(region_id=1, base=0x20_0000_0000, size=16 * hg.GiB)
+    r.namespace(0, hg.TAG_NV0)
+    root = h.write(tmp_path / "early")
+    nd_region = root / "sys" / hg._ND_BUS / "region1"
+    assert (nd_region / "namespace1.0/uuid").read_text() == hg.TAG_NV0 + "\n"
+    assert not (nd_region / "dax1.0/dax1.0/uuid").exists()
 
 
 @needs_host
