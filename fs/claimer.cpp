@@ -6,7 +6,17 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
+
 namespace tagmem {
+namespace {
+
+bool out_of_resources(int err) {
+    return err == EMFILE || err == ENFILE || err == ENOMEM || err == ENOBUFS || err == EAGAIN ||
+           err == EINTR;
+}
+
+} // namespace
 
 Claimer::Outcome Claimer::claim(const TagDelta& delta, const Config& config, HostOs& os) {
     Outcome out;
@@ -23,10 +33,22 @@ Claimer::Outcome Claimer::claim(const TagDelta& delta, const Config& config, Hos
         if (!claims_automatically(config, r->tag))
             continue;
         auto [slot, fresh] = tried_.try_emplace(r->tag);
-        if (!fresh && slot->second.extents == r->offered_extents)
+        if (!fresh && !slot->second.again && slot->second.extents == r->offered_extents)
             continue; // tried with exactly these: said already
-        slot->second = Tried{r->offered_extents, {}};
+        const Tried before = slot->second;
+        slot->second = Tried{r->offered_extents, {}, false};
         auto claimed = claim_offered(*r, os);
+        if (!claimed && out_of_resources(claimed.error().code)) {
+            // The daemon's own shortage (a user holding it at its fd limit)
+            // says nothing of the tag: what was shown stands, and the next
+            // publish of the tag or a SIGHUP tries again.
+            log::debug("tag {}: claim postponed: {}", r->tag.str(), claimed.error().message);
+            if (fresh)
+                tried_.erase(slot);
+            else
+                slot->second = Tried{before.extents, before.failure, true};
+            continue;
+        }
         if (claimed && claimed->bound) {
             log::info("tag {}: claimed its offered capacity as {}", r->tag.str(), claimed->device);
             out.claimed.insert(claimed->device);

@@ -34,13 +34,18 @@ class Claimer {
     // The record as shown: an offered tag whose claim failed says why.
     std::shared_ptr<const TagRecord> shown(std::shared_ptr<const TagRecord> r) const;
 
-    // Everything offered is tried again (SIGHUP).
-    void forget() { tried_.clear(); }
+    // Everything offered is tried again (SIGHUP); what a failure showed
+    // stays shown until a try ends otherwise.
+    void forget() {
+        for (auto& [tag, tried] : tried_)
+            tried.again = true;
+    }
 
   private:
     struct Tried {
         std::vector<Extent> extents; // what the claim was tried with
         std::string failure;         // empty: it succeeded
+        bool again = false;          // try once more, even with the same extents
     };
     std::map<Uuid, Tried> tried_;
 };
