@@ -498,7 +498,8 @@ class Host:
             w.file(f"bus/dax/{attr}", "1\n" if attr == "drivers_autoprobe" else "")
         for drv in ("device_dax", "kmem"):
             for attr in ("bind", "unbind", "new_id", "remove_id", "uevent"):
-                w.file(f"bus/dax/drivers/{drv}/{attr}", "", private=True)
+                w.file(f"bus/dax/drivers/{drv}/{attr}", "", private=True,
+                       mode=0o644 if attr == "uevent" else 0o200)
         w.file(f"{_MEMORY}/block_size_bytes", f"{MEMORY_BLOCK_SIZE:x}\n")
         w.file(f"{_MEMORY}/auto_online_blocks", "offline\n")
 
@@ -606,8 +607,8 @@ def _write_dax_region(w: "_TreeWriter", region: _DaxRegion, major: int) -> None:
     if region.dynamic:
         w.file(f"{attrs}/available_size", f"{region.available_size}\n")
         w.file(f"{attrs}/seed", f"{region.seed}\n")
-        w.file(f"{attrs}/create", "", private=True)
-        w.file(f"{attrs}/delete", "", private=True)
+        w.file(f"{attrs}/create", "", private=True, mode=0o644)
+        w.file(f"{attrs}/delete", "", private=True, mode=0o200)
     for dev in region.devices:
         _write_dax_device(w, dev, major)
 
@@ -629,7 +630,7 @@ def _write_dax_device(w: "_TreeWriter", dev: DaxDevice, major: int) -> None:
         uuid = ZERO_UUID  # every dax device has one on a DCD kernel
     if uuid is not None:
         # A DC device's is written to claim it (a seed's): its own inode.
-        w.file(f"{top}/uuid", f"{uuid}\n", private=dc)
+        w.file(f"{top}/uuid", f"{uuid}\n", private=dc, mode=0o644 if dc else 0o444)
     pgoff = 0
     for i, (start, length) in enumerate(dev.mappings):
         w.file(f"{top}/mapping{i}/start", f"{start:#x}\n")
@@ -688,13 +689,14 @@ class _TreeWriter:
             os.mkdir(self._top + rel)
         self._dirs.add(rel)
 
-    def file(self, rel: str, text: str, private: bool = False) -> None:
+    def file(self, rel: str, text: str, private: bool = False, mode: int = 0o444) -> None:
         """An attribute file; identical ones share an inode unless `private`
         (an attribute a test lets tagmem write: the write must land there
-        alone)."""
+        alone). `mode`: the kernel's for a writable attribute (root owns
+        them all; without CAP_DAC_OVERRIDE only the owner's bits count)."""
         self.dir(rel.rpartition("/")[0])
         data, path = text.encode(), self._top + rel
-        first = None if private else self._shared.get(data)
+        first = None if private or mode != 0o444 else self._shared.get(data)
         if first is not None:
             try:
                 os.link(first, path)
@@ -702,12 +704,12 @@ class _TreeWriter:
             except OSError as e:
                 if e.errno != errno.EMLINK:  # per-inode link limit: start a new copy
                     raise
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-        if not private:
+        if not private and mode == 0o444:
             self._shared[data] = path
 
     def link(self, rel: str, target: str) -> None:
