@@ -552,7 +552,9 @@ def test_dcd_poison(dcd, guest_tools, vm_timings, tmp_path):
         assert [(r["offset"], r["length"]) for r in health["bad_ranges"]] == \
             [(POISON_OFFSET, POISON_LEN)], health
         degraded = json.loads(section(res, "degraded"))
-        assert degraded["status"] == "degraded", degraded
+        assert (degraded["tag"], degraded["health"]) == (T5, "degraded"), degraded
+        assert [(r["offset"], r["length"]) for r in degraded["bad_ranges"]] == \
+            [(POISON_OFFSET, POISON_LEN)], degraded
         events = [e for e in _watch_events(res) if e.get("tag") == T5]
         assert any(e["event"] == "health" and e.get("health") == "degraded" for e in events), \
             events
