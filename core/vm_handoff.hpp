@@ -10,7 +10,7 @@
 // <mount point>/<tag>/data with share=on; the guest kernel's
 // memmap=SIZE%START-1+0xefffffff makes the range soft-reserved so dax_hmem
 // turns it into a devdax without writing into it; the metadata travels in
-// the fw_cfg item opt/org.tagmem/tags (/work/brief/vm-contract.md).
+// the fw_cfg item opt/org.tagmem/tags (its format: docs/vm.md).
 #pragma once
 
 #include "result.hpp"
