@@ -37,8 +37,11 @@ fi
 
 # What the tests run (not tagmem-bench: no benchmarks here).
 # old_kernel_shim: preloaded into tagmemfs by test_fs.py (a kernel without no-open);
-# fault_shim: by test_faults.py (a failing eventfd or sigaction).
-test_targets=(tagmemfs tagmem tagmem_unit_tests old_kernel_shim fault_shim)
+# fault_shim: by test_faults.py (a failing eventfd or sigaction);
+# host_pidns_shim and hostile_fuse: by test_online.py (tagmem online in a PID
+# namespace of its own as if in the host's; a user's hostile FUSE server).
+test_targets=(tagmemfs tagmem tagmem_unit_tests old_kernel_shim fault_shim host_pidns_shim
+  hostile_fuse)
 
 log() { echo "test-sanitizers: $*" >&2; }
 
