@@ -76,7 +76,9 @@ Result<std::optional<std::string>> find_seed(const std::string& region_dir, std:
 // modules.builtin is installed (seen on a DCD guest kernel), and needs
 // CAP_SYS_MODULE. Where the driver is not loaded at all (no bind file),
 // libdaxctl loads it.
-Status bind_claimed_device(const std::string& name, HostOs& os) {
+} // namespace
+
+Status bind_claimed(const std::string& name, HostOs& os) {
     constexpr const char* kBind = "/sys/bus/dax/drivers/device_dax/bind";
     auto written = os.write_file(kBind, name);
     if (!written && written.error().code == ENOENT) {
@@ -101,8 +103,6 @@ Status bind_claimed_device(const std::string& name, HostOs& os) {
     return Ok{};
 }
 
-} // namespace
-
 std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t align) {
     if (offered.state != TagState::offered)
         return fmt::format("it is {}, not offered capacity", to_string(offered.state));
@@ -125,10 +125,6 @@ std::optional<std::string> claim_refusal(const TagRecord& offered, std::uint64_t
         if (sorted[i].offset < sorted[i - 1].offset + sorted[i - 1].length)
             return fmt::format("{} and {} overlap", sorted[i - 1].name.str(), sorted[i].name.str());
     return std::nullopt;
-}
-
-Status bind_claimed(const std::string& device, HostOs& os) {
-    return bind_claimed_device(device, os);
 }
 
 bool claims_automatically(const Config& config, const Uuid& tag) {
@@ -167,7 +163,7 @@ Result<Claimed> claim_offered(const TagRecord& offered, HostOs& os) {
     if (auto ok = os.write_file(dir + "/uuid", offered.tag.str()); !ok)
         return make_error(ok.error().code, fmt::format("the kernel refused to give {} the tag: {}",
                                                        claimed.device, ok.error().message));
-    claimed.bound = bind_claimed_device(claimed.device, os);
+    claimed.bound = bind_claimed(claimed.device, os);
     return claimed;
 }
 
