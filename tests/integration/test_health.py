@@ -418,8 +418,9 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
             (devices / name / "trigger_poison_list").write_text("")
         os.write(pipe, b"CPU:0 [LOST 12 EVENTS]\n")
         eventually(lambda: "trace events were lost; listing the poison again" in d.text())
-        assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
-        assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
+        # The warning comes before the listing: wait for the writes, not the log.
+        eventually(lambda: all((devices / n / "trigger_poison_list").read_text() == "1\n"
+                               for n in ("mem0", "mem1")))
         w.close()
 
         # A clean exit takes the instance down: the pipe closed first (tracefs
