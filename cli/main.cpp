@@ -231,6 +231,11 @@ int run(int argc, char** argv) {
         "claim", "make a tag's offered CXL Dynamic Capacity its devdax device (root); exit 0 "
                  "also if claimed already; refusals exit 3-5, 10, 13, 14, 16");
     claim->add_option("tag", claim_tag, "the tag (UUID)")->required();
+    auto* unclaim = app.add_subcommand(
+        "unclaim", "give a claimed tag's CXL Dynamic Capacity back to its region, so that the "
+                   "orchestrator's release goes through (root); refused while in use (exit 12); "
+                   "refusals exit 3-5, 10, 13, 15");
+    unclaim->add_option("tag", claim_tag, "the tag (UUID)")->required();
 
     WatchOptions wopt;
     auto* wait = app.add_subcommand(
@@ -242,6 +247,9 @@ int run(int argc, char** argv) {
                    "prints its health as JSON");
     wait->add_flag("--health-change", wopt.health_change,
                    "instead: until the tag's health next changes; prints it as JSON");
+    wait->add_flag("--release-requested", wopt.release_requested,
+                   "instead: until the orchestrator asks for the tag's CXL capacity back (at "
+                   "once if it has) or the tag is gone; prints the event as JSON");
     auto* watch = app.add_subcommand("watch", "print one line per change until interrupted");
     watch->add_flag("-j,--json", wopt.json, "the socket's JSON lines as they come");
     watch->add_flag("--snapshot", wopt.snapshot,
@@ -279,10 +287,14 @@ int run(int argc, char** argv) {
         return cmd_memory_change(MemoryChange::offline, change_tag, opt.query);
     if (*claim)
         return cmd_claim(claim_tag, opt.query);
+    if (*unclaim)
+        return cmd_unclaim(claim_tag, opt.query);
     if (*vm_args)
         return cmd_vm_args(opt.query, vopt);
     if (*wait)
-        return wopt.degraded || wopt.health_change ? cmd_wait_health(wopt) : cmd_wait(wopt);
+        return wopt.release_requested                ? cmd_wait_release(wopt)
+               : wopt.degraded || wopt.health_change ? cmd_wait_health(wopt)
+                                                     : cmd_wait(wopt);
     if (*watch)
         return cmd_watch(wopt);
     return kExitUsage;

@@ -226,6 +226,59 @@ int cmd_wait_health(const WatchOptions& opt) {
     return kExitOk;
 }
 
+int cmd_wait_release(const WatchOptions& opt) {
+    auto tag = Uuid::parse(opt.tag_text);
+    if (!tag)
+        return fail(kExitUsage, tag.error().message);
+    if (opt.timeout_s && *opt.timeout_s < 0)
+        return fail(kExitUsage, "--timeout must not be negative");
+    if (opt.degraded || opt.health_change)
+        return fail(kExitUsage, "--release-requested excludes --degraded and --health-change");
+    auto fd = connect_to(opt.socket());
+    if (!fd)
+        return fail(kExitError, fd.error().message);
+    if (!send_line(*fd, {{"op", "watch"}}))
+        return fail(kExitError, "tagmemfs closed the connection");
+    const std::string want = tag->str();
+    std::optional<nlohmann::json> found;
+    bool seen = false;
+    std::string error;
+    auto done = read_lines(*fd, opt.timeout_s, [&](const std::string& line) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_object())
+            return true;
+        const std::string event = j.value("event", "");
+        if (j.contains("error") || event == "overflow") {
+            error = j.contains("error") ? j["error"].dump() : "dropped: " + j.value("reason", "?");
+            return false;
+        }
+        if (event == "snapshot-end" && !seen) {
+            found = nlohmann::json{{"tag", want}, {"event", "removed"}};
+            return false;
+        }
+        if (j.value("tag", "") != want)
+            return true;
+        seen = true;
+        if (j.value("release_requested", false) || event == "removed") {
+            found = nlohmann::json{{"tag", want},
+                                   {"event", event == "removed" ? "removed" : "release-requested"},
+                                   {"device", j.value("device", "")},
+                                   {"state", j.value("state", "")}};
+            return false;
+        }
+        return true;
+    });
+    if (!done)
+        return fail(kExitTimeout,
+                    fmt::format("nobody asked for tag {} back within {} s", want, *opt.timeout_s));
+    if (!error.empty())
+        return fail(kExitError, fmt::format("tagmemfs: {}", error));
+    if (!found)
+        return fail(kExitError, "tagmemfs closed the connection");
+    fmt::print("{}\n", found->dump());
+    return kExitOk;
+}
+
 int cmd_watch(const WatchOptions& opt) {
     auto fd = connect_to(opt.socket());
     if (!fd)

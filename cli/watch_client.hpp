@@ -20,8 +20,9 @@ struct WatchOptions {
     std::optional<double> timeout_s;
     std::string tag_text;
     // wait: for the tag's health rather than its readiness (docs/health.md).
-    bool degraded = false;      // until it is degraded (at once if it is)
-    bool health_change = false; // until its health next changes
+    bool degraded = false;          // until it is degraded (at once if it is)
+    bool health_change = false;     // until its health next changes
+    bool release_requested = false; // until its DCD capacity is asked back, or it is gone
 
     std::string socket() const { return socket_path.empty() ? mount_point + ".sock" : socket_path; }
 };
@@ -30,6 +31,11 @@ int cmd_wait(const WatchOptions& opt);
 // wait --degraded / --health-change: prints one JSON line, the tag's health
 // ({"tag","health","bad_ranges"}), when it happens.
 int cmd_wait_health(const WatchOptions& opt);
+// wait --release-requested: prints one JSON line ({"tag","event","device",
+// "state"}, event "release-requested" or "removed") when the orchestrator
+// asks for the tag's DCD capacity back (at once if it has) or the tag goes.
+// A tag that does not exist when the snapshot ends is gone already.
+int cmd_wait_release(const WatchOptions& opt);
 // Prints changes; with opt.snapshot, first the tags as they are.
 int cmd_watch(const WatchOptions& opt);
 

@@ -2,6 +2,7 @@
 #include "claim.hpp"
 
 #include "host_os.hpp"
+#include "probe.hpp"
 #include "sysfs_value.hpp"
 
 #include <fmt/format.h>
@@ -165,6 +166,65 @@ Result<Claimed> claim_offered(const TagRecord& offered, HostOs& os) {
                                                        claimed.device, ok.error().message));
     claimed.bound = bind_claimed(claimed.device, os);
     return claimed;
+}
+
+Status unclaim_device(const DaxDevice& device, HostOs& os,
+                      const std::function<Result<std::vector<DeviceUser>>()>& users) {
+    const std::string& name = device.name;
+    if (device.region_id < 0 || !is_dc_region_path(device.region_path()) ||
+        !is_device_of(name, static_cast<std::uint32_t>(device.region_id)))
+        return make_error(EINVAL, fmt::format("{} is not a device of a DC region", name));
+    if (device.mode == DevMode::system_ram)
+        return make_error(EBUSY, fmt::format("{} is system RAM: tagmem offline it first", name));
+    auto region_dir = os.link_target(dax_region_link(static_cast<std::uint32_t>(device.region_id)));
+    if (!region_dir)
+        return make_error(region_dir.error().code,
+                          fmt::format("DAX region {} of {}: {}", device.region_id, name,
+                                      region_dir.error().message));
+    const bool was_bound = device.mode != DevMode::disabled;
+    if (was_bound) {
+        if (auto ok = os.write_file("/sys/bus/dax/drivers/device_dax/unbind", name); !ok)
+            return make_error(ok.error().code, fmt::format("device_dax would not let {} go: {}; "
+                                                           "nothing was changed",
+                                                           name, ok.error().message));
+    }
+    // Bound again on every way out that keeps the capacity: a claimed tag
+    // must not be left without its driver.
+    auto keep = [&](int code, const std::string& why) -> Status {
+        if (!was_bound)
+            return make_error(code,
+                              fmt::format("{}; {} keeps the tag, unbound as before", why, name));
+        if (auto bound = bind_claimed(name, os); !bound)
+            return make_error(code, fmt::format("{}; {} keeps the tag, and binding it again "
+                                                "failed: {}",
+                                                why, name, bound.error().message));
+        return make_error(code, fmt::format("{}; {} keeps the tag and is bound again", why, name));
+    };
+    // Nobody can open it now: who still holds a descriptor or a mapping had
+    // it before the unbind, and the first look could have raced an open.
+    auto holders = users();
+    if (!holders)
+        return keep(holders.error().code,
+                    fmt::format("cannot tell who uses {}: {}", name, holders.error().message));
+    if (!holders->empty()) {
+        std::string who;
+        for (const auto& u : *holders)
+            who += fmt::format("{}PID {} ({}, {})", who.empty() ? "" : ", ", u.pid,
+                               u.command.empty() ? "?" : u.command, u.how);
+        return keep(kInUseError, fmt::format("{} is in use by {}", name, who));
+    }
+    const std::string dir = "/sys/bus/dax/devices/" + name;
+    if (auto ok = os.write_file(dir + "/size", "0"); !ok)
+        return keep(ok.error().code,
+                    fmt::format("the kernel would not shrink {}: {}", name, ok.error().message));
+    // Size 0 gave the extents back; the empty device is a seed the region
+    // may keep (the kernel refuses to delete its seed), which is no loss.
+    if (auto ok = os.write_file(*region_dir + "/dax_region/delete", name);
+        !ok && ok.error().code != EBUSY)
+        return make_error(ok.error().code,
+                          fmt::format("{} gave its capacity back but could not be deleted: {}",
+                                      name, ok.error().message));
+    return Ok{};
 }
 
 } // namespace tagmem

@@ -11,11 +11,14 @@
 #pragma once
 
 #include "config.hpp"
+#include "online.hpp"
 #include "result.hpp"
 #include "tag_record.hpp"
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace tagmem {
 
@@ -46,5 +49,17 @@ Result<Claimed> claim_offered(const TagRecord& offered, HostOs& os);
 // Binds a device that took a tag to device_dax: the kernel's bind file
 // first, libdaxctl (which loads the module) where the driver is not loaded.
 Status bind_claimed(const std::string& device, HostOs& os);
+
+// Gives a claimed device's capacity back to its region: the way to let a
+// release the orchestrator asked for go through (the kernel refuses a
+// release while a dax device holds the capacity; the orchestrator then asks
+// again). Unbinds device_dax, so that nobody can open the device any more,
+// then asks `users` who still holds it: anyone (or a failed look) binds it
+// again and fails, EADDRINUSE (kInUseError) naming them, nothing lost.
+// Otherwise sizes the device to 0 (its extents are offered again) and
+// deletes it. `device` is a claimed DC device (daxR.N of a DC region) with
+// device_dax or no driver; an error says what state it was left in.
+Status unclaim_device(const DaxDevice& device, HostOs& os,
+                      const std::function<Result<std::vector<DeviceUser>>()>& users);
 
 } // namespace tagmem

@@ -133,6 +133,8 @@ json tag_to_json(const TagRecord& t, bool privileged) {
     // Offsets within the tag's data only: the physical addresses of the bad
     // ranges are root's (docs/health.md).
     j["health"] = health_to_json(t.health.get());
+    if (t.release_requested != 0)
+        j["release_requested"] = iso8601_utc(t.release_requested);
     return j;
 }
 

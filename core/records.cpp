@@ -82,7 +82,7 @@ bool TagRecord::operator==(const TagRecord& o) const {
     return tag == o.tag && name == o.name && source == o.source && state == o.state &&
            reason == o.reason && offered_extents == o.offered_extents && shareable == o.shareable &&
            shareable_from == o.shareable_from && access == o.access && same_devices() &&
-           same_health(*this, o);
+           release_requested == o.release_requested && same_health(*this, o);
 }
 
 TagRecord make_record(const Uuid& tag, std::vector<std::shared_ptr<const ProbedDevice>> devs,

@@ -58,6 +58,12 @@ struct TagRecord {
     // Memory errors in the tag's data (core/health.hpp); null: none known.
     // Set by the daemon over what the scan produced.
     std::shared_ptr<const TagHealth> health;
+    // When the orchestrator asked for the tag's capacity back (a DCD
+    // Release Capacity event naming the tag; unix seconds, 0: never). The
+    // kernel refuses a release while a dax device holds the capacity and
+    // keeps no trace of the request, so only the daemon that saw the event
+    // knows (fs/release_requests.hpp). Set by the daemon, as health.
+    std::int64_t release_requested = 0;
 
     bool usable() const { return state == TagState::ready; }
     // Equal content (devices compared by value, not by pointer).

@@ -70,6 +70,7 @@ const char* to_string(TagEventKind kind) {
     case TagEventKind::removed: return "removed";
     case TagEventKind::changed: return "changed";
     case TagEventKind::health: return "health";
+    case TagEventKind::release_requested: return "release-requested";
     }
     return "unknown";
 }
@@ -285,8 +286,8 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
     // The previous apply()'s caller has told the kernel by now.
     retire_locked();
     auto event = [&](TagEventKind kind, const TagRecord& r) {
-        ch.events.push_back(
-            {kind, r.tag, single_device(r), to_string(r.state), r.access, r.health});
+        ch.events.push_back({kind, r.tag, single_device(r), to_string(r.state), r.access, r.health,
+                             r.release_requested != 0});
     };
     auto remove_slot = [&](std::uint64_t slot) {
         TagEntry& e = *entry_at(slot);
@@ -328,13 +329,18 @@ TreeChanges TagTree::apply(const TagDelta& delta) {
         TagEntry& e = *entry_at(old->second);
         if (*e.record == r)
             continue;                   // re-read, unchanged
-        TagRecord old_rest = *e.record; // all but the health
+        TagRecord old_rest = *e.record; // all but the health and the release mark
         old_rest.health = r.health;
-        const bool health_changed = !(old_rest == *e.record);
+        old_rest.release_requested = r.release_requested;
+        TagRecord old_health = *e.record;
+        old_health.release_requested = r.release_requested;
+        const bool health_changed = !(old_health == old_rest);
         if (!(old_rest == r))
             event(TagEventKind::changed, r);
         if (health_changed)
             event(TagEventKind::health, r);
+        if (r.release_requested != 0 && e.record->release_requested == 0)
+            event(TagEventKind::release_requested, r);
         if (identity(*e.record) != identity(r)) {
             remove_slot(old->second);
             add_slot(record);

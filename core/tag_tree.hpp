@@ -67,7 +67,10 @@ struct DirEntry {
 
 // health: only the tag's health (core/health.hpp) changed; its files stay
 // the same inodes. A change of both is `changed` followed by `health`.
-enum class TagEventKind { added, removed, changed, health };
+// release_requested: the orchestrator asked for the tag's DCD capacity back
+// (TagRecord::release_requested went from 0 to a time); it follows any
+// `changed` or `health` of the same update.
+enum class TagEventKind { added, removed, changed, health, release_requested };
 const char* to_string(TagEventKind kind);
 
 struct TagEvent {
@@ -77,6 +80,7 @@ struct TagEvent {
     std::string state;
     Access access;                           // of the tag's data: who may learn of the event
     std::shared_ptr<const TagHealth> health; // as published (null: ok)
+    bool release_requested = false;          // TagRecord::release_requested set
 };
 
 // What the kernel must forget after an update.

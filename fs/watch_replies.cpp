@@ -34,11 +34,15 @@ std::string to_line(const nlohmann::json& j) {
 // is, so a snapshot tells a waiter where things stand.
 // A `removed` or `changed` line of a tag whose CDI devices stop meaning its
 // device says which, and the device number containers started with them
-// hold (core/cdi.hpp, CdiRevocation).
+// hold (core/cdi.hpp, CdiRevocation). Every line of a tag whose DCD capacity
+// the orchestrator asked back says "release_requested":true.
 std::string event_prefix(const char* event, const Uuid& tag, const std::string& device,
-                         const std::string& state, const TagHealth* health = nullptr,
-                         bool full_health = false, const CdiRevocation* revoked = nullptr) {
+                         const std::string& state, bool release_requested,
+                         const TagHealth* health = nullptr, bool full_health = false,
+                         const CdiRevocation* revoked = nullptr) {
     nlohmann::json j{{"event", event}, {"tag", tag.str()}, {"device", device}, {"state", state}};
+    if (release_requested)
+        j["release_requested"] = true;
     if (revoked)
         j["cdi_revoked"] = {
             {"devices", revoked->names},
@@ -122,7 +126,8 @@ void WatchServer::continue_snapshot(Client& c) {
             if (r && may_see(c, r->access))
                 enqueue(c, with_seq(event_prefix("exists", r->tag,
                                                  r->device() ? r->device()->dev.name : "",
-                                                 to_string(r->state), r->health.get()),
+                                                 to_string(r->state), r->release_requested != 0,
+                                                 r->health.get()),
                                     ++c.seq));
             continue;
         }
@@ -167,7 +172,8 @@ void WatchServer::publish(const std::vector<TagEvent>& events,
             if (c.phase == Phase::watching) {
                 if (prefix.empty())
                     prefix = event_prefix(to_string(e.kind), e.tag, e.device, e.state,
-                                          e.health.get(), e.kind == TagEventKind::health, revokes);
+                                          e.release_requested, e.health.get(),
+                                          e.kind == TagEventKind::health, revokes);
                 deliver(c, prefix);
             }
             if (c.phase == Phase::waiting && c.waiting == e.tag &&

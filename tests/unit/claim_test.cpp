@@ -3,11 +3,16 @@
 // what is written where, and every refusal with nothing written.
 #include "claim.hpp"
 
+#include "release_requests.hpp"
+
 #include "discovery.hpp"
 #include "fake_host_os.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <array>
+#include <cstring>
 
 namespace tagmem {
 namespace {
@@ -18,6 +23,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Pair;
+using ::testing::SizeIs;
 
 constexpr const char* kTag = "5be13bce-ae34-4a77-b6c3-16df975fcf1a";
 constexpr const char* kOther = "6f1c2d3e-0000-4000-8000-000000000002";
@@ -222,6 +228,158 @@ TEST(Claim, BadClaimSettingsAreErrors) {
         EXPECT_FALSE(c.errors.empty()) << text;
         EXPECT_TRUE(c.tags.empty()) << text;
     }
+}
+
+// --- giving a claimed tag's capacity back (unclaim_device) --------------
+
+// dax0.1 holds kTag's 256 MiB and is bound to device_dax; the kernel's
+// unbind, size and delete files exist.
+DaxDevice add_claimed(FakeHostOs& os, DevMode mode = DevMode::devdax) {
+    add_seed(os);
+    DaxDevice d =
+        os.add_dcd_device(DaxSpec{}.at(0, 1).range(0x3d0000000, 256 * kMiB).in_mode(mode), kTag);
+    os.add_file("/sys/bus/dax/drivers/device_dax/unbind", "");
+    os.add_file("/sys/bus/dax/drivers/device_dax/bind", "");
+    os.add_file(std::string(kRegionDir) + "/dax_region/delete", "");
+    os.add_file("/sys/bus/dax/devices/dax0.1/size", "268435456\n");
+    return d;
+}
+
+auto nobody() {
+    return []() -> Result<std::vector<DeviceUser>> { return std::vector<DeviceUser>{}; };
+}
+
+TEST(Unclaim, UnbindsThenShrinksThenDeletes) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os);
+    int looked = 0;
+    auto users = [&]() -> Result<std::vector<DeviceUser>> {
+        // Asked once device_dax let the device go: no open can race it.
+        EXPECT_THAT(os.writes(), SizeIs(1));
+        ++looked;
+        return std::vector<DeviceUser>{};
+    };
+    auto done = unclaim_device(d, os, users);
+    ASSERT_TRUE(done.ok()) << done.error().message;
+    EXPECT_EQ(looked, 1);
+    EXPECT_THAT(os.writes(),
+                ElementsAre(Pair("/sys/bus/dax/drivers/device_dax/unbind", "dax0.1"),
+                            Pair("/sys/bus/dax/devices/dax0.1/size", "0"),
+                            Pair(std::string(kRegionDir) + "/dax_region/delete", "dax0.1")));
+}
+
+TEST(Unclaim, AUserFoundAfterTheUnbindKeepsTheTagAndBindsAgain) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os);
+    auto users = []() -> Result<std::vector<DeviceUser>> {
+        return std::vector<DeviceUser>{{4242, "famfs", "mapping 7f00-7f10"}};
+    };
+    auto done = unclaim_device(d, os, users);
+    ASSERT_FALSE(done.ok());
+    EXPECT_EQ(done.error().code, kInUseError);
+    EXPECT_THAT(done.error().message, HasSubstr("in use by PID 4242 (famfs, mapping 7f00-7f10)"));
+    EXPECT_THAT(done.error().message, HasSubstr("keeps the tag"));
+    // Nothing of the capacity was given back; device_dax has it again.
+    EXPECT_THAT(os.writes(), ElementsAre(Pair("/sys/bus/dax/drivers/device_dax/unbind", "dax0.1"),
+                                         Pair("/sys/bus/dax/drivers/device_dax/bind", "dax0.1")));
+}
+
+TEST(Unclaim, AFailedLookIsInUse) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os);
+    auto users = []() -> Result<std::vector<DeviceUser>> {
+        return make_error(ETIMEDOUT, "the scan of /proc timed out");
+    };
+    auto done = unclaim_device(d, os, users);
+    ASSERT_FALSE(done.ok());
+    EXPECT_THAT(done.error().message, HasSubstr("cannot tell who uses dax0.1"));
+    EXPECT_THAT(os.writes(), SizeIs(2)); // unbind, bind
+}
+
+TEST(Unclaim, AnUnboundDeviceIsNotBoundByIt) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os, DevMode::disabled);
+    ASSERT_TRUE(unclaim_device(d, os, nobody()).ok());
+    EXPECT_THAT(os.writes(),
+                ElementsAre(Pair("/sys/bus/dax/devices/dax0.1/size", "0"),
+                            Pair(std::string(kRegionDir) + "/dax_region/delete", "dax0.1")));
+}
+
+TEST(Unclaim, RefusalsChangeNothing) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os, DevMode::system_ram);
+    auto done = unclaim_device(d, os, nobody());
+    ASSERT_FALSE(done.ok());
+    EXPECT_THAT(done.error().message, HasSubstr("system RAM"));
+    DaxDevice hmem = os.add_hmem_device(DaxSpec{}.at(7, 0));
+    done = unclaim_device(hmem, os, nobody());
+    ASSERT_FALSE(done.ok());
+    EXPECT_THAT(done.error().message, HasSubstr("not a device of a DC region"));
+    // The unbind refused: nothing else is tried.
+    FakeHostOs os2;
+    DaxDevice d2 = add_claimed(os2);
+    os2.fail("/sys/bus/dax/drivers/device_dax/unbind", EBUSY);
+    done = unclaim_device(d2, os2, nobody());
+    ASSERT_FALSE(done.ok());
+    EXPECT_THAT(done.error().message, HasSubstr("nothing was changed"));
+    EXPECT_THAT(os.writes(), IsEmpty());
+    EXPECT_THAT(os2.writes(), IsEmpty());
+}
+
+TEST(Unclaim, AShrinkTheKernelRefusesBindsAgain) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os);
+    os.fail("/sys/bus/dax/devices/dax0.1/size", EOPNOTSUPP);
+    auto done = unclaim_device(d, os, nobody());
+    ASSERT_FALSE(done.ok());
+    EXPECT_EQ(done.error().code, EOPNOTSUPP);
+    EXPECT_THAT(done.error().message, HasSubstr("would not shrink dax0.1"));
+    EXPECT_THAT(os.writes(), ElementsAre(Pair("/sys/bus/dax/drivers/device_dax/unbind", "dax0.1"),
+                                         Pair("/sys/bus/dax/drivers/device_dax/bind", "dax0.1")));
+}
+
+TEST(Unclaim, TheRegionKeepingTheEmptyDeviceAsItsSeedIsNoFailure) {
+    FakeHostOs os;
+    DaxDevice d = add_claimed(os);
+    os.fail(std::string(kRegionDir) + "/dax_region/delete", EBUSY);
+    EXPECT_TRUE(unclaim_device(d, os, nobody()).ok());
+    os.heal();
+    os.fail(std::string(kRegionDir) + "/dax_region/delete", EACCES);
+    auto done = unclaim_device(d, os, nobody());
+    ASSERT_FALSE(done.ok());
+    EXPECT_THAT(done.error().message, HasSubstr("gave its capacity back but could not be deleted"));
+}
+
+// --- releases the orchestrator asked for (ReleaseRequests) ----------------
+
+TEST(ReleaseRequests, TheFirstRequestCountsAndGoneTagsAreForgotten) {
+    ReleaseRequests rr;
+    auto r = std::make_shared<const TagRecord>(offered(kTag, {}));
+    EXPECT_EQ(rr.shown(r), r); // nothing asked: the same record
+    EXPECT_TRUE(rr.note(U(kTag), 100));
+    EXPECT_FALSE(rr.note(U(kTag), 200)); // asked again: the first time stays
+    auto shown = rr.shown(r);
+    EXPECT_EQ(shown->release_requested, 100);
+    EXPECT_EQ(rr.shown(shown), shown);
+    EXPECT_EQ(rr.shown(std::make_shared<const TagRecord>(offered(kOther, {})))->release_requested,
+              0);
+    rr.forget(U(kTag));
+    EXPECT_FALSE(rr.requested(U(kTag)));
+    EXPECT_EQ(rr.shown(shown)->release_requested, 0); // a new allocation with the same tag
+    EXPECT_TRUE(rr.note(U(kTag), 0));                 // a clock at 0 still marks
+    EXPECT_NE(rr.shown(r)->release_requested, 0);
+}
+
+TEST(ReleaseRequests, AFloodKeepsTheNewestWithinTheBound) {
+    ReleaseRequests rr;
+    for (std::size_t i = 0; i < ReleaseRequests::kMaxTags + 10; ++i) {
+        std::array<std::uint8_t, 16> b{};
+        std::memcpy(b.data(), &i, sizeof i);
+        rr.note(Uuid(b), static_cast<std::int64_t>(i + 1));
+    }
+    EXPECT_EQ(rr.size(), ReleaseRequests::kMaxTags);
+    std::array<std::uint8_t, 16> first{};
+    EXPECT_FALSE(rr.requested(Uuid(first)));
 }
 
 } // namespace

@@ -228,6 +228,35 @@ TEST(TagTree, HealthChangeIsItsOwnEventOnTheSameInodes) {
     EXPECT_FALSE(ch.events[1].health);
 }
 
+// A DCD release the orchestrator asked for (core/release_requests.hpp) is
+// its own event, once, on the same inodes; the metadata says since when.
+TEST(TagTree, ReleaseRequestIsItsOwnEventOnce) {
+    TagTree t(kNodes);
+    t.apply(upserts({ready(1, 1)}));
+    auto before = t.lookup(kRootIno, tag_n(1).str()).value();
+    auto asked = std::make_shared<TagRecord>(*ready(1, 1));
+    asked->release_requested = 1796601600; // 2026-12-07T00:00:00Z
+    auto ch = t.apply(upserts({asked}));
+    ASSERT_THAT(ch.events, SizeIs(1));
+    EXPECT_EQ(ch.events[0].kind, TagEventKind::release_requested);
+    EXPECT_STREQ(to_string(ch.events[0].kind), "release-requested");
+    EXPECT_TRUE(ch.events[0].release_requested);
+    EXPECT_THAT(ch.removed, IsEmpty());
+    EXPECT_EQ(t.lookup(kRootIno, tag_n(1).str()).value().ino, before.ino);
+    auto meta = t.lookup(before.ino, "metadata").value();
+    EXPECT_NE(t.contents(meta.ino).value().find("\"release_requested\": \"2026-12-07T00:00:00Z\""),
+              std::string::npos)
+        << t.contents(meta.ino).value();
+    EXPECT_THAT(t.apply(upserts({asked})).events, IsEmpty());
+    // Still asked back on another device: changed, and no second request.
+    auto moved = std::make_shared<TagRecord>(*ready(1, 2));
+    moved->release_requested = asked->release_requested;
+    ch = t.apply(upserts({moved}));
+    ASSERT_THAT(ch.events, SizeIs(1));
+    EXPECT_EQ(ch.events[0].kind, TagEventKind::changed);
+    EXPECT_TRUE(ch.events[0].release_requested);
+}
+
 TEST(TagTree, NewDeviceMeansNewInodesNeverReusedNumbers) {
     // The kernel fixes a node's identity when it first sees the inode: a
     // tag that moved to another device must get new inode numbers.
