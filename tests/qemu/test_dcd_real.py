@@ -191,13 +191,44 @@ else
     echo "DCD-RESULT: T1 changed after the re-add"
 fi
 
-# Release of the claimed T2: expected to be deferred by the kernel.
+# Release of the claimed T2: refused by the kernel while dax holds it;
+# tagmemfs marks it asked back (metadata, a watch event, wait).
+( rc=0; tagmem wait --release-requested {T2} --timeout 60 >/tmp/rel.out 2>&1 || rc=$?
+  echo "DCD-EVENT: wait --release-requested T2 returned rc=$rc uptime=$(tm_now)" ) &
+RELWAIT=$!
 dcd_ask release T2
-sleep 5
+wait $RELWAIT
+sleep 2
 tm_section extents-release-T2 dcd_extents
 tm_section devices-release-T2 dcd_devices
 tm_section state-T2-after-release dcd_state {T2}
 tm_section ls-release-T2 ls -1 $TM_MNT
+tm_section wait-release-T2 cat /tmp/rel.out
+tm_section metadata-T2-after-release cat $TM_MNT/{T2}/metadata
+# The way back: refused while T2's data is open, then the device goes and
+# the extents are offered (not claimed again: they were asked back).
+exec 7<$TM_MNT/{T2}/data
+rc=0; tagmem unclaim {T2} >/tmp/unclaim1.out 2>&1 || rc=$?
+echo "DCD-RESULT: unclaim T2 while open rc=$rc"
+tm_section unclaim-T2-open cat /tmp/unclaim1.out
+exec 7<&-
+tm_section state-T2-after-refusal dcd_state {T2}
+rc=0; tagmem unclaim {T2} >/tmp/unclaim2.out 2>&1 || rc=$?
+echo "DCD-RESULT: unclaim T2 rc=$rc"
+tm_section unclaim-T2 cat /tmp/unclaim2.out
+dcd_until "dcd_state {T2}" offered 30
+sleep 2
+tm_section state-T2-unclaimed dcd_state {T2}
+tm_section devices-T2-unclaimed dcd_devices
+tm_section metadata-T2-unclaimed cat $TM_MNT/{T2}/metadata
+dcd_ask rerelease T2
+i=0
+while ls -1 $TM_MNT | grep -qx {T2}; do
+    i=$((i + 1)); [ $i -lt 300 ] || {{ echo "T2 still listed 30 s after its second release"; exit 1; }}
+    sleep 0.1
+done
+echo "DCD-EVENT: T2 gone uptime=$(tm_now)"
+tm_section extents-T2-gone dcd_extents
 
 # T3 stays offered (claim = manual for it, or no daemon claim at all), then goes.
 dcd_ask add T3
@@ -257,6 +288,7 @@ def test_dcd_live(dcd, guest_tools, vm_timings, tmp_path):
             "add T2": lambda q: lambda: q.add_capacity(T2, T2_EXTENTS),
             "readd T1": lambda q: lambda: q.add_capacity(T1, T1_AGAIN),
             "release T2": lambda q: lambda: q.release_capacity(T2, T2_EXTENTS),
+            "rerelease T2": lambda q: lambda: q.release_capacity(T2, T2_EXTENTS),
             "add T3": lambda q: lambda: q.add_capacity(T3, T3_EXTENTS),
             "release T3": lambda q: lambda: q.release_capacity(T3, T3_EXTENTS),
             "add T4": lambda q: lambda: q.add_capacity(T4, T4_EXTENTS),
@@ -323,13 +355,36 @@ def _check_live(res, host, files, seeds, vm_timings) -> None:
                    if st == "ready" and (i == 0 or states[i - 1] != "ready"))
     assert became_ready(by_tag.get(T1, [])) == 1, by_tag
     assert became_ready(by_tag.get(T2, [])) == 1, by_tag
-    assert by_tag.get(T3) == [("added", "offered"), ("removed", "offered")], by_tag
+    assert ("release-requested", "ready") in by_tag.get(T2, []), by_tag
+    assert by_tag[T2][-1] == ("removed", "offered"), by_tag
+    # T3's release may be seen before its extents go (a release-requested
+    # line) or after (none): the trace and the extent poll race.
+    assert [e for e in by_tag.get(T3, []) if e[0] != "release-requested"] == [
+        ("added", "offered"), ("removed", "offered")], by_tag
     assert became_ready(by_tag.get(T4, [])) == 1 and by_tag[T4][0] == ("added", "offered"), by_tag
     assert set(by_tag) == {T1, T2, T3, T4}, by_tag
     # The release of the claimed T2: the kernel keeps device and extents
-    # (recorded below); tagmem must keep showing T2 as it is.
+    # (recorded below); tagmem keeps T2 ready and says it was asked back.
     assert section(res, "state-T2-after-release").strip() == "ready"
     assert T2 in section(res, "ls-release-T2").split()
+    assert "DCD-EVENT wait --release-requested T2 returned rc=0" in up, up
+    rel = json.loads(section(res, "wait-release-T2"))
+    assert (rel["tag"], rel["event"], rel["state"]) == (T2, "release-requested", "ready"), rel
+    m2r = section_json(res, "metadata-T2-after-release")
+    assert m2r["state"] == "ready" and re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m2r.get("release_requested", "")), m2r
+    # tagmem unclaim: refused while open (exit 12, T2 still ready), then the
+    # device goes, the extents are offered, the second release removes T2.
+    assert "DCD-RESULT: unclaim T2 while open rc=12" in res.console, section(res, "unclaim-T2-open")
+    assert "in use" in section(res, "unclaim-T2-open")
+    assert section(res, "state-T2-after-refusal").strip() == "ready"
+    assert "DCD-RESULT: unclaim T2 rc=0" in res.console, section(res, "unclaim-T2")
+    assert section(res, "state-T2-unclaimed").strip() == "offered", section(res, "devices-T2-unclaimed")
+    m2u = section_json(res, "metadata-T2-unclaimed")
+    assert m2u["release_requested"] == m2r["release_requested"], m2u
+    assert sorted((e["offset"], e["length"]) for e in m2u["extents"]) == T2_EXTENTS, m2u
+    assert "DCD-EVENT T2 gone" in up, up
+    assert not any(ln.endswith(T2) for ln in section(res, "extents-T2-gone").splitlines())
     # What the release of a claimed tag did (recorded, not assumed).
     vm_timings["dcd release of claimed T2"] = (
         f"state after: {section(res, 'state-T2-after-release').strip()!r}; extents: "
