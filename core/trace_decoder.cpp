@@ -149,11 +149,14 @@ void TraceDecoder::decode(std::span<const std::uint8_t> in, PoisonBatch& out) {
         const unsigned type_len = header & 31;
         std::uint64_t next = 0;
         if (type_len == kPadding) {
-            if (pos + 8 > size)
-                break; // a padding header alone: the rest of the page
+            // kbuffer reads the length word even when the header ends the
+            // data (page_ has room after it): a "negative" one would send it
+            // back into the page, so it is checked either way.
             const std::uint32_t len = u32_at(data + pos + 4);
             if (len >= 0x8000'0000u || len % 4 != 0)
                 return bad("a padding event of an impossible length");
+            if (pos + 8 > size)
+                break; // a padding header alone: the rest of the page
             next = pos + 4 + std::uint64_t{len};
             if (next >= size)
                 break;

@@ -306,6 +306,12 @@ TEST(TraceDecoder, APageThatIsNotSoundIsMalformedWhole) {
     whole(PageBuilder().word(29 | 1 << 5).word(0xfffffff0u).word(0).word(0).build(),
           "a padding event of an impossible length");
     whole(PageBuilder().word(30).build(), "an event past the data");
+    // A padding header that ends the data, with a "negative" length word
+    // after it (past commit, in the page): kbuffer would go back.
+    auto back = PageBuilder().event(rec).word(29 | 1 << 5).build();
+    const std::uint32_t minus = 0xffffff00u;
+    std::memcpy(back.data() + 16 + rec.size() + 4 + 4, &minus, 4);
+    whole(back, "a padding event of an impossible length");
     whole(PageBuilder().event(rec).missed(2).commit(4076u | 3u << 30).build(),
           "the count of missed events past what was read");
     // A padding to the end of the data ends the page, as kbuffer ends it.
