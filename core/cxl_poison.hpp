@@ -4,19 +4,16 @@
 // The kernel (cxl_core, Linux >= 6.4) emits one `cxl:cxl_poison` trace event
 // per record of a memdev's poison list when root writes the memdev's
 // trigger_poison_list (the Get Poison List mailbox command), and one per
-// poison injected or cleared through debugfs. trace_pipe prints each as
-//
-//   <task>-<pid> [<cpu>] <flags> <time>: cxl_poison: memdev=mem0 host=0000:0d:00.0
-//     serial=0 trace_type=List region=region0 region_uuid=<uuid>
-//     hpa=0x... [hpa_alias0=0x...] dpa=0x... dpa_length=0x40 source=Injected
-//     flags= overflow_time=0
-//
-// (one line; hpa_alias0 since Linux 6.15, for an extended linear cache).
+// poison injected or cleared through debugfs. Its fields (memdev, region,
+// trace_type, hpa, hpa_alias0 since Linux 6.15 for an extended linear cache,
+// dpa, dpa_length) are read from the ring buffer's binary records by name
+// (core/trace_decoder.hpp), never from trace_pipe's text, which is not ABI.
 // hpa is ULLONG_MAX when no region maps the DPA: such a record hits no tag.
 // The host physical range [hpa, hpa + dpa_length) is translated exactly as
 // an NVDIMM bad range (physical_to_data); its hpa never leaves the daemon.
 #pragma once
 
+#include "dc_event.hpp"
 #include "health.hpp"
 #include "result.hpp"
 
@@ -48,41 +45,20 @@ struct PoisonRecord {
     std::vector<ByteRange> hpa;
 };
 
-// One line of trace_pipe (without its newline). Strict: every field in the
-// kernel's order and form (lowercase hex without leading zeros, the
-// symbolic names the kernel prints, nothing after overflow_time); anything
-// else is EINVAL with what was wrong. A range that would pass 2^64 (hpa or
-// dpa + dpa_length) and a zero length are malformed too. EOVERFLOW: the
-// line is trace_pipe's "CPU:<n> [LOST <m> EVENTS]" (its ring buffer
-// overwrote records that were never read). `hpa_alias0`: whether the
-// kernel's format (core/cxl_poison_format.hpp) has that field, so every
-// line must have it or none may; nullopt (no format file): either.
-Result<PoisonRecord> parse_cxl_poison_line(std::string_view line,
-                                           std::optional<bool> hpa_alias0 = std::nullopt);
-
-// Splits what trace_pipe returns into lines, bounded: a line longer than
-// kMaxLine is dropped whole (reported once as "too long"), so a flood
-// without newlines cannot grow memory.
-class TraceLineSplitter {
-  public:
-    static constexpr std::size_t kMaxLine = 1024;
-    // Appends complete lines to `lines`, too-long ones as nullopt.
-    void feed(std::string_view chunk, std::vector<std::optional<std::string>>& lines);
-
-  private:
-    std::string partial_;
-    bool skipping_ = false; // inside a line already too long
-};
-
-// What one read of the trace gives (fs/cxl_poison_watch.hpp: trace_pipe).
+// What one read of the trace gives (fs/cxl_poison_watch.hpp: the per-CPU
+// ring buffers, decoded by core/trace_decoder.hpp).
 struct PoisonBatch {
     std::vector<PoisonRecord> records;
-    std::vector<std::string> malformed; // why, per line (never the hpa)
-    std::size_t lost = 0;               // "[LOST n EVENTS]" lines
+    // cxl_dynamic_capacity records (kernels with the DCD series), in order.
+    std::vector<DcCapacityEvent> dc_events;
+    std::vector<std::string> malformed; // why, per record or page (never the hpa)
+    std::size_t lost = 0;               // events the ring buffer overwrote unread
     bool ended = false;                 // end of file: no more events
     std::optional<Error> error;         // a failed read
     // Nothing came: the trace was read dry.
-    bool empty() const { return records.empty() && malformed.empty() && lost == 0; }
+    bool empty() const {
+        return records.empty() && dc_events.empty() && malformed.empty() && lost == 0;
+    }
 };
 
 // Where the records come from; the daemon's is the tracefs instance, a

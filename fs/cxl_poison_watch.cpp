@@ -5,32 +5,70 @@
 #include "log.hpp"
 
 #include <fmt/format.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 
 namespace tagmem {
+namespace {
+
+constexpr const char* kPoison = "events/cxl/cxl_poison";
+constexpr const char* kDc = "events/cxl/cxl_dynamic_capacity";
+
+// per_cpu's cpuN, by N.
+std::optional<unsigned> cpu_number(const std::string& name) {
+    if (!name.starts_with("cpu") || name.size() < 4 || name.size() > 8)
+        return std::nullopt;
+    unsigned n = 0;
+    auto [end, ec] = std::from_chars(name.data() + 3, name.data() + name.size(), n);
+    if (ec != std::errc() || end != name.data() + name.size())
+        return std::nullopt;
+    return n;
+}
+
+} // namespace
 
 Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, const std::string& name,
                                                              std::string tracing) {
     if (!os.exists(tracing + "/instances"))
         return make_error(ENOENT, fmt::format("no tracefs at {}", tracing));
-    if (!os.exists(tracing + "/events/cxl/cxl_poison"))
+    if (!os.exists(fmt::format("{}/{}", tracing, kPoison)))
         return make_error(ENOENT, fmt::format("the kernel has no cxl:cxl_poison trace event "
-                                              "({}/events/cxl/cxl_poison: cxl_core not loaded, "
-                                              "or Linux before 6.4)",
-                                              tracing));
-    // The event's fields, from its format file (kernel ABI), before anything
-    // is made: an event that is not what the line parser reads is refused.
-    std::optional<PoisonFormat> format;
-    if (auto text = os.read_file(tracing + "/events/cxl/cxl_poison/format")) {
-        auto parsed = parse_poison_format(*text);
+                                              "({}/{}: cxl_core not loaded, or Linux before 6.4)",
+                                              tracing, kPoison));
+    // The events' fields, from their format files (kernel ABI), before
+    // anything is made: an event the decoder cannot read is refused. tracefs
+    // has a format file for every event it has.
+    auto formats = std::make_shared<TraceFormats>();
+    auto text = os.read_file(fmt::format("{}/{}/format", tracing, kPoison));
+    if (!text)
+        return make_error(is_gone(text.error().code) ? EPROTO : text.error().code,
+                          text.error().message);
+    if (auto s = formats->add_poison(*text); !s)
+        return make_error(EPROTO, s.error().message);
+    // Dynamic Capacity events where the kernel has them (the DCD series);
+    // one tagmem cannot read costs them, not the poison.
+    const std::string dc_dir = fmt::format("{}/{}", tracing, kDc);
+    if (os.exists(dc_dir)) {
+        auto dc = os.read_file(dc_dir + "/format");
+        auto s = dc ? formats->add_dc(*dc) : Status(dc.error());
+        if (!s)
+            log::warning("CXL poison: not reading cxl:cxl_dynamic_capacity: {}", s.error().message);
+    }
+    PageLayout layout;
+    layout.page_size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    if (auto hp = os.read_file(tracing + "/events/header_page")) {
+        auto parsed = parse_header_page(*hp);
         if (!parsed)
             return make_error(EPROTO, parsed.error().message);
-        format = std::move(*parsed);
-    } else if (!is_gone(text.error().code)) {
-        return text.error();
+        layout = *parsed;
+    } else if (!is_gone(hp.error().code)) {
+        return hp.error();
     }
+
     const std::string inst = fmt::format("{}/instances/{}", tracing, name);
     bool reused = false;
     if (auto made = os.make_dir(inst); !made) {
@@ -43,24 +81,61 @@ Result<std::unique_ptr<CxlPoisonWatch>> CxlPoisonWatch::open(HostOs& os, const s
         (void)os.remove_dir(inst);
         return e;
     };
-    // Whatever a previous run enabled goes off; then only cxl_poison.
+    // Whatever a previous run enabled goes off; then only our events.
     if (auto s = os.write_file(inst + "/events/enable", "0\n"); !s)
         return fail(s.error());
     if (auto s = os.write_file(inst + "/buffer_size_kb", std::string(kBufferKiB) + "\n"); !s)
         return fail(s.error());
-    if (auto s = os.write_file(inst + "/events/cxl/cxl_poison/enable", "1\n"); !s)
+    // poll(2) on trace_pipe_raw wakes when the buffer is buffer_percent
+    // full (50 by default): 0 wakes at the first record. (Before Linux
+    // 5.0 the file is absent and any record wakes.)
+    if (os.exists(inst + "/buffer_percent"))
+        if (auto s = os.write_file(inst + "/buffer_percent", "0\n"); !s)
+            return fail(s.error());
+    if (auto s = os.write_file(fmt::format("{}/{}/enable", inst, kPoison), "1\n"); !s)
         return fail(s.error());
-    auto pipe = os.open_nonblocking(inst + "/trace_pipe");
-    if (!pipe)
-        return fail(pipe.error());
-    return std::unique_ptr<CxlPoisonWatch>(
-        new CxlPoisonWatch(os, inst, std::move(*pipe), reused, std::move(format)));
+    if (formats->dc())
+        if (auto s = os.write_file(fmt::format("{}/{}/enable", inst, kDc), "1\n"); !s)
+            return fail(s.error());
+
+    auto names = os.list_dir(inst + "/per_cpu");
+    if (!names)
+        return fail(names.error());
+    std::vector<std::pair<unsigned, std::string>> numbered;
+    for (const auto& n : *names)
+        if (auto cpu = cpu_number(n))
+            numbered.emplace_back(*cpu, n);
+    std::sort(numbered.begin(), numbered.end());
+    if (numbered.empty())
+        return fail(make_error(ENOENT, fmt::format("no CPU buffers in {}/per_cpu", inst)));
+    Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll)
+        return fail(sys_error("epoll_create1"));
+    std::vector<Cpu> cpus;
+    for (const auto& [n, dir] : numbered) {
+        Cpu c{fmt::format("{}/per_cpu/{}/trace_pipe_raw", inst, dir), Fd()};
+        auto fd = os.open_nonblocking(c.path);
+        if (!fd)
+            return fail(fd.error());
+        c.fd = std::move(*fd);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = cpus.size();
+        if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0)
+            return fail(sys_error("epoll_ctl " + c.path));
+        cpus.push_back(std::move(c));
+    }
+    return std::unique_ptr<CxlPoisonWatch>(new CxlPoisonWatch(
+        os, inst, std::move(cpus), std::move(epoll), reused, std::move(formats), layout));
 }
 
 CxlPoisonWatch::~CxlPoisonWatch() {
-    // tracefs refuses to remove an instance whose trace_pipe is open.
-    pipe_.reset();
-    (void)os_.write_file(instance_ + "/events/cxl/cxl_poison/enable", "0\n");
+    // tracefs refuses to remove an instance whose buffers are open.
+    epoll_.reset();
+    cpus_.clear();
+    (void)os_.write_file(fmt::format("{}/{}/enable", instance_, kPoison), "0\n");
+    if (formats_->dc())
+        (void)os_.write_file(fmt::format("{}/{}/enable", instance_, kDc), "0\n");
     if (auto s = os_.remove_dir(instance_); !s)
         log::warning("CXL poison: {}", s.error().message);
     else
@@ -73,41 +148,37 @@ CxlPoisonWatch::Batch CxlPoisonWatch::read() {
         b.ended = true; // still: a listing must not take this for an empty list
         return b;
     }
-    std::vector<std::optional<std::string>> lines;
-    char buf[8192];
-    std::size_t total = 0;
-    while (total < kMaxReadBytes) {
-        ssize_t n = ::read(pipe_.get(), buf, sizeof buf);
+    // One page per read(2): trace_pipe_raw gives a whole sub-buffer to a
+    // read of its size. CPUs in turn, from where the last call stopped.
+    std::vector<std::uint8_t> page(decoder_.page_size());
+    std::vector<bool> dry(cpus_.size(), false);
+    std::size_t total = 0, left = cpus_.size();
+    for (std::size_t i = next_cpu_; left > 0 && total < kMaxReadBytes; ++i) {
+        const std::size_t at = i % cpus_.size();
+        if (dry[at])
+            continue;
+        const Cpu& cpu = cpus_[at];
+        ssize_t n = ::read(cpu.fd.get(), page.data(), page.size());
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            if (errno != EAGAIN)
-                b.error = sys_error("read " + instance_ + "/trace_pipe");
-            break;
-        }
-        if (n == 0) {
-            // tracefs's trace_pipe never ends; anything else that does (a
-            // FIFO whose writer left) is read no more.
-            ended_ = b.ended = true;
-            break;
-        }
-        total += static_cast<std::size_t>(n);
-        lines_.feed(std::string_view(buf, static_cast<std::size_t>(n)), lines);
-    }
-    for (auto& line : lines) {
-        if (!line) {
-            b.malformed.push_back(
-                fmt::format("a line longer than {} bytes", TraceLineSplitter::kMaxLine));
+            if (errno != EAGAIN) {
+                b.error = sys_error("read " + cpu.path);
+                return b;
+            }
+            dry[at] = true;
+            --left;
             continue;
         }
-        auto r = parse_cxl_poison_line(*line, format_ ? std::optional<bool>(format_->hpa_alias0)
-                                                      : std::nullopt);
-        if (r)
-            b.records.push_back(std::move(*r));
-        else if (r.error().code == EOVERFLOW)
-            ++b.lost;
-        else
-            b.malformed.push_back(r.error().message);
+        if (n == 0) {
+            // tracefs's trace_pipe_raw does not end; anything else that
+            // does (a FIFO whose writer left) is read no more.
+            ended_ = b.ended = true;
+            return b;
+        }
+        total += static_cast<std::size_t>(n);
+        decoder_.decode(std::span(page.data(), static_cast<std::size_t>(n)), b);
+        next_cpu_ = (at + 1) % cpus_.size();
     }
     return b;
 }

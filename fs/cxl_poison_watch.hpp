@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // The daemon's side of CXL poison (docs/health.md): a tracefs instance of
 // its own, /sys/kernel/tracing/instances/<name> (trace_instance_name: one
-// per mount point, "tagmem" for /run/tagmem), with only the
-// cxl:cxl_poison event enabled and a small ring buffer, whose trace_pipe the
-// event loop polls (POLLIN). (The writes to each memdev's
-// trigger_poison_list that make the kernel list a device's poison as events
-// are core's trigger_poison_lists.)
+// per mount point, "tagmem" for /run/tagmem), with only cxl:cxl_poison (and
+// cxl:cxl_dynamic_capacity where the kernel has it) enabled and a small ring
+// buffer. Its per-CPU binary buffers, per_cpu/cpuN/trace_pipe_raw, are read
+// a page at a time and decoded by field (core/trace_decoder.hpp); the event
+// loop polls one descriptor, an epoll set of them all. (The writes to each
+// memdev's trigger_poison_list that make the kernel list a device's poison
+// as events are core's trigger_poison_lists.)
 //
 // An instance of its own leaves the system's tracing and other instances
 // (rasdaemon's, `cxl list --media-errors`'s) alone. One left by a crashed
@@ -17,6 +19,7 @@
 #include "cxl_poison_format.hpp"
 #include "fd.hpp"
 #include "result.hpp"
+#include "trace_decoder.hpp"
 
 #include <memory>
 #include <optional>
@@ -37,39 +40,45 @@ class CxlPoisonWatch : public PoisonSource {
 
     // Sets the instance up. ENOENT: no tracefs, or no cxl_poison event (no
     // cxl_core, or a kernel before 6.4); EPROTO: the event's format file
-    // describes an event tagmem cannot read (the reason says why; nothing
-    // is made); other errors: the setup failed (what was made is removed
-    // again).
+    // (or the ring buffer's header_page) describes what tagmem cannot read
+    // (the reason says why; nothing is made); other errors: the setup
+    // failed (what was made is removed again).
     static Result<std::unique_ptr<CxlPoisonWatch>> open(HostOs& os, const std::string& name,
                                                         std::string tracing = kTracing);
     ~CxlPoisonWatch() override;
     CxlPoisonWatch(const CxlPoisonWatch&) = delete;
     CxlPoisonWatch& operator=(const CxlPoisonWatch&) = delete;
 
-    int fd() const { return ended_ ? -1 : pipe_.get(); }
+    // The epoll set of every CPU's buffer (EPOLLIN): readable when one is.
+    int fd() const { return ended_ ? -1 : epoll_.get(); }
     const std::string& instance() const { return instance_; }
     bool reused() const { return reused_; }
-    // The event's format as the kernel declared it; nullopt: tracefs had no
-    // format file, and lines of either form (with or without hpa_alias0) are read.
-    const std::optional<PoisonFormat>& format() const { return format_; }
+    // Whether cxl:cxl_dynamic_capacity is read too (kernels with DCD).
+    bool dynamic_capacity() const { return formats_->dc() != nullptr; }
 
     using Batch = PoisonBatch;
-    // What trace_pipe holds now, up to kMaxReadBytes.
+    // What the buffers hold now, up to kMaxReadBytes, a page per read(2).
     Batch read() override;
 
   private:
-    CxlPoisonWatch(HostOs& os, std::string instance, Fd pipe, bool reused,
-                   std::optional<PoisonFormat> format)
-        : os_(os), instance_(std::move(instance)), pipe_(std::move(pipe)), reused_(reused),
-          format_(std::move(format)) {}
+    struct Cpu {
+        std::string path;
+        Fd fd;
+    };
+    CxlPoisonWatch(HostOs& os, std::string instance, std::vector<Cpu> cpus, Fd epoll, bool reused,
+                   std::shared_ptr<const TraceFormats> formats, PageLayout layout)
+        : os_(os), instance_(std::move(instance)), cpus_(std::move(cpus)), epoll_(std::move(epoll)),
+          reused_(reused), formats_(formats), decoder_(std::move(formats), layout) {}
 
     HostOs& os_;
     std::string instance_;
-    Fd pipe_;
+    std::vector<Cpu> cpus_;
+    Fd epoll_;
     bool reused_ = false;
     bool ended_ = false;
-    std::optional<PoisonFormat> format_;
-    TraceLineSplitter lines_;
+    std::shared_ptr<const TraceFormats> formats_;
+    TraceDecoder decoder_;
+    std::size_t next_cpu_ = 0; // where the next read() starts: no CPU starves the others
 };
 
 } // namespace tagmem

@@ -140,7 +140,7 @@ class Daemon {
     // Lists every memdev's poison, one at a time (core's list_poison);
     // returns whether tags may see a change.
     bool list_cxl_poison();
-    // Takes what trace_pipe holds; returns whether tags may see a change.
+    // Takes what the ring buffers hold; returns whether tags may see a change.
     bool read_cxl_poison();
     bool take_cxl_poison(const CxlPoisonWatch::Batch& batch);
 
@@ -376,19 +376,17 @@ bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
     const auto now = std::time(nullptr);
     for (const auto& r : b.records)
         changed |= poison_.apply(r, now);
-    // The reason, with at most 64 characters of the field at fault: a
-    // line may hold a physical address (the journal is root's).
+    // The reason only: the decoder never puts a physical address in it.
     constexpr std::size_t kLogged = 10; // per read: a flood is counted, not logged
     for (std::size_t i = 0; i < std::min(b.malformed.size(), kLogged); ++i)
-        log::warning("CXL poison: ignored a line of {}/trace_pipe: {}", cxl_->instance(),
-                     b.malformed[i]);
+        log::warning("CXL poison: ignored a record of {}: {}", cxl_->instance(), b.malformed[i]);
     if (b.malformed.size() > kLogged)
-        log::warning("CXL poison: ignored {} more malformed lines of {}/trace_pipe",
+        log::warning("CXL poison: ignored {} more malformed records of {}",
                      b.malformed.size() - kLogged, cxl_->instance());
     if (b.error)
         log::warning("CXL poison: {}", b.error->message);
     if (b.ended)
-        log::warning("CXL poison: {}/trace_pipe ended", cxl_->instance());
+        log::warning("CXL poison: a ring buffer of {} ended", cxl_->instance());
     if (poison_.dropped() > poison_dropped_logged_) {
         log::warning("CXL poison: {} records not kept (at most {} memdevs, {} records each)",
                      poison_.dropped() - poison_dropped_logged_, CxlPoisonTracker::kMaxMemdevs,

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import hostgen as hg
+import tracebuf as tb
 from conftest import TAGMEM, eventually, run_as, run_tagmem
 
 SECTOR = 512
@@ -234,26 +235,50 @@ def test_a_badblocks_list_past_a_page_is_incomplete_not_ok(make_host, tagmemfs):
 # region 0 (at 64 GiB) holds TAG_A (extents at 0 and 2 GiB, 1 GiB and
 # 512 MiB) and TAG_B (256 MiB at 1 GiB). The instance a crashed run left,
 # instances/<name> (one per mount point: instance_name), is there with its
-# files, and its trace_pipe is a FIFO the test writes records into as the
-# kernel would print them. The event's format file is Linux 6.12's
-# (tests/data), which the daemon reads with libtraceevent.
+# files, and its per_cpu/cpu{0,1}/trace_pipe_raw are FIFOs the test writes
+# ring-buffer pages into as the kernel would fill them (tests/synthetic/
+# tracebuf.py). The events' format files are real kernels' (tests/data:
+# cxl_poison of Linux 6.12, cxl_dynamic_capacity of the DCD series), which
+# the daemon reads with libtraceevent and decodes the records by.
 
 CXL_BASE = 0x10_0000_0000
 CXL_UUID = "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ab"
 
 
-def poison_line(hpa: int | None, dpa: int, length: int = 64, memdev: str = "mem0",
-                trace_type: str = "List") -> str:
-    region, uuid = ("region0", CXL_UUID) if hpa is not None else \
-        ("", "00000000-0000-0000-0000-000000000000")
-    hpa_text = f"{hpa:#x}" if hpa is not None else "0xffffffffffffffff"
-    return (f"           <...>-4242    [000] .....   812.000001: cxl_poison: memdev={memdev} "
-            f"host=0000:0d:00.0 serial=0 trace_type={trace_type} region={region} "
-            f"region_uuid={uuid} hpa={hpa_text} dpa={dpa:#x} dpa_length={length:#x} "
-            f"source=Injected flags= overflow_time=0\n")
-
-
 DATA = Path(__file__).resolve().parent.parent / "data"
+POISON_FORMAT = tb.EventFormat.load(DATA / "cxl_poison_format_6.12")
+DC_FORMAT = tb.EventFormat.load(DATA / "cxl_dynamic_capacity_format_7.2_dcd")
+
+
+def poison_record(hpa: int | None, dpa: int, length: int = 64, memdev: str = "mem0",
+                  trace_type: str = "List") -> bytes:
+    return tb.poison_record(POISON_FORMAT, hpa, dpa, length, memdev, trace_type)
+
+
+def write_page(pipe: int, records: list[bytes], **kw) -> None:
+    """One ring-buffer page into a CPU's trace_pipe_raw FIFO (a page is
+    PIPE_BUF bytes: written and read whole)."""
+    assert os.write(pipe, tb.page(records, **kw)) == tb.PAGE_SIZE
+
+
+class CpuBuffers:
+    """The instance's per_cpu/cpuN/trace_pipe_raw FIFOs, held open read and
+    write (opening never blocks, and the daemon never sees a writer leave)."""
+
+    def __init__(self, inst: Path):
+        self.fds = [os.open(inst / f"per_cpu/cpu{n}/trace_pipe_raw", os.O_RDWR | os.O_NONBLOCK)
+                    for n in (0, 1)]
+
+    def write(self, records: list[bytes], cpu: int = 0, **kw) -> None:
+        write_page(self.fds[cpu], records, **kw)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds = [-1, -1]
+
+
 
 
 def public_mount_point() -> Path:
@@ -283,7 +308,7 @@ def instance_name(mount_point: Path) -> str:
 
 
 def fake_cxl(host, mount_point: Path, leftover: bool = True, event: bool = True,
-             format_text: str | None = None) -> Path:
+             format_text: str | None = None, dc: bool = True) -> Path:
     """The tracefs and memdevs; returns the instance directory (in the tree)."""
     tracing = host.sys / "kernel/tracing"
     (tracing / "instances").mkdir(parents=True)
@@ -293,13 +318,24 @@ def fake_cxl(host, mount_point: Path, leftover: bool = True, event: bool = True,
         (tracing / "events/cxl/cxl_poison/format").write_text(
             format_text if format_text is not None
             else (DATA / "cxl_poison_format_6.12").read_text())
+        (tracing / "events/header_page").write_text((DATA / "header_page_7.2_dcd").read_text())
+    if event and dc:
+        (tracing / "events/cxl/cxl_dynamic_capacity").mkdir(parents=True)
+        (tracing / "events/cxl/cxl_dynamic_capacity/format").write_text(
+            (DATA / "cxl_dynamic_capacity_format_7.2_dcd").read_text())
     inst = tracing / "instances" / instance_name(mount_point)
     if leftover:
         (inst / "events/cxl/cxl_poison").mkdir(parents=True)
         (inst / "events/enable").write_text("X\n")  # whatever the crashed run left
         (inst / "events/cxl/cxl_poison/enable").write_text("0\n")
         (inst / "buffer_size_kb").write_text("7\n")  # plain files: written in place
-        os.mkfifo(inst / "trace_pipe")
+        (inst / "buffer_percent").write_text("9\n")  # the kernel says 50; written in place
+        if dc:
+            (inst / "events/cxl/cxl_dynamic_capacity").mkdir(parents=True)
+            (inst / "events/cxl/cxl_dynamic_capacity/enable").write_text("0\n")
+        for n in (0, 1):
+            (inst / f"per_cpu/cpu{n}").mkdir(parents=True)
+            os.mkfifo(inst / f"per_cpu/cpu{n}/trace_pipe_raw")
     devices = host.sys / "bus/cxl/devices"
     for name, can_list in (("mem0", True), ("mem1", True), ("mem2", False)):
         (devices / name).mkdir()
@@ -315,9 +351,7 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
     host = make_host("dcd")
     mp = public_mount_point()
     inst = fake_cxl(host, mp)
-    # Read and write, so that opening never blocks and the daemon's end
-    # never sees the last writer leave.
-    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    cpus = CpuBuffers(inst)
     try:
         d = tagmemfs("--uevents", "none", mount_point=mp)
         mnt = d.mount_point
@@ -325,11 +359,14 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         assert ("CXL poison: reading cxl:cxl_poison events from "
                 f"/sys/kernel/tracing/instances/{inst.name} (left by an earlier run; reused)") \
             in log
-        # Only cxl_poison on, in a small buffer; every memdev that can list
-        # its poison was asked to, the other left alone.
+        # Only cxl_poison (and the DCD event, where the kernel has it) on,
+        # in a small buffer that wakes poll at the first record; every
+        # memdev that can list its poison was asked to, the other left alone.
         assert (inst / "events/enable").read_text() == "0\n"
         assert (inst / "events/cxl/cxl_poison/enable").read_text() == "1\n"
+        assert (inst / "events/cxl/cxl_dynamic_capacity/enable").read_text() == "1\n"
         assert (inst / "buffer_size_kb").read_text() == "64\n"
+        assert (inst / "buffer_percent").read_text() == "0\n"
         devices = host.sys / "bus/cxl/devices"
         assert (devices / "mem0/trigger_poison_list").read_text() == "1\n"
         assert (devices / "mem1/trigger_poison_list").read_text() == "1\n"
@@ -344,13 +381,14 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         # 4 KiB into TAG_A's second extent: offset 1 GiB + 4 KiB in its data.
         hpa = CXL_BASE + 2 * hg.GiB + 4096
         offset = hg.GiB + 4096
-        records = (
-            "garbage that is no trace line\n"
-            + poison_line(hpa, 0x2000).replace("dpa_length=0x40", "dpa_length=0x0")
-            + poison_line(CXL_BASE + 3 * hg.GiB, 0x3000)     # the untagged extent
-            + poison_line(None, 0x5000, memdev="mem1")       # no region: no hpa
-            + poison_line(hpa, 0x1000))
-        os.write(pipe, records.encode())
+        unknown = bytearray(poison_record(hpa, 0x2000))
+        unknown[POISON_FORMAT.fields["trace_type"].offset] = 9
+        cpus.write([
+            bytes(unknown),                                   # no trace_type the kernel has
+            poison_record(hpa, 0x2000, length=0),             # an empty range
+            poison_record(CXL_BASE + 3 * hg.GiB, 0x3000),     # the untagged extent
+            poison_record(None, 0x5000, memdev="mem1"),       # no region: no hpa
+            poison_record(hpa, 0x1000)])
         ev = w.wait_for(lambda j: j["event"] == "health")
         assert ev["tag"] == hg.TAG_A and ev["health"] == "degraded"
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(offset, 64)]
@@ -359,11 +397,11 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(offset, 64)]
         assert ISO.match(health["bad_ranges"][0]["first_seen"])
         assert metadata(mnt, hg.TAG_B)["health"]["status"] == "ok"
-        # The malformed lines were said and skipped, the good one after them taken.
+        # The malformed records were said and skipped, the good one after them taken.
         text = d.text()
-        assert text.count(f"ignored a line of /sys/kernel/tracing/instances/{inst.name}/"
-                          "trace_pipe") == 2, text
-        assert "not a cxl_poison trace line" in text and "dpa_length=0x0" in text
+        assert text.count("ignored a record of "
+                          f"/sys/kernel/tracing/instances/{inst.name}:") == 2, text
+        assert "unknown trace_type 9" in text and "dpa_length 0" in text
 
         # Users see offsets only; no physical address in the log's warnings either.
         for who in (None, 65534):
@@ -383,8 +421,12 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         # A record outside every tag changes nothing: it is taken in order,
         # before one for TAG_B, and only TAG_B's event follows.
         mark = len(w.lines)
-        os.write(pipe, (poison_line(CXL_BASE + 15 * hg.GiB, 0x9000, memdev="mem1")
-                        + poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1")).encode())
+        # (From the other CPU's buffer, with a Dynamic Capacity release of
+        # TAG_B's extent before them, which the poison does not take.)
+        cpus.write([tb.dc_record(DC_FORMAT, "release", hg.GiB, 256 * hg.MiB,
+                                 bytes.fromhex(hg.TAG_B.replace("-", ""))),
+                    poison_record(CXL_BASE + 15 * hg.GiB, 0x9000, memdev="mem1"),
+                    poison_record(CXL_BASE + hg.GiB, 0xa000, memdev="mem1")], cpu=1)
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
         assert [j["tag"] for j in w.lines[mark:] if j["event"] == "health"] == [hg.TAG_B]
@@ -406,68 +448,71 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
             assert ev["health"] == "ok" and ev["bad_ranges"] == []
             assert metadata(mnt, tag)["health"]["status"] == "ok"
         # An injected record after the listing is learned as it comes.
-        os.write(pipe, poison_line(CXL_BASE, 0x0, trace_type="Inject").encode())
+        cpus.write([poison_record(CXL_BASE, 0x0, trace_type="Inject")])
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
         # ... and a Clear of it takes it back.
-        os.write(pipe, poison_line(CXL_BASE, 0x0, trace_type="Clear").encode())
+        cpus.write([poison_record(CXL_BASE, 0x0, trace_type="Clear")])
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
         assert ev["health"] == "ok"
         # Records the ring buffer overwrote unread: the lists are asked for again.
         for name in ("mem0", "mem1"):
             (devices / name / "trigger_poison_list").write_text("")
-        os.write(pipe, b"CPU:0 [LOST 12 EVENTS]\n")
+        cpus.write([], missed=12)
         eventually(lambda: "trace events were lost; listing the poison again" in d.text())
         # The warning comes before the listing: wait for the writes, not the log.
         eventually(lambda: all((devices / n / "trigger_poison_list").read_text() == "1\n"
                                for n in ("mem0", "mem1")))
         w.close()
 
-        # A clean exit takes the instance down: the pipe closed first (tracefs
-        # refuses to remove an instance in use), the event off, then rmdir,
-        # which tracefs does and a plain directory with files refuses.
+        # A clean exit takes the instance down: the buffers closed first
+        # (tracefs refuses to remove an instance in use), the events off,
+        # then rmdir, which tracefs does and a plain directory with files refuses.
         assert d.stop() == 0
         assert (inst / "events/cxl/cxl_poison/enable").read_text() == "0\n"
+        assert (inst / "events/cxl/cxl_dynamic_capacity/enable").read_text() == "0\n"
         assert inst.is_dir()
         text = d.text()
         assert (f"cannot remove /sys/kernel/tracing/instances/{inst.name}: Directory not empty"
                 in text)
     finally:
-        os.close(pipe)
+        cpus.close()
 
 
 def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_host, tagmemfs):
-    """tracefs's trace_pipe never ends; one that does (here a FIFO whose
-    last writer left) is closed rather than polled again, what it gave
+    """tracefs's trace_pipe_raw never ends; one that does (here a CPU's FIFO
+    whose last writer left) is closed rather than polled again, what it gave
     stays, and SIGHUP sets the instance up anew."""
     host = make_host("dcd")
     mp = public_mount_point()
     inst = fake_cxl(host, mp)
     # A FIFO without a writer reads as its end: one is open before the daemon.
-    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    cpus = CpuBuffers(inst)
     d = tagmemfs("--uevents", "none", mount_point=mp)
     mnt = d.mount_point
     w = Watcher(mnt)
-    os.write(pipe, poison_line(CXL_BASE + 4096, 0x1000, trace_type="Inject").encode())
+    cpus.write([poison_record(CXL_BASE + 4096, 0x1000, trace_type="Inject")])
     ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
     assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(4096, 64)]
-    os.close(pipe)
+    os.close(cpus.fds[1])  # one CPU's buffer ends: the whole instance is read no more
+    cpus.fds[1] = -1
     eventually(lambda: "no more CXL events are read until SIGHUP" in d.text())
     text = d.text()
-    assert f"instances/{inst.name}/trace_pipe ended" in text, text
+    assert f"a ring buffer of /sys/kernel/tracing/instances/{inst.name} ended" in text, text
     # Not a cleared error: TAG_A stays degraded while nothing is read, and
     # says that nothing is read; TAG_B, in CXL memory too, is not ok.
     eventually(lambda: "trace pipe ended" in metadata(mnt, hg.TAG_A)["health"].get("reason", ""))
     assert metadata(mnt, hg.TAG_A)["health"]["status"] == "degraded"
     eventually(lambda: metadata(mnt, hg.TAG_B)["health"]["status"] == "incomplete")
 
-    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    cpus.close()
+    cpus = CpuBuffers(inst)
     try:
         d.rescan()
         eventually(lambda: d.text().count("CXL poison: reading cxl:cxl_poison events") == 2)
         mark = w.pos
-        os.write(pipe, poison_line(CXL_BASE + hg.GiB, 0xa000, memdev="mem1",
-                                   trace_type="Inject").encode())
+        cpus.write([poison_record(CXL_BASE + hg.GiB, 0xa000, memdev="mem1",
+                                  trace_type="Inject")], cpu=1)
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B
                         and j["health"] == "degraded", start=mark)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
@@ -475,7 +520,7 @@ def test_cxl_poison_pipe_that_ends_is_closed_and_set_up_again_at_sighup(make_hos
         w.close()
         assert d.stop() == 0
     finally:
-        os.close(pipe)
+        cpus.close()
 
 
 def test_cxl_poison_setup_failure_removes_what_it_made(make_host, tagmemfs):
@@ -522,8 +567,8 @@ def test_no_cxl_event_is_one_line_and_nvdimm_health_works(make_host, tagmemfs):
 def test_cxl_poison_events_lost_during_a_listing_keep_the_known_poison(make_host, tagmemfs):
     """Issue 19, item 1. mem0's trigger_poison_list is a FIFO whose buffer
     the test keeps full, so the daemon's write of "1\\n" waits for the test,
-    which then plays the kernel: it puts mem0's list in trace_pipe with the
-    ring buffer's "[LOST n EVENTS]" (the list overflowed it), then lets the
+    which then plays the kernel: it puts mem0's list in the ring buffer, on
+    a page that says events were missed (the list overflowed it), then lets the
     write return. The daemon lost events listing mem0, and keeps mem0's last
     complete list: TAG_A stays degraded (with the reason),
     TAG_B (same CXL region) is "incomplete". (The old daemon took the lossy
@@ -531,14 +576,14 @@ def test_cxl_poison_events_lost_during_a_listing_keep_the_known_poison(make_host
     host = make_host("dcd")
     mp = public_mount_point()
     inst = fake_cxl(host, mp)
-    pipe = os.open(inst / "trace_pipe", os.O_RDWR | os.O_NONBLOCK)
+    cpus = CpuBuffers(inst)
     devices = host.sys / "bus/cxl/devices"
     trig = None
     try:
         d = tagmemfs("--uevents", "none", mount_point=mp)
         mnt = d.mount_point
         w = Watcher(mnt)
-        os.write(pipe, poison_line(CXL_BASE + 4096, 0x1000).encode())
+        cpus.write([poison_record(CXL_BASE + 4096, 0x1000)])
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_A)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(4096, 64)]
 
@@ -569,7 +614,7 @@ def test_cxl_poison_events_lost_during_a_listing_keep_the_known_poison(make_host
         # is to wait in the write until the test lets it go.
         d.proc.send_signal(signal.SIGHUP)
         eventually(daemon_writing)
-        os.write(pipe, (poison_line(None, 0x9000) + "CPU:0 [LOST 600 EVENTS]\n").encode())
+        cpus.write([poison_record(None, 0x9000)], missed=600)
         # A pipe's buffer is in pages: a page read lets the write in.
         assert os.read(trig, 4096) == b"x" * 4096
         eventually(lambda: "the poison list of mem0 was not read whole" in d.text())
@@ -597,13 +642,13 @@ def test_cxl_poison_events_lost_during_a_listing_keep_the_known_poison(make_host
     finally:
         if trig is not None:
             os.close(trig)
-        os.close(pipe)
+        cpus.close()
 
 
 def test_cxl_poison_event_of_an_unfamiliar_format_is_not_ok(make_host, tagmemfs):
     """Issue 19, item 3: the event's format file (kernel ABI) is read with
     libtraceevent; a kernel whose cxl_poison has no field tagmem reads (here
-    hpa renamed) is refused before any line is read, and the tags in CXL
+    hpa renamed) is refused before any record is read, and the tags in CXL
     memory are "incomplete", not "ok"."""
     host = make_host("dcd")
     mp = public_mount_point()

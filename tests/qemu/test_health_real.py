@@ -32,6 +32,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +41,11 @@ import pytest
 import tagmemvm
 import vmkit
 from tagmemvm import section
+
+sys.path.insert(0, str(tagmemvm.REPO / "tests" / "synthetic"))
+import tracebuf  # noqa: E402
+
+DATA = tagmemvm.REPO / "tests" / "data"
 
 MiB = vmkit.MiB
 GUEST_TIMEOUT_S = 300
@@ -71,7 +77,8 @@ tm_section badblocks-before cat /sys/bus/nd/devices/region0/badblocks
 mount -t tracefs nodev /sys/kernel/tracing
 tm_start -l debug
 I=/sys/kernel/tracing/instances/tagmem
-tm_section cxl-instance cat $I/events/cxl/cxl_poison/enable $I/buffer_size_kb
+tm_section cxl-instance cat $I/events/cxl/cxl_poison/enable $I/buffer_size_kb $I/buffer_percent
+tm_section cxl-format cat /sys/kernel/tracing/events/cxl/cxl_poison/format
 tm_section metadata-hit-before cat $TM_MNT/{TAG_HIT}/metadata
 tagmem watch --json >/tmp/watch.out 2>/tmp/watch.err &
 WATCH=$!
@@ -235,8 +242,15 @@ def test_machine_check_degrades_the_right_tag(vm_assets, product, guest_tools, v
     # cxl_poison on and a 64 KiB buffer, no memdev to list, and gone after
     # a clean stop.
     # (The kernel rounds the buffer up to whole pages: 67 KiB on 6.12.)
-    enable, kib = section(res, "cxl-instance").split()
-    assert enable == "1" and 64 <= int(kib) <= 128, section(res, "cxl-instance")
+    # buffer_percent 0: poll on the raw buffers wakes at the first record.
+    enable, kib, percent = section(res, "cxl-instance").split()
+    assert enable == "1" and 64 <= int(kib) <= 128 and percent == "0", \
+        section(res, "cxl-instance")
+    # The kernel's own format file: the fields tagmemfs decodes are where
+    # the synthetic tests' copy (tests/data) says.
+    real = tracebuf.EventFormat(section(res, "cxl-format"))
+    ours = tracebuf.EventFormat((DATA / "cxl_poison_format_6.12").read_text())
+    assert real.fields == ours.fields, section(res, "cxl-format")
     end_log = section(res, "tagmemfs-log-end")
     assert ("CXL poison: reading cxl:cxl_poison events from "
             "/sys/kernel/tracing/instances/tagmem") in end_log, end_log

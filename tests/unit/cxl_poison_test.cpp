@@ -1,249 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
-// CXL poison: the parser of cxl:cxl_poison trace lines (the kernel's
-// TP_printk of Linux 6.4 to 6.14 and, with hpa_alias0, of 6.15 on), every
-// malformed field, huge values and overflowing ranges; the line splitter's
-// bound; the tracker's listing, clearing, bounds and the translation of a
+// CXL poison: the tracker's listing, clearing, bounds and the translation of a
 // record's host physical range to a tag's offsets at its device's range
-// boundaries (a DCD device of two extents).
+// boundaries (a DCD device of two extents). The decoder of the records:
+// trace_decoder_test.cpp.
 #include "cxl_poison.hpp"
-#include "cxl_poison_format.hpp"
 #include "fake_host_os.hpp"
 #include "tag_record.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 namespace tagmem {
 namespace {
 
 constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
-constexpr const char* kHeader = "           <...>-1234    [001] .....   563.421007: cxl_poison: ";
-constexpr const char* kUuid = "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ab";
 
-// A record as the kernel prints it; each field can be replaced.
-struct Line {
-    std::string memdev = "mem0", host = "0000:0d:00.0", serial = "0", trace_type = "List",
-                region = "region0", region_uuid = kUuid, hpa = "0x1000000040", hpa_alias0 = "",
-                dpa = "0x40", dpa_length = "0x40", source = "Injected", flags = "",
-                overflow_time = "0", tail = "";
-    std::string str() const {
-        std::string alias = hpa_alias0.empty() ? "" : " hpa_alias0=" + hpa_alias0;
-        return fmt::format("{}memdev={} host={} serial={} trace_type={} region={} "
-                           "region_uuid={} hpa={}{} dpa={} dpa_length={} source={} flags={} "
-                           "overflow_time={}{}",
-                           kHeader, memdev, host, serial, trace_type, region, region_uuid, hpa,
-                           alias, dpa, dpa_length, source, flags, overflow_time, tail);
-    }
-};
-
-TEST(ParseCxlPoison, KernelLine) {
-    auto r = parse_cxl_poison_line(Line{}.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->memdev, "mem0");
-    EXPECT_EQ(r->region, "region0");
-    EXPECT_EQ(r->type, PoisonTraceType::list);
-    EXPECT_EQ(r->dpa, 0x40u);
-    EXPECT_EQ(r->length, 0x40u);
-    EXPECT_EQ(r->hpa, (std::vector<ByteRange>{{0x1000000040, 0x40}}));
-}
-
-TEST(ParseCxlPoison, VariantsTheKernelPrints) {
-    Line l;
-    l.trace_type = "Inject";
-    l.flags = "More|Overflow|Scanning";
-    l.serial = "-6148914691236517206"; // %lld of a u64 above 2^63
-    l.overflow_time = "1733072702000000000";
-    l.source = "Vendor";
-    l.host = "cxl_mem.0"; // cxl_test's platform device
-    auto r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->type, PoisonTraceType::inject);
-    l.trace_type = "Clear";
-    l.flags = "0x8"; // an unnamed flag bit
-    ASSERT_TRUE(parse_cxl_poison_line(l.str()));
-    EXPECT_EQ(parse_cxl_poison_line(l.str())->type, PoisonTraceType::clear);
-    for (const char* source : {"Unknown", "External", "Internal", "Injected", "Reserved"}) {
-        l.source = source;
-        EXPECT_TRUE(parse_cxl_poison_line(l.str())) << source;
-    }
-}
-
-TEST(ParseCxlPoison, ATaskNamedLikeTheMarker) {
-    // The header's task name is anyone's choice (prctl PR_SET_NAME).
-    std::string line = Line{}.str();
-    line.replace(line.find("<...>"), 5, ": cxl_poison: ");
-    auto r = parse_cxl_poison_line(line);
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->dpa, 0x40u);
-}
-
-TEST(ParseCxlPoison, NoRegionNoHpa) {
-    Line l;
-    l.region = "";
-    l.region_uuid = "00000000-0000-0000-0000-000000000000";
-    l.hpa = "0xffffffffffffffff";
-    auto r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_TRUE(r->region.empty());
-    EXPECT_TRUE(r->hpa.empty()); // hits no tag
-    // A region whose translation failed prints ULLONG_MAX too.
-    l.region = "region3";
-    r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r);
-    EXPECT_TRUE(r->hpa.empty());
-    // An address and no region is not what the kernel prints.
-    l.region = "";
-    l.hpa = "0x1000";
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-}
-
-TEST(ParseCxlPoison, HpaAlias0OfLinux615) {
-    Line l;
-    l.hpa_alias0 = "0xffffffffffffffff"; // no extended linear cache
-    auto r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->hpa.size(), 1u);
-    l.hpa_alias0 = "0x800000040";
-    r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->hpa, (std::vector<ByteRange>{{0x1000000040, 0x40}, {0x800000040, 0x40}}));
-}
-
-TEST(ParseCxlPoison, HugeValuesAndOverflow) {
-    Line l;
-    l.dpa_length = "0xffffffff"; // the largest u32
-    l.hpa = "0xffffff0000000000";
-    l.dpa = "0xffffffff00000001"; // ends exactly at 2^64
-    auto r = parse_cxl_poison_line(l.str());
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(r->length, 0xffffffffu);
-    // Ending exactly at 2^64 is a range; one byte more is not.
-    l.dpa = "0x40";
-    l.dpa_length = "0x40";
-    l.hpa = "0xffffffffffffffc0";
-    ASSERT_TRUE(parse_cxl_poison_line(l.str()));
-    EXPECT_EQ(parse_cxl_poison_line(l.str())->hpa, (std::vector<ByteRange>{{kMax - 63, 64}}));
-    l.hpa = "0xffffffffffffffc1";
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-    l.hpa = "0x1000";
-    l.dpa = "0xffffffffffffffc1";
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-    l.dpa = "0x40";
-    l.hpa_alias0 = "0xfffffffffffffff0";
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-    l.hpa_alias0 = "";
-    l.hpa = "0x10000000000000000"; // 2^64
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-    l.hpa = "0x1000";
-    l.dpa_length = "0x100000000"; // past u32
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-    l.dpa_length = "0x0";
-    EXPECT_FALSE(parse_cxl_poison_line(l.str()));
-}
-
-TEST(ParseCxlPoison, EveryMalformedField) {
-    struct Case {
-        std::string Line::*field;
-        std::vector<std::string> values;
-    };
-    const std::vector<Case> cases = {
-        {&Line::memdev, {"", "mem", "mem01", "memx", "dev0", "mem0 ", "mem-1"}},
-        {&Line::host, {"", "a b", "0000:0d:00.0/x", "h\tx"}},
-        {&Line::serial, {"", "+1", "01", "-0", "1x", "- 1", "0x10", "99999999999999999999"}},
-        {&Line::trace_type, {"", "list", "LIST", "Lists", "Scan"}},
-        {&Line::region, {"region", "region01", "Region0", "reg0", "region-1"}},
-        {&Line::region_uuid,
-         {"", "5f3b6a2c-1d7e-4c9a-8e0f-0123456789a", "5F3B6A2C-1D7E-4C9A-8E0F-0123456789AB",
-          "5f3b6a2c1d7e4c9a8e0f0123456789abcdef", "5f3b6a2c-1d7e-4c9a-8e0f-0123456789ag"}},
-        {&Line::hpa,
-         {"", "0x", "1000", "0X1000", "0x01000", "0x1000g", "0xABC", "-0x1", "0x 1", "0x1000x"}},
-        {&Line::dpa, {"", "0x", "40", "0x040", "0xG", "0x-1"}},
-        {&Line::dpa_length, {"", "0x", "64", "0x040", "0xffffffffff"}},
-        {&Line::source, {"", "injected", "Inject", "Other"}},
-        {&Line::flags, {"more", "More|", "|More", "More||Scanning", "Bogus", "0xg"}},
-        {&Line::overflow_time, {"", "-1", "01", "0x0", "18446744073709551616"}},
-        {&Line::tail, {" ", " extra=1", "x", "\n"}},
-    };
-    ASSERT_TRUE(parse_cxl_poison_line(Line{}.str()));
-    for (const auto& c : cases)
-        for (const auto& v : c.values) {
-            Line l;
-            l.*c.field = v;
-            auto r = parse_cxl_poison_line(l.str());
-            EXPECT_FALSE(r) << "accepted: " << l.str();
-            if (!r) {
-                EXPECT_EQ(r.error().code, EINVAL) << r.error().message;
-            }
-        }
-}
-
-TEST(ParseCxlPoison, FieldsOutOfOrderOrMissing) {
-    const std::string good = Line{}.str();
-    // Swap dpa and hpa; drop a field; a field twice; two blanks.
-    std::string swapped = good;
-    swapped.replace(swapped.find("hpa=0x1000000040 dpa=0x40"), 25, "dpa=0x40 hpa=0x1000000040");
-    EXPECT_FALSE(parse_cxl_poison_line(swapped));
-    std::string missing = good;
-    missing.erase(missing.find(" source=Injected"), 16);
-    EXPECT_FALSE(parse_cxl_poison_line(missing));
-    std::string twice = good;
-    twice.insert(twice.find(" dpa="), " hpa=0x1000000040");
-    EXPECT_FALSE(parse_cxl_poison_line(twice));
-    std::string blanks = good;
-    blanks.insert(blanks.find(" dpa="), " ");
-    EXPECT_FALSE(parse_cxl_poison_line(blanks));
-    // Truncated anywhere: never a record.
-    for (std::size_t n = 0; n < good.size(); ++n)
-        EXPECT_FALSE(parse_cxl_poison_line(good.substr(0, n))) << n;
-}
-
-TEST(ParseCxlPoison, OtherLines) {
-    // trace_pipe's own line when the ring buffer overwrote records.
-    auto lost = parse_cxl_poison_line("CPU:1 [LOST 37 EVENTS]");
-    ASSERT_FALSE(lost);
-    EXPECT_EQ(lost.error().code, EOVERFLOW);
-    for (const char* bad : {"", "garbage", "CPU:x [LOST 37 EVENTS]", "CPU:1 [LOST EVENTS]",
-                            "bash-1 [000] 1.0: cxl_general_media: memdev=mem0",
-                            "cxl_poison: memdev=mem0", ": cxl_poison: "}) {
-        auto r = parse_cxl_poison_line(bad);
-        ASSERT_FALSE(r) << bad;
-        EXPECT_EQ(r.error().code, EINVAL) << bad;
-    }
-}
-
-TEST(TraceLineSplitter, LinesAcrossReadsAndTheBound) {
-    TraceLineSplitter s;
-    std::vector<std::optional<std::string>> lines;
-    s.feed("ab", lines);
-    EXPECT_TRUE(lines.empty());
-    s.feed("c\nd\n\ne", lines);
-    ASSERT_EQ(lines.size(), 3u);
-    EXPECT_EQ(lines[0], "abc");
-    EXPECT_EQ(lines[1], "d");
-    EXPECT_EQ(lines[2], "");
-    lines.clear();
-    // A flood without a newline is dropped as it comes, then reported once.
-    const std::string big(TraceLineSplitter::kMaxLine, 'x');
-    for (int i = 0; i < 100; ++i)
-        s.feed(big, lines);
-    EXPECT_TRUE(lines.empty());
-    s.feed("tail\nnext\n", lines);
-    ASSERT_EQ(lines.size(), 2u);
-    EXPECT_FALSE(lines[0].has_value());
-    EXPECT_EQ(lines[1], "next");
-    // Exactly kMaxLine is a line.
-    lines.clear();
-    s.feed(big + "\n", lines);
-    ASSERT_EQ(lines.size(), 1u);
-    EXPECT_EQ(lines[0], big);
-}
-
-// A DCD device of two extents: [base, base + 1 GiB) then
-// [base + 2 GiB, base + 2.5 GiB), in data order.
 class PoisonTrackerTest : public ::testing::Test {
   protected:
     static constexpr std::uint64_t kBase = 0x10'0000'0000;
@@ -411,7 +184,7 @@ TEST(TriggerPoisonLists, AFailedListingSaysNothingOfTheMemdevs) {
 // A trace instance as the kernel runs it for list_poison: a write of a
 // memdev's trigger_poison_list emits that memdev's list inside the write,
 // into a ring buffer of `ring` records; a list longer than that overwrites
-// its oldest records and trace_pipe then says "[LOST n EVENTS]".
+// its oldest records and the next page then says how many were missed.
 class FakeTrace : public PoisonSource {
   public:
     FakeTrace(fake::FakeHostOs& os, std::size_t ring) : os_(os), ring_(ring) {}
@@ -575,66 +348,6 @@ TEST(TraceInstanceName, OnePerMountPoint) {
     auto long_name = trace_instance_name("/" + std::string(300, 'x'));
     EXPECT_EQ(long_name.size(), std::string("tagmem-").size() + 16);
     EXPECT_NE(long_name, trace_instance_name("/" + std::string(301, 'x')));
-}
-
-std::string data_file(const std::string& name) {
-    std::ifstream in(std::string(TAGMEM_TEST_DATA) + "/" + name);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-// Issue 19, item 3: the event is read by its fields as the format file
-// (kernel ABI) declares them, through libtraceevent.
-TEST(PoisonFormat, TheKernelsFormats) {
-    auto f = parse_poison_format(data_file("cxl_poison_format_6.12"));
-    ASSERT_TRUE(f) << f.error().message;
-    EXPECT_EQ(f->id, 1788);
-    EXPECT_FALSE(f->hpa_alias0);
-    EXPECT_EQ(f->keys.front(), "memdev");
-    EXPECT_EQ(f->keys.back(), "overflow_time");
-    auto g = parse_poison_format(data_file("cxl_poison_format_6.15"));
-    ASSERT_TRUE(g) << g.error().message;
-    EXPECT_TRUE(g->hpa_alias0);
-}
-
-TEST(PoisonFormat, AnyOtherFormatIsRefusedWithTheReason) {
-    const std::string good = data_file("cxl_poison_format_6.12");
-    ASSERT_FALSE(good.empty());
-    auto refused = [](const std::string& text, const std::string& why) {
-        auto f = parse_poison_format(text);
-        EXPECT_FALSE(f) << "accepted a format with " << why;
-        if (!f) {
-            EXPECT_NE(f.error().message.find(why), std::string::npos) << f.error().message;
-        }
-    };
-    auto with = [&](std::string_view from, std::string_view to) {
-        std::string t = good;
-        auto at = t.find(from);
-        EXPECT_NE(at, std::string::npos) << from;
-        t.replace(at, from.size(), to);
-        return t;
-    };
-    refused(with("u64 hpa;", "u64 hpx;"), "no field hpa");
-    refused(with("u32 dpa_length;\toffset:56;\tsize:4;", "u64 dpa_length;\toffset:56;\tsize:8;"),
-            "field dpa_length");
-    refused(with("__data_loc char[] memdev;", "char memdev[4];"), "field memdev");
-    refused(with("name: cxl_poison", "name: cxl_poison2"), "no event named cxl_poison");
-    refused(with("hpa=0x%llx dpa=", "hpa=0x%llx dpa_base="), "print fmt keys");
-    refused(with("memdev=%s host=%s", "host=%s memdev=%s"), "print fmt keys");
-    refused("garbage", "cxl_poison");
-    // A format with the field but a print fmt without it (or the reverse).
-    refused(with("hpa=0x%llx dpa=", "hpa=0x%llx hpa_alias0=0x%llx dpa="), "print fmt keys");
-}
-
-TEST(PoisonFormat, LinesAreHeldToTheFormat) {
-    Line l;
-    EXPECT_TRUE(parse_cxl_poison_line(l.str(), false));
-    EXPECT_FALSE(parse_cxl_poison_line(l.str(), true)) << "6.15's format: hpa_alias0 required";
-    l.hpa_alias0 = "0xffffffffffffffff";
-    EXPECT_TRUE(parse_cxl_poison_line(l.str(), true));
-    EXPECT_FALSE(parse_cxl_poison_line(l.str(), false)) << "6.12's format has no hpa_alias0";
-    EXPECT_TRUE(parse_cxl_poison_line(l.str())); // no format file: either
 }
 
 } // namespace
