@@ -17,6 +17,7 @@
 #include "mount_lock.hpp"
 #include "node_dir.hpp"
 #include "notify.hpp"
+#include "release_requests.hpp"
 #include "tag_tree.hpp"
 #include "uevent_plan.hpp"
 #include "watch_server.hpp"
@@ -133,6 +134,10 @@ class Daemon {
     // The bad ranges changed: republish the tags whose health did.
     void publish_health(const char* why);
     void log_badblock_failures();
+    // A DCD Release Capacity event (cxl:cxl_dynamic_capacity) named `tag`:
+    // a tag tagmemfs shows is marked as asked back (ReleaseRequests) and
+    // republished at once; one it does not show is not kept.
+    void note_release(const Uuid& tag, bool forced);
     void sync_badblocks();
     // CXL poison (fs/cxl_poison_watch.hpp): the tracefs instance, made at
     // start and tried again at each SIGHUP while it cannot be.
@@ -164,6 +169,7 @@ class Daemon {
     std::set<std::string> awaiting_bind_; // dax devices added, not yet bound
     std::optional<WatchServer> watchers_;
     Claimer claimer_;           // event thread, as state_
+    ReleaseRequests releases_;  // event thread, as state_
     CdiSet cdi_devices_;        // follows every delta, from the first scan on
     std::optional<CdiDir> cdi_; // open once the mount serves
     Fd rescan_event_;
@@ -198,7 +204,7 @@ void Daemon::publish(const TagDelta& claimable, const char* why) {
     std::vector<std::string> stale;
     TagDelta shown = delta;
     for (auto& r : shown.upserts)
-        r = claimer_.shown(with_health(std::move(r)));
+        r = releases_.shown(claimer_.shown(with_health(std::move(r))));
     for (auto& r : shown.upserts) {
         const bool failed_before = node_failed_.erase(r->tag) > 0;
         if (!r->usable()) {
@@ -218,6 +224,7 @@ void Daemon::publish(const TagDelta& claimable, const char* why) {
     }
     for (const auto& tag : delta.removals) {
         node_failed_.erase(tag);
+        releases_.forget(tag);
         stale.push_back(tag.str());
     }
     auto changes = tree_->apply(shown);
@@ -258,7 +265,13 @@ void Daemon::retry_claims() {
 }
 
 TagDelta Daemon::with_claims(const TagDelta& delta) {
-    auto outcome = claimer_.claim(delta, config_, real_host_os());
+    // Capacity the orchestrator asked back is not claimed again (after
+    // `tagmem release` gave it up, or while the kernel still offers it).
+    TagDelta wanted;
+    for (const auto& r : delta.upserts)
+        if (!releases_.requested(r->tag))
+            wanted.upserts.push_back(r);
+    auto outcome = claimer_.claim(wanted, config_, real_host_os());
     if (outcome.claimed.empty() && outcome.failed.empty())
         return delta;
     // The kernel raises no uevent for a `uuid` write, and a bind event may
@@ -376,6 +389,11 @@ bool Daemon::take_cxl_poison(const CxlPoisonWatch::Batch& b) {
     const auto now = std::time(nullptr);
     for (const auto& r : b.records)
         changed |= poison_.apply(r, now);
+    for (const auto& e : b.dc_events) {
+        using Type = DcCapacityEvent::DcEventType;
+        if ((e.type == Type::release || e.type == Type::forced_release) && !e.tag.is_nil())
+            note_release(e.tag, e.type == Type::forced_release);
+    }
     // The reason only: the decoder never puts a physical address in it.
     constexpr std::size_t kLogged = 10; // per read: a flood is counted, not logged
     for (std::size_t i = 0; i < std::min(b.malformed.size(), kLogged); ++i)
@@ -457,6 +475,27 @@ void Daemon::rescan_badblocks(const char* why) {
     sync_badblocks();
     if (changed && tree_)
         publish_health(why);
+}
+
+void Daemon::note_release(const Uuid& tag, bool forced) {
+    auto r = tree_ ? tree_->find(tag) : nullptr;
+    if (!r) {
+        log::debug("tag {}: a release was asked for; tagmemfs does not show it", tag.str());
+        return;
+    }
+    if (!releases_.note(tag, std::time(nullptr)))
+        return;
+    log::warning("tag {}: the orchestrator asked for its capacity back{} ({}); {}", tag.str(),
+                 forced ? " (forced)" : "", to_string(r->state),
+                 r->state == TagState::offered
+                     ? "the kernel releases it"
+                     : "the kernel keeps it while a device holds it: `tagmem unclaim` gives it "
+                       "back once unused");
+    if (node_failed_.contains(tag))
+        return; // shown with the mark when its node is made
+    TagDelta delta;
+    delta.upserts.push_back(r);
+    publish(delta, "release requested");
 }
 
 void Daemon::publish_health(const char* why) {

@@ -13,6 +13,7 @@ rewriting the tree after tagmem wrote the tag.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 import hostgen as hg
 from conftest import TAGMEM, eventually, list_json, run_tagmem, write_config
+from test_online import run_isolated
 
 GiB, MiB = hg.GiB, hg.MiB
 TAG = "5be13bce-ae34-4a77-b6c3-16df975fcf1a"
@@ -159,6 +161,51 @@ def test_claim_command_refusals(make_host, tmp_path):
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                         str(TAGMEM), "claim", TAG], capture_output=True, text=True)
     assert r.returncode == 10, r
+
+
+def test_unclaim_gives_the_capacity_back(make_host, tmp_path):
+    """tagmem unclaim: device_dax unbound, size 0, the device deleted; every
+    refusal first, with nothing written. Its look for users runs in a PID
+    namespace of its own (test_online's run_isolated: outside, this machine
+    hides some processes' descriptors even from root, and tagmem rightly
+    refuses what it cannot check)."""
+    host = make_host(claimed_host())
+    conf = write_config(tmp_path, "")
+    writable_sys()
+    region = Path(os.path.realpath("/sys/bus/cxl/devices/dax_region0"))
+    unbind = Path("/sys/bus/dax/drivers/device_dax/unbind")
+    size = Path("/sys/bus/dax/devices/dax0.0/size")
+    delete = region / "dax_region/delete"
+    assert run_tagmem("unclaim", "not-a-uuid").returncode == 2
+    r = run_tagmem("unclaim", "00000000-0000-4000-8000-000000000099")
+    assert r.returncode == 3 and "no device or extent carries" in r.stderr, r
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        str(TAGMEM), "unclaim", TAG], capture_output=True, text=True)
+    assert r.returncode == 10 and "run it as root" in r.stderr, r
+    # From a PID namespace whose /proc hides processes: refused, exit 15.
+    r = run_isolated("unclaim", TAG, config=conf, host_pidns=False)
+    assert r.returncode == 15 and "nothing was changed" in r.stderr, r
+    assert (unbind.read_text(), size.read_text(), delete.read_text()) == ("", f"{256 * MiB}\n", "")
+    r = run_isolated("unclaim", TAG, config=conf, hold=("/dev/dax0.0",))  # O_PATH: no user
+    assert r.returncode == 0, r
+    assert f"tag {TAG} gave its capacity back (dax0.0 is gone)" in r.stdout, r
+    # The kernel's three writes, in their files (a fake kernel acts on none;
+    # tagmem writes attributes without truncating, as sysfs wants, so "0"
+    # lands over the first digit of the old size in the tree's file).
+    assert (unbind.read_text(), size.read_text(), delete.read_text()) == (
+        "dax0.0", "0" + f"{256 * MiB}\n"[1:], "dax0.0")
+    assert seed_uuid(host) == TAG  # the uuid is the kernel's to clear
+
+
+def test_unclaim_of_what_is_not_claimed(make_host):
+    make_host(offered_host())
+    writable_sys()
+    r = run_tagmem("unclaim", TAG)
+    assert r.returncode == 0 and "is not claimed" in r.stdout, r
+    assert Path("/sys/bus/dax/drivers/device_dax/unbind").read_text() == ""
+    # The untagged extent is nobody's tag; the seed is no tag either.
+    r = run_tagmem("unclaim", hg.ZERO_UUID)
+    assert r.returncode in (2, 3), r
 
 
 def test_nvdimm_tag_survives_a_null_device_uuid(make_host):

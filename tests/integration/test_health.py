@@ -430,6 +430,34 @@ def test_cxl_poison_degrades_the_right_tag_at_the_right_offset(make_host, tagmem
         ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B)
         assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64)]
         assert [j["tag"] for j in w.lines[mark:] if j["event"] == "health"] == [hg.TAG_B]
+        # The release names TAG_B (docs/dcd.md): marked asked back, once,
+        # and every later line of TAG_B says so; TAG_A is not asked back.
+        rel = [j for j in w.lines[mark:] if j["event"] == "release-requested"]
+        assert [(j["tag"], j["state"], j["release_requested"]) for j in rel] == [
+            (hg.TAG_B, "ready", True)], rel
+        assert ev["release_requested"] is True
+        assert "release_requested" in metadata(mnt, hg.TAG_B)
+        assert "release_requested" not in metadata(mnt, hg.TAG_A)
+        r = run_tagmem("wait", "--release-requested", hg.TAG_B, "-m", mnt, "--timeout", "10")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"tag": hg.TAG_B, "event": "release-requested",
+                                        "device": ev["device"], "state": "ready"}
+        r = run_tagmem("wait", "--release-requested", hg.TAG_A, "-m", mnt, "--timeout", "0.3")
+        assert r.returncode == 6, r
+        r = run_tagmem("wait", "--release-requested", "00000000-0000-4000-8000-0000000000ee",
+                       "-m", mnt, "--timeout", "10")
+        assert r.returncode == 0 and json.loads(r.stdout)["event"] == "removed", r
+        # A release with no tag (untagged capacity) and one of a tag nobody
+        # shows change nothing.
+        mark = len(w.lines)
+        cpus.write([tb.dc_record(DC_FORMAT, "release", 2 * hg.GiB, 256 * hg.MiB, bytes(16)),
+                    tb.dc_record(DC_FORMAT, "forced_release", 2 * hg.GiB, 256 * hg.MiB,
+                                 bytes.fromhex("ee" * 16)),
+                    poison_record(CXL_BASE + hg.GiB + 0x1000, 0xb000, memdev="mem1",
+                                  trace_type="Inject")])
+        ev = w.wait_for(lambda j: j["event"] == "health" and j["tag"] == hg.TAG_B, start=mark)
+        assert [(b["offset"], b["length"]) for b in ev["bad_ranges"]] == [(0, 64), (0x1000, 64)]
+        assert not [j for j in w.lines[mark:] if j["event"] == "release-requested"]
         assert [(b["offset"], b["length"]) for b in
                 metadata(mnt, hg.TAG_A)["health"]["bad_ranges"]] == [(offset, 64)]
 

@@ -619,12 +619,14 @@ def _write_dax_device(w: "_TreeWriter", dev: DaxDevice, major: int) -> None:
     w.file(f"{top}/dev", f"{devt}\n")
     w.file(f"{top}/uevent", f"MAJOR={major}\nMINOR={dev.minor}\nDEVNAME={dev.name}\n"
            + (f"DRIVER={driver}\n" if driver else ""))
-    w.file(f"{top}/size", f"{dev.size}\n")
+    dc = isinstance(dev.region, DcdRegion)
+    # A DC device's size is written to give its capacity back (tagmem
+    # unclaim): its own inode, the kernel's mode.
+    w.file(f"{top}/size", f"{dev.size}\n", private=dc, mode=0o644 if dc else 0o444)
     w.file(f"{top}/align", f"{dev.align}\n")
     w.file(f"{top}/resource", f"{dev.resource:#x}\n")
     w.file(f"{top}/target_node", f"{dev.target_node}\n")
     w.file(f"{top}/numa_node", f"{dev.numa_node}\n")
-    dc = isinstance(dev.region, DcdRegion)
     uuid = dev.uuid
     if uuid is None and dev.region.host.abi == "v11":
         uuid = ZERO_UUID  # every dax device has one on a DCD kernel
