@@ -216,19 +216,6 @@ Status trigger(HostOs& os, const std::string& bus_dir, const std::string& memdev
 
 } // namespace
 
-PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir) {
-    PoisonListing t = find_memdevs(os, bus_dir);
-    std::vector<std::string> listable = std::move(t.listed);
-    t.listed.clear();
-    for (const auto& name : listable) {
-        if (auto s = trigger(os, bus_dir, name); !s)
-            t.failed.push_back(s.error().message);
-        else
-            t.listed.push_back(name);
-    }
-    return t;
-}
-
 Result<std::vector<ByteRange>> cxl_region_ranges(HostOs& os, const std::string& bus_dir) {
     std::vector<ByteRange> out;
     auto names = os.list_dir(bus_dir);
@@ -322,6 +309,11 @@ PoisonListingResult list_poison(HostOs& os, PoisonSource& source, CxlPoisonTrack
     out.listing.failed = found.failed;
     if (found.bus_read) // memdevs gone take their records along
         out.changed |= tracker.keep_only(std::set<std::string>(found.all.begin(), found.all.end()));
+    else // an unreadable source is never "ok": the tags in CXL memory say so
+        out.changed |= tracker.set_incomplete(
+            "", fmt::format("CXL poison: the memory devices could not be listed ({}); records "
+                            "may be missing",
+                            found.failed.empty() ? "no reason given" : found.failed.front()));
     bool all_whole = found.bus_read;
     for (const auto& name : found.listed) {
         bool whole = false;

@@ -137,11 +137,12 @@ class CxlPoisonTracker {
     std::size_t dropped_ = 0;
 };
 
-// Writes "1" to trigger_poison_list of every memdev (memN) on the bus that
-// has one (a device that cannot list its poison has none): the kernel then
-// emits the device's list as cxl_poison events, inside the write.
+// The memdevs (memN) of a listing (list_poison below): each that has a
+// trigger_poison_list (a device that cannot list its poison has none) is
+// written "1", and the kernel emits its list as cxl_poison events inside
+// the write.
 struct PoisonListing {
-    std::vector<std::string> listed; // triggered
+    std::vector<std::string> listed; // triggered, and their list read whole
     std::vector<std::string> all;    // every memN on the bus, sorted
     std::vector<std::string> failed; // why, per failure
     // The bus was listed (or is absent: no memdev), so `all` is the truth;
@@ -149,7 +150,6 @@ struct PoisonListing {
     // what is known of each is kept.
     bool bus_read = false;
 };
-PoisonListing trigger_poison_lists(HostOs& os, const std::string& bus_dir = "/sys/bus/cxl/devices");
 
 // The host physical ranges of the bus's CXL regions (regionN/resource and
 // size, root's); an error when the bus or a region cannot be read.

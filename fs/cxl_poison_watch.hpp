@@ -7,7 +7,7 @@
 // a page at a time and decoded by field (core/trace_decoder.hpp); the event
 // loop polls one descriptor, an epoll set of them all. (The writes to each
 // memdev's trigger_poison_list that make the kernel list a device's poison
-// as events are core's trigger_poison_lists.)
+// as events are core's list_poison.)
 //
 // An instance of its own leaves the system's tracing and other instances
 // (rasdaemon's, `cxl list --media-errors`'s) alone. One left by a crashed

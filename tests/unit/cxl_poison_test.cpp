@@ -142,45 +142,6 @@ TEST_F(PoisonTrackerTest, BoundedAgainstAFlood) {
     EXPECT_EQ(t.record_count(), CxlPoisonTracker::kMaxRecords + CxlPoisonTracker::kMaxMemdevs - 1);
 }
 
-TEST(TriggerPoisonLists, EveryMemdevThatCanList) {
-    fake::FakeHostOs os;
-    const std::string bus = "/sys/bus/cxl/devices";
-    os.add_file(bus + "/mem1/trigger_poison_list", "");
-    os.add_file(bus + "/mem0/trigger_poison_list", "");
-    os.add_dir(bus + "/mem2");    // cannot list its poison
-    os.add_dir(bus + "/region0"); // not a memdev
-    os.add_dir(bus + "/memory");  // nor this
-    os.add_dir(bus + "/mem01");   // nor a name the kernel never makes
-    os.add_file(bus + "/mem3/trigger_poison_list", "");
-    os.fail_calls(fake::op_write, EBUSY, bus + "/mem3");
-    auto t = trigger_poison_lists(os, bus);
-    EXPECT_TRUE(t.bus_read);
-    EXPECT_EQ(t.all, (std::vector<std::string>{"mem0", "mem1", "mem2", "mem3"}));
-    EXPECT_EQ(t.listed, (std::vector<std::string>{"mem0", "mem1"}));
-    ASSERT_EQ(t.failed.size(), 1u);
-    EXPECT_NE(t.failed[0].find("mem3/trigger_poison_list"), std::string::npos) << t.failed[0];
-    EXPECT_EQ(os.writes(), (std::vector<std::pair<std::string, std::string>>{
-                               {bus + "/mem0/trigger_poison_list", "1\n"},
-                               {bus + "/mem1/trigger_poison_list", "1\n"}}));
-}
-
-TEST(TriggerPoisonLists, AFailedListingSaysNothingOfTheMemdevs) {
-    fake::FakeHostOs os;
-    const std::string bus = "/sys/bus/cxl/devices";
-    os.add_file(bus + "/mem0/trigger_poison_list", "");
-    os.fail_calls(fake::op_open, EMFILE);
-    auto t = trigger_poison_lists(os, bus);
-    EXPECT_FALSE(t.bus_read); // the daemon keeps every memdev's records
-    EXPECT_TRUE(t.all.empty());
-    EXPECT_EQ(t.failed.size(), 1u);
-    EXPECT_TRUE(os.writes().empty());
-    // No CXL bus at all: read, and no memdev.
-    fake::FakeHostOs none;
-    auto n = trigger_poison_lists(none, bus);
-    EXPECT_TRUE(n.bus_read);
-    EXPECT_TRUE(n.all.empty() && n.failed.empty());
-}
-
 // A trace instance as the kernel runs it for list_poison: a write of a
 // memdev's trigger_poison_list emits that memdev's list inside the write,
 // into a ring buffer of `ring` records; a list longer than that overwrites
@@ -245,6 +206,58 @@ class ListPoisonTest : public PoisonTrackerTest {
     CxlPoisonTracker t;
     std::int64_t now = 100;
 };
+
+// The memdevs list_poison asks: those with trigger_poison_list, each in
+// turn; a write that fails is reported, the others still listed.
+TEST(ListPoisonMemdevs, EveryMemdevThatCanList) {
+    fake::FakeHostOs os;
+    const std::string bus = "/sys/bus/cxl/devices";
+    os.add_file(bus + "/mem1/trigger_poison_list", "");
+    os.add_file(bus + "/mem0/trigger_poison_list", "");
+    os.add_dir(bus + "/mem2");    // cannot list its poison
+    os.add_dir(bus + "/region0"); // not a memdev
+    os.add_dir(bus + "/memory");  // nor this
+    os.add_dir(bus + "/mem01");   // nor a name the kernel never makes
+    os.add_file(bus + "/mem3/trigger_poison_list", "");
+    os.fail_calls(fake::op_write, EBUSY, bus + "/mem3");
+    FakeTrace trace(os, 64);
+    CxlPoisonTracker tracker;
+    auto r = list_poison(
+        os, trace, tracker, [](const PoisonBatch&) { return false; }, bus);
+    EXPECT_TRUE(r.listing.bus_read);
+    EXPECT_EQ(r.listing.all, (std::vector<std::string>{"mem0", "mem1", "mem2", "mem3"}));
+    EXPECT_EQ(r.listing.listed, (std::vector<std::string>{"mem0", "mem1"}));
+    ASSERT_EQ(r.listing.failed.size(), 1u);
+    EXPECT_NE(r.listing.failed[0].find("mem3/trigger_poison_list"), std::string::npos)
+        << r.listing.failed[0];
+    EXPECT_EQ(r.incomplete, (std::vector<std::string>{"mem3"}));
+    EXPECT_EQ(os.writes(), (std::vector<std::pair<std::string, std::string>>{
+                               {bus + "/mem0/trigger_poison_list", "1\n"},
+                               {bus + "/mem1/trigger_poison_list", "1\n"}}));
+}
+
+TEST(ListPoisonMemdevs, AFailedLookAtTheBusSaysNothingOfTheMemdevs) {
+    fake::FakeHostOs os;
+    const std::string bus = "/sys/bus/cxl/devices";
+    os.add_file(bus + "/mem0/trigger_poison_list", "");
+    os.fail_calls(fake::op_open, EMFILE);
+    FakeTrace trace(os, 64);
+    CxlPoisonTracker tracker;
+    auto none = [](const PoisonBatch&) { return false; };
+    auto r = list_poison(os, trace, tracker, none, bus);
+    EXPECT_FALSE(r.listing.bus_read); // the daemon keeps every memdev's records
+    EXPECT_TRUE(r.listing.all.empty());
+    EXPECT_EQ(r.listing.failed.size(), 1u);
+    EXPECT_TRUE(os.writes().empty());
+    EXPECT_FALSE(tracker.complete());
+    // No CXL bus at all: read, and no memdev.
+    fake::FakeHostOs bare;
+    FakeTrace bare_trace(bare, 64);
+    CxlPoisonTracker bare_tracker;
+    auto n = list_poison(bare, bare_trace, bare_tracker, none, bus);
+    EXPECT_TRUE(n.listing.bus_read);
+    EXPECT_TRUE(n.listing.all.empty() && n.listing.failed.empty());
+}
 
 // Issue 19, item 1: a listing that lost events must not erase known poison.
 // (Before the fix every memdev was triggered at once and the list taken as
