@@ -110,6 +110,7 @@ def _man_options(page) -> set[str]:
     ([str(TAGMEM), "offline"], "tagmem.1"),
     ([str(TAGMEM), "vm-args"], "tagmem.1"),
     ([str(TAGMEM), "claim"], "tagmem.1"),
+    ([str(TAGMEM), "unclaim"], "tagmem.1"),
     ([str(TAGMEMFS)], "tagmemfs.8"),
 ])
 def test_man_page_documents_every_option(argv, page):
