@@ -84,6 +84,10 @@ struct HandoffEntry {
     std::optional<int> host_numa_node;
     std::string host_source;
     Performance host_performance; // only the values the host knew
+    // A tag that arrives as CXL dynamic capacity (vm-args --cxl): the
+    // host's QEMU device id and the memdev's serial; no guest range.
+    std::string cxl_device;
+    std::optional<std::uint64_t> cxl_serial;
 
     PhysRange range() const { return {guest_start, guest_start + size - 1}; }
     bool operator==(const HandoffEntry&) const = default;

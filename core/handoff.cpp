@@ -162,7 +162,79 @@ Result<HandoffEntry> read_entry(const json& j, std::size_t index) {
     return e;
 }
 
+// An entry of "cxl": the tag, name, shareable flag and size as above, the
+// device it arrives on; no guest range (the guest kernel places it).
+Result<HandoffEntry> read_cxl_entry(const json& j, std::size_t index) {
+    std::string where = fmt::format("cxl.tags[{}]", index);
+    if (!j.is_object())
+        return bad(where + ": not an object");
+    HandoffEntry e;
+    auto tag_text = get_string(j, "tag", where);
+    if (!tag_text)
+        return tag_text.error();
+    auto tag = Uuid::parse(*tag_text);
+    if (!tag || tag->str() != *tag_text || tag->is_nil())
+        return bad(fmt::format("{}: \"tag\" is not a lowercase non-nil UUID", where));
+    e.tag = *tag;
+    where = fmt::format("cxl.tags[{}] ({})", index, e.tag.str());
+    auto name = get_string(j, "name", where);
+    if (!name)
+        return name.error();
+    e.name = *name;
+    auto shareable = j.find("shareable");
+    if (shareable == j.end() || !shareable->is_boolean())
+        return bad(where + ": \"shareable\" must be true or false");
+    e.shareable = shareable->get<bool>();
+    auto size = get_u64(j, "size", where);
+    if (!size)
+        return size.error();
+    if (*size == 0 || *size % kHandoffAlign)
+        return bad(where + ": \"size\" must be a positive multiple of 2 MiB");
+    e.size = *size;
+    auto device = get_string(j, "device", where);
+    if (!device)
+        return device.error();
+    e.cxl_device = *device;
+    if (j.contains("serial")) {
+        auto serial = get_u64(j, "serial", where);
+        if (!serial)
+            return serial.error();
+        e.cxl_serial = *serial;
+    }
+    if (auto host = j.find("host"); host != j.end())
+        if (auto ok = read_host(*host, e, where); !ok)
+            return ok.error();
+    return e;
+}
+
+Status read_cxl(const json& cxl, Handoff& h) {
+    if (!cxl.is_object())
+        return bad("\"cxl\" must be an object");
+    if (auto m = cxl.find("make_dc_regions"); m != cxl.end()) {
+        if (!m->is_boolean())
+            return bad("\"cxl\": \"make_dc_regions\" must be true or false");
+        h.make_dc_regions = m->get<bool>();
+    }
+    auto tags = cxl.find("tags");
+    if (tags == cxl.end() || !tags->is_array())
+        return bad("\"cxl\": \"tags\" must be an array");
+    for (std::size_t i = 0; i < tags->size(); ++i) {
+        auto e = read_cxl_entry((*tags)[i], i);
+        if (!e)
+            return e.error();
+        h.cxl.push_back(std::move(*e));
+    }
+    return Ok{};
+}
+
 } // namespace
+
+const HandoffEntry* Handoff::match_cxl(const Uuid& tag) const {
+    for (const auto& e : cxl)
+        if (e.tag == tag)
+            return &e;
+    return nullptr;
+}
 
 const HandoffEntry* Handoff::match(const DaxDevice& dev) const {
     if (dev.ranges.size() != 1)
@@ -211,6 +283,13 @@ Result<Handoff> parse_handoff(std::string_view text) {
                                    e->tag.str(), e->guest_node));
         h.entries.push_back(std::move(*e));
     }
+    if (auto cxl = j.find("cxl"); cxl != j.end())
+        if (auto ok = read_cxl(*cxl, h); !ok)
+            return ok.error();
+    // One tag arrives one way.
+    for (const auto& c : h.cxl)
+        if (!seen_tags.insert(c.tag).second)
+            return bad(fmt::format("tag {} is listed twice", c.tag.str()));
     // Overlapping ranges: sorted by start, each must end before the next.
     std::vector<const HandoffEntry*> by_start;
     for (const auto& e : h.entries)

@@ -9,7 +9,11 @@
 //     {"tag": "<uuid>", "name": "...", "shareable": true, "size": N,
 //      "guest_start": A, "guest_node": n,
 //      "host": {"device": "dax0.0", "numa_node": 1, "source": "nvdimm",
-//               "performance": {"read_latency_ns": ..., ...}}}]}
+//               "performance": {"read_latency_ns": ..., ...}}}],
+//    "cxl": {"make_dc_regions": true, "tags": [
+//     {"tag": "<uuid>", "name": "...", "shareable": true, "size": N,
+//      "device": "<QEMU id>", "serial": S, "region": 0, "host": {...}}]}}
+// ("cxl" is optional: the mechanism of vm-args --cxl, docs/vm.md.)
 // Parsing is strict: one malformed entry refuses the whole item (a
 // half-read item could hand a tag to the wrong memory), with a message
 // that names the entry by index and tag but never an address (the item is
@@ -44,6 +48,13 @@ inline constexpr std::size_t kHandoffMaxBytes = 64 * 1024;
 
 struct Handoff {
     std::vector<HandoffEntry> entries;
+    // "cxl": tags that arrive later as tagged CXL dynamic capacity (added by
+    // the host over QMP), matched by their tag once a device carries it.
+    std::vector<HandoffEntry> cxl;
+    // The host asks the guest to make the DC regions its capacity arrives in.
+    bool make_dc_regions = false;
+
+    const HandoffEntry* match_cxl(const Uuid& tag) const;
 
     // The entry whose range is exactly the device's one physical range and
     // whose node is the device's target node; null when none is.

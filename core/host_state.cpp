@@ -143,6 +143,12 @@ void HostState::load_device(const DaxDevice& listed, std::set<Uuid>& touched,
         reading->notes.enable_error = std::move(enable_error);
         apply_handoff(*reading, *handoff, config_);
     }
+    // A tag that came as CXL dynamic capacity (vm-args --cxl) carries its
+    // tag itself; the item adds what the extent cannot: the host's name,
+    // shareable flag and figures.
+    if (!handoff && reading->probed.tag)
+        if (const HandoffEntry* c = handoff_.match_cxl(*reading->probed.tag))
+            reading->notes.handoff = *c;
     ProbedDevice p = complete_probe(std::move(*reading), cache_);
     if (p.notes->handoff) {
         // The host's performance data, value by value; the guest's own HMAT

@@ -68,8 +68,11 @@ json device_json(const ProbedDevice& p, bool privileged) {
             host["numa_node"] = *h->host_numa_node;
         j["handoff"] = {{"item", "fw_cfg opt/org.tagmem/tags"},
                         {"tag", h->tag.str()},
-                        {"guest_node", h->guest_node},
                         {"host", std::move(host)}};
+        if (h->cxl_device.empty())
+            j["handoff"]["guest_node"] = h->guest_node;
+        else
+            j["handoff"]["cxl_device"] = h->cxl_device;
     }
     if (!p.notes->warnings.empty())
         j["warnings"] = p.notes->warnings;

@@ -61,11 +61,55 @@ bool has_control_char(std::string_view s) {
                        [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
 }
 
-// The tag's object when it may go to a guest, else why not.
-struct Checked {
-    const json* tag = nullptr;
-    std::optional<Refused> refused;
-};
+// JSON text that survives every consumer: invalid UTF-8 in a configured
+// name is replaced rather than thrown about.
+std::string dump(const json& j) {
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string xml_escape(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        switch (c) {
+        case '&': out += "&amp;"; break;
+        case '<': out += "&lt;"; break;
+        case '>': out += "&gt;"; break;
+        case '\'': out += "&apos;"; break;
+        case '"': out += "&quot;"; break;
+        default: out += c;
+        }
+    }
+    return out;
+}
+
+std::string cpu_list(unsigned cpus) {
+    return cpus == 1 ? std::string("0") : fmt::format("0-{}", cpus - 1);
+}
+
+// The machine options: the layout rule (docs/vm.md): node 0 fills low memory
+// up to the cap, the rest of it (if any) starts at 4 GiB, the tags follow.
+std::string machine_option(const Plan& p) {
+    return fmt::format("max-ram-below-4g={}", p.ram_below_4g);
+}
+
+std::string file_backend(const PlacedTag& t) {
+    std::string s = fmt::format("memory-backend-file,id={},size={},mem-path={},share=on",
+                                t.object_id, t.size, qemu_escape(t.mem_path));
+    // QEMU maps a backend at 2 MiB alignment by itself; a devdax of larger
+    // alignment refuses a mapping that is not aligned to it.
+    if (t.align > kGuestAlign)
+        s += fmt::format(",align={}", t.align);
+    return s;
+}
+
+std::string numa_node(const PlacedTag& t) {
+    return fmt::format("node,nodeid={},memdev={}", t.guest_node, t.object_id);
+}
+
+constexpr std::string_view kRamId = "tagmem-ram";
+
+} // namespace
 
 Checked check_tag(const json& tags, const Uuid& wanted) {
     const std::string want = wanted.str();
@@ -124,56 +168,6 @@ json host_json(const json& t) {
     }
     return host;
 }
-
-// JSON text that survives every consumer: invalid UTF-8 in a configured
-// name is replaced rather than thrown about.
-std::string dump(const json& j) {
-    return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-std::string xml_escape(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '\'': out += "&apos;"; break;
-        case '"': out += "&quot;"; break;
-        default: out += c;
-        }
-    }
-    return out;
-}
-
-std::string cpu_list(unsigned cpus) {
-    return cpus == 1 ? std::string("0") : fmt::format("0-{}", cpus - 1);
-}
-
-// The machine options: the layout rule (docs/vm.md): node 0 fills low memory
-// up to the cap, the rest of it (if any) starts at 4 GiB, the tags follow.
-std::string machine_option(const Plan& p) {
-    return fmt::format("max-ram-below-4g={}", p.ram_below_4g);
-}
-
-std::string file_backend(const PlacedTag& t) {
-    std::string s = fmt::format("memory-backend-file,id={},size={},mem-path={},share=on",
-                                t.object_id, t.size, qemu_escape(t.mem_path));
-    // QEMU maps a backend at 2 MiB alignment by itself; a devdax of larger
-    // alignment refuses a mapping that is not aligned to it.
-    if (t.align > kGuestAlign)
-        s += fmt::format(",align={}", t.align);
-    return s;
-}
-
-std::string numa_node(const PlacedTag& t) {
-    return fmt::format("node,nodeid={},memdev={}", t.guest_node, t.object_id);
-}
-
-constexpr std::string_view kRamId = "tagmem-ram";
-
-} // namespace
 
 Result<std::uint64_t> parse_size(std::string_view text) {
     auto bad = [&](std::string_view why) {

@@ -75,6 +75,18 @@ struct Refused {
     std::string message;
 };
 
+// The tag's object (in `tags`, an array of tag_to_json objects) when it may
+// go to a guest: ready, one devdax device with a size; else why not. Both
+// hand-off mechanisms ask this.
+struct Checked {
+    const nlohmann::json* tag = nullptr;
+    std::optional<Refused> refused;
+};
+Checked check_tag(const nlohmann::json& tags, const Uuid& wanted);
+// What the guest is told of the host's device: device, numa_node, source,
+// and the performance figures the host knows (only the contract's keys).
+nlohmann::json host_json(const nlohmann::json& tag);
+
 struct PlacedTag {
     std::string tag; // canonical lower case
     std::string name;

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CXL hand-off's host side (core/vm_cxl.hpp): which tags may go, the
+// QEMU arguments and fw_cfg item of vm-args --cxl, and the QMP commands of
+// vm-attach/vm-detach. Inputs are tag_to_json objects of real TagRecords.
+#include "vm_cxl.hpp"
+
+#include "handoff.hpp"
+#include "json_output.hpp"
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace tagmem::vm {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+constexpr std::uint64_t MiB = kMiB;
+
+Uuid tag_n(unsigned n) {
+    return Uuid::parse(fmt::format("5be13bce-0000-4000-8000-{:012x}", n)).value();
+}
+
+json tag_json(unsigned n, std::uint64_t size = 256 * MiB, TagState state = TagState::ready,
+              unsigned devices = 1) {
+    TagRecord r;
+    r.tag = tag_n(n);
+    r.name = Interned(fmt::format("db{}", n));
+    r.source = TagSource::dcd;
+    r.state = state;
+    r.shareable = true;
+    if (state != TagState::ready)
+        r.reason = "the reason";
+    for (unsigned i = 0; i < devices; ++i) {
+        auto p = std::make_shared<ProbedDevice>();
+        p->dev.name = fmt::format("dax{}.{}", n, i);
+        p->dev.size = size;
+        p->dev.align = 2 * MiB;
+        p->dev.mode = DevMode::devdax;
+        p->numa_node = 1;
+        p->source = TagSource::dcd;
+        Performance perf;
+        perf.read_latency_ns = 350;
+        p->performance = Shared<Performance>(perf);
+        p->tag = r.tag;
+        r.devices.push_back(p);
+    }
+    return tag_to_json(r, false);
+}
+
+CxlPlan plan_ok(const json& tags, const std::vector<Uuid>& wanted) {
+    auto r = plan_cxl(tags, wanted, CxlGuestSpec{});
+    EXPECT_TRUE(r.refused.empty()) << (r.refused.empty() ? "" : r.refused.front().message);
+    return r.plan ? *r.plan : CxlPlan{};
+}
+
+Refusal refusal(const json& tags, const std::vector<Uuid>& wanted) {
+    auto r = plan_cxl(tags, wanted, CxlGuestSpec{});
+    EXPECT_FALSE(r.plan.has_value());
+    return r.refused.empty() ? Refusal::usage : r.refused.front().why;
+}
+
+bool has(const std::vector<std::string>& args, const std::string& a) {
+    return std::find(args.begin(), args.end(), a) != args.end();
+}
+
+TEST(VmCxl, OneDeviceAndRootPortPerTagInOneWindow) {
+    json tags = {tag_json(1), tag_json(2, 512 * MiB)};
+    CxlPlan p = plan_ok(tags, {tag_n(2), tag_n(1)});
+    ASSERT_EQ(p.tags.size(), 2u);
+    EXPECT_EQ(p.window, 768 * MiB);
+    const auto a = cxl_qemu_args(p);
+    const std::string t2 = tag_n(2).str(), t1 = tag_n(1).str();
+    EXPECT_TRUE(has(a, "q35,cxl=on"));
+    EXPECT_TRUE(has(a, "pxb-cxl,bus_nr=12,bus=pcie.0,id=tagmem-cxl-hb,hdm_for_passthrough=true"));
+    EXPECT_TRUE(has(a, fmt::format("memory-backend-file,id=tagmem-dc0,size={},mem-path=/run/"
+                                   "tagmem/{}/data,share=on",
+                                   512 * MiB, t2)));
+    EXPECT_TRUE(has(a, "cxl-rp,port=1,bus=tagmem-cxl-hb,id=tagmem-rp1,chassis=0,slot=3"));
+    EXPECT_TRUE(has(a, fmt::format("cxl-type3,bus=tagmem-rp0,id=tagmem-{},volatile-dc-memdev="
+                                   "tagmem-dc0,num-dc-regions=1,sn={}",
+                                   t2, cxl_serial(p.tags[0]))));
+    EXPECT_TRUE(has(a, fmt::format("cxl-fmw.0.targets.0=tagmem-cxl-hb,cxl-fmw.0.size={},cxl-fmw.0."
+                                   "interleave-granularity=1k",
+                                   768 * MiB)));
+    EXPECT_NE(cxl_serial(p.tags[0]), cxl_serial(p.tags[1]));
+}
+
+TEST(VmCxl, TheItemIsReadByTheGuestAndIgnoredByVersion1Matching) {
+    CxlPlan p = plan_ok(json::array({tag_json(1)}), {tag_n(1)});
+    auto h = parse_handoff(cxl_handoff_json(p));
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_TRUE(h->entries.empty()); // nothing for the boot-time matcher
+    EXPECT_TRUE(h->make_dc_regions);
+    ASSERT_EQ(h->cxl.size(), 1u);
+    const HandoffEntry* e = h->match_cxl(tag_n(1));
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->name, "db1");
+    EXPECT_TRUE(e->shareable);
+    EXPECT_EQ(e->size, 256 * MiB);
+    EXPECT_EQ(e->cxl_device, "tagmem-" + tag_n(1).str());
+    EXPECT_EQ(e->cxl_serial, cxl_serial(p.tags[0]));
+    EXPECT_EQ(e->host_performance.read_latency_ns, 350u);
+    EXPECT_EQ(h->match_cxl(tag_n(2)), nullptr);
+    // On the command line, QEMU's commas doubled.
+    const auto a = cxl_qemu_args(p);
+    EXPECT_THAT(a.back(), HasSubstr("name=opt/org.tagmem/tags,string={\"cxl\":{"));
+    EXPECT_THAT(a.back(), HasSubstr(",,\"tags\""));
+}
+
+TEST(VmCxl, Refusals) {
+    EXPECT_EQ(refusal(json::array({tag_json(1)}), {tag_n(9)}), Refusal::unknown_tag);
+    EXPECT_EQ(refusal(json::array({tag_json(1, 256 * MiB, TagState::offered)}), {tag_n(1)}),
+              Refusal::not_usable);
+    EXPECT_EQ(refusal(json::array({tag_json(1, 256 * MiB, TagState::conflict, 2)}), {tag_n(1)}),
+              Refusal::conflict);
+    // HDM decoders map 256 MiB blocks.
+    EXPECT_EQ(refusal(json::array({tag_json(1, 258 * MiB)}), {tag_n(1)}), Refusal::layout);
+    EXPECT_EQ(refusal(json::array({tag_json(1)}), {tag_n(1), tag_n(1)}), Refusal::usage);
+    EXPECT_EQ(refusal(json::array({tag_json(1)}), {}), Refusal::usage);
+    std::vector<Uuid> many;
+    json tags = json::array();
+    for (unsigned i = 0; i <= kMaxCxlTags; ++i) {
+        many.push_back(tag_n(i));
+        tags.push_back(tag_json(i));
+    }
+    EXPECT_EQ(refusal(tags, many), Refusal::layout);
+}
+
+TEST(VmCxl, QmpCommandsCoverTheTagFromOffsetZero) {
+    const std::string t = tag_n(1).str();
+    json add = qmp_add_capacity("tagmem-" + t, t, 256 * MiB);
+    EXPECT_EQ(add, json::parse(fmt::format(
+                       R"({{"execute":"cxl-add-dynamic-capacity","arguments":{{
+                       "path":"/machine/peripheral/tagmem-{0}","host-id":0,"region":0,
+                       "tag":"{0}","selection-policy":"prescriptive",
+                       "extents":[{{"offset":0,"len":268435456}}]}}}})",
+                       t)));
+    json rel = qmp_release_capacity("dev0", t, 256 * MiB);
+    EXPECT_EQ(rel["execute"], "cxl-release-dynamic-capacity");
+    EXPECT_EQ(rel["arguments"]["removal-policy"], "prescriptive");
+    EXPECT_EQ(rel["arguments"]["path"], "/machine/peripheral/dev0");
+    EXPECT_EQ(rel["arguments"]["extents"], add["arguments"]["extents"]);
+    EXPECT_EQ(qmp_qom_get("/machine/peripheral/dev0", "type"),
+              json::parse(R"({"execute":"qom-get","arguments":{"path":
+                             "/machine/peripheral/dev0","property":"type"}})"));
+    EXPECT_EQ(qmp_inject_poison("dev0", 4096, 64)["arguments"],
+              json::parse(R"({"path":"/machine/peripheral/dev0","start":4096,"length":64})"));
+}
+
+TEST(VmCxl, DeviceIdsAreQemuIdsDerivedFromTheTag) {
+    const std::string id = cxl_device_id(tag_n(7).str());
+    EXPECT_EQ(id, "tagmem-" + tag_n(7).str());
+    EXPECT_TRUE(std::all_of(id.begin(), id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+    }));
+}
+
+} // namespace
+} // namespace tagmem::vm
