@@ -25,6 +25,11 @@ enum ExitCode : int {
     kExitPidNamespace = 15,  // online from a PID namespace whose /proc hides processes
     // tagmem claim (docs/dcd.md): 13 when the kernel refuses, and
     kExitNotClaimable = 16, // the tag's extents are inconsistent (regions, overlap, alignment)
+    // tagmem vm-attach / vm-detach (docs/vm.md): 3, 4 and 5 as everywhere, and
+    kExitNoQmp = 17,         // QEMU cannot be asked (no socket, not QMP) or answered an error
+    kExitNotDeclared = 18,   // the guest has no CXL device for the tag (not given at boot)
+    kExitDetachRefused = 19, // the guest kernel keeps the capacity (a dax device holds it)
+    kExitNotAttached = 20,   // vm-detach: the guest has no capacity of the tag
 };
 
 } // namespace tagmem::cli

@@ -7,6 +7,7 @@
 #include "memory_change.hpp"
 #include "query.hpp"
 #include "vm_args.hpp"
+#include "vm_attach.hpp"
 #include "watch_client.hpp"
 
 #include "cdi.hpp"
@@ -192,11 +193,32 @@ int run(int argc, char** argv) {
                         "warn unless this user (QEMU's) may open the tags' data (default: the "
                         "caller)");
     vm_args->add_flag("--hotplug", vopt.hotplug,
-                      "into a running guest: refused (exit 8), the mechanism cannot");
+                      "into a running guest: refused (exit 8), the mechanism cannot; see --cxl");
+    vm_args->add_flag("--cxl", vopt.cxl,
+                      "a CXL dynamic-capacity device per tag, no capacity at boot: the tags "
+                      "arrive and leave while the guest runs (vm-attach, vm-detach)");
+
+    VmAttachOptions aopt;
+    auto* vm_attach = app.add_subcommand(
+        "vm-attach", "add a tag's capacity to a running guest's CXL device (vm-args --cxl) over "
+                     "QMP; exit 3 unknown, 4 conflict, 5 not usable, 17 QMP, 18 not declared");
+    auto* vm_detach = app.add_subcommand(
+        "vm-detach", "release a tag's capacity from a running guest over QMP; exit 17 QMP, "
+                     "18 not declared, 19 refused by the guest, 20 not attached");
+    for (auto* sub : {vm_attach, vm_detach}) {
+        sub->add_option("tag", aopt.tag, "the tag (UUID)")->required();
+        sub->add_option("--qmp", aopt.qmp, "the guest's QMP socket (unix)")->required();
+        sub->add_option("--id", aopt.id, "the cxl-type3 device id (default tagmem-<tag>)");
+    }
+    vm_detach
+        ->add_option("--wait", aopt.wait_s,
+                     "seconds the guest has to give the capacity back before it counts as refused")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 3600.0));
 
     // Answers come from tagmemfs when it runs (what /run/tagmem shows),
     // else from a scan of the host.
-    for (auto* sub : {list, show, resolve, vm_args}) {
+    for (auto* sub : {list, show, resolve, vm_args, vm_attach}) {
         sub->add_flag("--scan", opt.query.scan, "scan the host even if tagmemfs runs");
         sub->add_option("-m,--mount-point", opt.query.mount_point, "where tagmemfs is mounted")
             ->capture_default_str();
@@ -291,6 +313,10 @@ int run(int argc, char** argv) {
         return cmd_unclaim(claim_tag, opt.query);
     if (*vm_args)
         return cmd_vm_args(opt.query, vopt);
+    if (*vm_attach)
+        return cmd_vm_attach(opt.query, aopt);
+    if (*vm_detach)
+        return cmd_vm_detach(aopt);
     if (*wait)
         return wopt.release_requested                ? cmd_wait_release(wopt)
                : wopt.degraded || wopt.health_change ? cmd_wait_health(wopt)

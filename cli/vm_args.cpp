@@ -4,6 +4,7 @@
 #include "exit_codes.hpp"
 
 #include "uuid.hpp"
+#include "vm_cxl.hpp"
 #include "vm_handoff.hpp"
 
 #include <fmt/format.h>
@@ -69,10 +70,61 @@ std::optional<Who> who(const std::optional<std::string>& user) {
     return w;
 }
 
+void print_args(const std::vector<std::string>& args, const std::string& format) {
+    if (format == "lines") {
+        for (const auto& a : args)
+            fmt::print("{}\n", a);
+        return;
+    }
+    std::string line;
+    for (const auto& a : args)
+        line += (line.empty() ? "" : " ") + vm::shell_quote(a);
+    fmt::print("{}\n", line);
+}
+
+void warn_access(const Who& user, const nlohmann::json& access, const std::string& mem_path) {
+    auto may = vm::may_open_rw(access, user.uid, user.groups);
+    if (may && !*may)
+        fmt::print(stderr,
+                   "tagmem: warning: {} may not open {} read-write (access {}:{} {}); QEMU "
+                   "running as that user will fail to start: see access in tagmem.conf(5)\n",
+                   user.name, mem_path, access.value("owner", "?"), access.value("group", "?"),
+                   access.value("mode", "?"));
+}
+
+// --cxl: a CXL type 3 device per tag with an empty DC region backed by the
+// tag's data; the capacity comes later with vm-attach.
+int cxl_args(const nlohmann::json& listed, const std::vector<Uuid>& wanted, std::uint64_t ram,
+             const QueryOptions& query, const VmArgsOptions& opt, const Who& user) {
+    if (opt.libvirt || opt.kernel_cmdline)
+        return fail(kExitUsage, "--cxl has no libvirt fragment and needs no guest kernel "
+                                "parameters: use --format shell, lines or json");
+    vm::CxlGuestSpec guest;
+    guest.ram_size = ram;
+    guest.mount_point = query.mount_point;
+    auto result = vm::plan_cxl(listed.value("tags", nlohmann::json::array()), wanted, guest);
+    if (!result.plan) {
+        for (const auto& r : result.refused)
+            fmt::print(stderr, "tagmem: {}\n", r.message);
+        return exit_code(result.refused.front().why);
+    }
+    for (const auto& w : result.plan->warnings)
+        fmt::print(stderr, "tagmem: warning: {}\n", w);
+    for (const auto& t : result.plan->tags)
+        warn_access(user, t.access, t.mem_path);
+    if (opt.format == "json") {
+        fmt::print("{}\n", vm::cxl_plan_json(*result.plan)
+                               .dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        return kExitOk;
+    }
+    print_args(vm::cxl_qemu_args(*result.plan), opt.format);
+    return kExitOk;
+}
+
 } // namespace
 
 int cmd_vm_args(const QueryOptions& query, const VmArgsOptions& opt) {
-    if (opt.hotplug)
+    if (opt.hotplug && !opt.cxl)
         return fail(kExitUnsupported,
                     "hotplug into a running guest is not possible with this hand-off: the guest "
                     "kernel makes a tag's range soft-reserved from memmap= at boot, and memory "
@@ -102,6 +154,8 @@ int cmd_vm_args(const QueryOptions& query, const VmArgsOptions& opt) {
     auto listed = query_list(query);
     if (!listed)
         return fail(kExitError, listed.error().message);
+    if (opt.cxl)
+        return cxl_args(*listed, wanted, guest.ram_size, query, opt, *user);
     auto result = vm::plan_handoff(listed->value("tags", nlohmann::json::array()), wanted, guest);
     if (!result.plan) {
         for (const auto& r : result.refused)
@@ -111,15 +165,8 @@ int cmd_vm_args(const QueryOptions& query, const VmArgsOptions& opt) {
     const vm::Plan& plan = *result.plan;
     for (const auto& w : plan.warnings)
         fmt::print(stderr, "tagmem: warning: {}\n", w);
-    for (const auto& t : plan.tags) {
-        auto may = vm::may_open_rw(t.access, user->uid, user->groups);
-        if (may && !*may)
-            fmt::print(stderr,
-                       "tagmem: warning: {} may not open {} read-write (access {}:{} {}); QEMU "
-                       "running as that user will fail to start: see access in tagmem.conf(5)\n",
-                       user->name, t.mem_path, t.access.value("owner", "?"),
-                       t.access.value("group", "?"), t.access.value("mode", "?"));
-    }
+    for (const auto& t : plan.tags)
+        warn_access(*user, t.access, t.mem_path);
 
     if (opt.kernel_cmdline) {
         fmt::print("{}\n", vm::kernel_params(plan));
@@ -134,16 +181,7 @@ int cmd_vm_args(const QueryOptions& query, const VmArgsOptions& opt) {
                                                     nlohmann::json::error_handler_t::replace));
         return kExitOk;
     }
-    const auto args = vm::qemu_args(plan);
-    if (opt.format == "lines") {
-        for (const auto& a : args)
-            fmt::print("{}\n", a);
-    } else {
-        std::string line;
-        for (const auto& a : args)
-            line += (line.empty() ? "" : " ") + vm::shell_quote(a);
-        fmt::print("{}\n", line);
-    }
+    print_args(vm::qemu_args(plan), opt.format);
     fmt::print(stderr, "tagmem: the guest kernel's command line needs: {}\n",
                vm::kernel_params(plan));
     return kExitOk;

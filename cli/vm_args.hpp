@@ -20,6 +20,7 @@ struct VmArgsOptions {
     bool libvirt = false;
     bool kernel_cmdline = false;
     bool hotplug = false;
+    bool cxl = false; // a CXL DC device per tag instead (vm-attach adds the capacity)
     std::optional<std::string> user; // whose access to check; default the caller
 };
 
