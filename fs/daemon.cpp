@@ -9,6 +9,7 @@
 #include "config.hpp"
 #include "cxl_poison.hpp"
 #include "cxl_poison_watch.hpp"
+#include "dc_region.hpp"
 #include "fd.hpp"
 #include "health.hpp"
 #include "host_os.hpp"
@@ -853,6 +854,14 @@ int Daemon::run() {
     }
     nodes_.emplace(std::move(*nodes));
     tree_ = std::make_unique<TagTree>(nodes_->path());
+    // A guest handed tags as CXL dynamic capacity (vm-args --cxl): the DC
+    // regions the capacity arrives in, before the first scan looks for them.
+    const DcRegionReport dc = make_handed_dc_regions(real_host_os());
+    for (const auto& m : dc.made)
+        log::info("{}: dynamic_ram_1 region {} of {} bytes for the VM hand-off", m.memdev,
+                  m.region.empty() ? "(made before)" : m.region, m.size);
+    for (const auto& f : dc.failures)
+        log::warning("VM hand-off: cannot make a DC region: {}", f);
     rescan("start");
 
     if (stop_requested()) {
