@@ -53,12 +53,18 @@ std::vector<std::string> entries(HostOs& os, const std::string& dir, std::string
     return out;
 }
 
-// The memdev's endpoint decoder: memN/endpointE/decoderE.0.
+// The memdev's endpoint decoder: the endpoint port whose uport is the
+// memdev (endpointE/uport -> .../memN) has it as decoderE.0. The port is
+// not under the memdev in sysfs but under the port above it.
 Result<std::string> endpoint_decoder(HostOs& os, const std::string& bus, const std::string& mem) {
-    for (const auto& ep : entries(os, bus + "/" + mem, "endpoint"))
-        for (const auto& d : entries(os, bus + "/" + mem + "/" + ep, "decoder"))
+    for (const auto& ep : entries(os, bus, "endpoint")) {
+        auto uport = os.read_link(fmt::format("{}/{}/uport", bus, ep));
+        if (!uport || !(uport->ends_with("/" + mem) || *uport == mem))
+            continue;
+        for (const auto& d : entries(os, bus + "/" + ep, "decoder"))
             return d;
-    return make_error(ENOENT, fmt::format("{}: no endpoint decoder", mem));
+    }
+    return make_error(ENOENT, "no endpoint decoder (endpoint port with this uport)");
 }
 
 Result<std::string> root_decoder(HostOs& os, const std::string& bus) {

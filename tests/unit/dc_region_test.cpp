@@ -22,8 +22,12 @@ void memdev(FakeHostOs& os, int n, const std::string& serial, const std::string&
     const std::string mem = B + "/mem" + std::to_string(n);
     os.add_file(mem + "/serial", serial + "\n");
     os.add_file(mem + "/dynamic_ram_1/size", size + "\n");
+    // As sysfs has it: the endpoint port beside the memdev, its uport the
+    // memdev, its decoder inside it.
     const std::string ep = fmt::format("decoder{}.0", n + 2);
-    os.add_dir(fmt::format("{}/endpoint{}/{}", mem, n + 2, ep));
+    os.add_dir(fmt::format("{}/endpoint{}/{}", B, n + 2, ep));
+    os.add_symlink(fmt::format("{}/endpoint{}/uport", B, n + 2),
+                   fmt::format("/sys/devices/platform/cxl/mem{}", n));
     os.add_file(B + "/" + ep + "/mode", "ram\n");
     os.add_file(B + "/" + ep + "/dpa_size", "0x0\n");
 }
