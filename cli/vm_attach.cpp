@@ -48,9 +48,10 @@ Result<Declared> find_declared(const VmAttachOptions& opt, const Uuid& tag, int&
         if (code == kExitNotDeclared)
             return make_error(
                 ENODEV,
-                fmt::format("the guest has no device {} for tag {} ({}); QEMU 10 cannot hot-add a "
-                            "CXL type 3 device, so a tag must be given at boot: start the guest "
-                            "with the arguments of tagmem vm-args --cxl ... {}",
+                fmt::format("the guest has no device {} for tag {} ({}): vm-attach adds capacity "
+                            "only to a CXL device the guest was given at boot; start the guest "
+                            "with the arguments of tagmem vm-args --cxl ... {} (hot-adding the "
+                            "device itself is not done, docs/vm.md)",
                             d.device_id, tag.str(), type.error().message, tag.str()));
         return type.error();
     }
