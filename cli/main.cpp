@@ -197,6 +197,9 @@ int run(int argc, char** argv) {
     vm_args->add_flag("--cxl", vopt.cxl,
                       "a CXL dynamic-capacity device per tag, no capacity at boot: the tags "
                       "arrive and leave while the guest runs (vm-attach, vm-detach)");
+    vm_args->add_option("--cdat-dir", vopt.cdat_dir,
+                        "--cxl: write each tag's CDAT (the host's latency and bandwidth) to "
+                        "<dir>/<tag>.cdat and give it to its device");
 
     VmAttachOptions aopt;
     auto* vm_attach = app.add_subcommand(

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 
 namespace tagmem::cli {
 namespace {
@@ -102,6 +103,7 @@ int cxl_args(const nlohmann::json& listed, const std::vector<Uuid>& wanted, std:
     vm::CxlGuestSpec guest;
     guest.ram_size = ram;
     guest.mount_point = query.mount_point;
+    guest.cdat_dir = opt.cdat_dir;
     auto result = vm::plan_cxl(listed.value("tags", nlohmann::json::array()), wanted, guest);
     if (!result.plan) {
         for (const auto& r : result.refused)
@@ -112,6 +114,18 @@ int cxl_args(const nlohmann::json& listed, const std::vector<Uuid>& wanted, std:
         fmt::print(stderr, "tagmem: warning: {}\n", w);
     for (const auto& t : result.plan->tags)
         warn_access(user, t.access, t.mem_path);
+    // QEMU reads a device's CDAT file when it starts: written before the
+    // arguments naming it are printed.
+    for (const auto& t : result.plan->tags) {
+        if (t.cdat_path.empty())
+            continue;
+        const auto table = vm::cdat_table(t);
+        std::ofstream out(t.cdat_path, std::ios::binary | std::ios::trunc);
+        out.write(table->data(), static_cast<std::streamsize>(table->size()));
+        out.close();
+        if (!out)
+            return fail(kExitError, fmt::format("--cdat-dir: cannot write {}", t.cdat_path));
+    }
     if (opt.format == "json") {
         fmt::print("{}\n", vm::cxl_plan_json(*result.plan)
                                .dump(2, ' ', false, nlohmann::json::error_handler_t::replace));

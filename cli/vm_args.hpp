@@ -20,7 +20,8 @@ struct VmArgsOptions {
     bool libvirt = false;
     bool kernel_cmdline = false;
     bool hotplug = false;
-    bool cxl = false; // a CXL DC device per tag instead (vm-attach adds the capacity)
+    bool cxl = false;     // a CXL DC device per tag instead (vm-attach adds the capacity)
+    std::string cdat_dir; // --cxl: write each tag's CDAT (host figures) here
     std::optional<std::string> user; // whose access to check; default the caller
 };
 

@@ -97,6 +97,8 @@ CxlPlanResult plan_cxl(const json& tags, const std::vector<Uuid>& wanted,
         ct.port_id = fmt::format("tagmem-rp{}", ct.index);
         ct.mem_path = fmt::format("{}/{}/data", mount, ct.tag);
         ct.host = host_json(t);
+        if (!guest.cdat_dir.empty() && cdat_table(ct))
+            ct.cdat_path = fmt::format("{}/{}.cdat", guest.cdat_dir, ct.tag);
         ct.access = t.value("access", json::object());
         // The guest's HDM decoders map whole 256 MiB blocks: a DC region
         // (and so the guest's region and the extent) of another size
@@ -164,8 +166,10 @@ std::vector<std::string> cxl_qemu_args(const CxlPlan& p) {
                               t.port_id, t.index + 2),
                   "-device",
                   fmt::format("cxl-type3,bus={},id={},volatile-dc-memdev={},num-dc-regions=1,"
-                              "sn={}",
-                              t.port_id, t.device_id, t.backend_id, cxl_serial(t))});
+                              "sn={}{}",
+                              t.port_id, t.device_id, t.backend_id, cxl_serial(t),
+                              t.cdat_path.empty() ? std::string()
+                                                  : ",cdat=" + qemu_escape(t.cdat_path))});
     }
     a.insert(a.end(), {"-M", fmt::format("cxl-fmw.0.targets.0={},cxl-fmw.0.size={},"
                                          "cxl-fmw.0.interleave-granularity=1k",
@@ -185,11 +189,101 @@ json cxl_plan_json(const CxlPlan& p) {
                         {"qom_path", cxl_device_path(t.device_id)},
                         {"serial", cxl_serial(t)},
                         {"backend_id", t.backend_id},
-                        {"mem_path", t.mem_path}});
+                        {"mem_path", t.mem_path},
+                        {"cdat_path", t.cdat_path}});
     return {{"qemu", cxl_qemu_args(p)},
             {"fw_cfg", {{"name", kFwCfgName}, {"content", json::parse(cxl_handoff_json(p))}}},
             {"cxl", {{"window", p.window}, {"tags", std::move(tags)}}},
             {"warnings", p.warnings}};
+}
+
+namespace {
+
+void put_le(std::string& out, std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i)
+        out += static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+// CDAT structure types and DSLBIS data types (CDAT 1.03, tables 1 and 5).
+constexpr std::uint8_t kDsmas = 0, kDslbis = 1, kDsemts = 4;
+constexpr std::uint8_t kReadLatency = 1, kWriteLatency = 2, kReadBandwidth = 4, kWriteBandwidth = 5;
+constexpr std::uint8_t kDsmasShareable = 1 << 3, kDsmasDynamic = 1 << 5;
+
+std::string structure(std::uint8_t type, const std::string& body) {
+    std::string s;
+    put_le(s, type, 1);
+    put_le(s, 0, 1);
+    put_le(s, 4 + body.size(), 2);
+    return s + body;
+}
+
+} // namespace
+
+std::optional<std::string> cdat_table(const CxlTag& t) {
+    const json perf = t.host.value("performance", json::object());
+    std::string entries;
+    {
+        std::string b;
+        put_le(b, 0, 1); // DSMAD handle 0: QEMU's DC region 0 refers to it
+        put_le(b, kDsmasDynamic | (t.shareable ? kDsmasShareable : 0), 1);
+        put_le(b, 0, 2);
+        put_le(b, 0, 8); // DPA base: no static capacity before the DC region
+        put_le(b, t.size, 8);
+        entries += structure(kDsmas, b);
+    }
+    bool any = false;
+    for (auto [key, type] :
+         {std::pair{"read_latency_ns", kReadLatency}, std::pair{"write_latency_ns", kWriteLatency},
+          std::pair{"read_bandwidth_mbps", kReadBandwidth},
+          std::pair{"write_bandwidth_mbps", kWriteBandwidth}}) {
+        auto v = perf.find(key);
+        if (v == perf.end() || !v->is_number_unsigned())
+            continue;
+        // Entries are 16 bits times a 64-bit base unit: latency in
+        // picoseconds (the host's ns are 1000 ps), bandwidth in MB/s; a
+        // value over 65535 units takes a coarser base.
+        std::uint64_t value = v->get<std::uint64_t>();
+        std::uint64_t base = type <= kWriteLatency ? 1000 : 1;
+        while (value > 0xffff) {
+            value = (value + 5) / 10;
+            base *= 10;
+        }
+        std::string b;
+        put_le(b, 0, 1); // the DSMAS handle
+        put_le(b, 0, 1); // flags: memory (HMAT's memory hierarchy 0)
+        put_le(b, type, 1);
+        put_le(b, 0, 1);
+        put_le(b, base, 8);
+        put_le(b, value, 2);
+        put_le(b, 0, 2);
+        put_le(b, 0, 2);
+        put_le(b, 0, 2);
+        entries += structure(kDslbis, b);
+        any = true;
+    }
+    if (!any)
+        return std::nullopt;
+    {
+        std::string b;
+        put_le(b, 0, 1); // the DSMAS handle
+        put_le(b, 0, 1); // EFI memory type: conventional
+        put_le(b, 0, 2);
+        put_le(b, 0, 8);
+        put_le(b, t.size, 8);
+        entries += structure(kDsemts, b);
+    }
+    std::string table;
+    put_le(table, 16 + entries.size(), 4);
+    put_le(table, 1, 1); // revision
+    put_le(table, 0, 1); // checksum, set below
+    put_le(table, 0, 6);
+    put_le(table, 0, 4); // sequence
+    table += entries;
+    unsigned sum = 0;
+    for (char c : table)
+        sum += static_cast<unsigned char>(c);
+    table[5] = static_cast<char>((256 - sum % 256) % 256); // all bytes sum to 0
+    return table;
 }
 
 namespace {

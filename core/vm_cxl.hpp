@@ -40,6 +40,9 @@ inline constexpr unsigned kCxlBusNr = 12;
 struct CxlGuestSpec {
     std::string mount_point = "/run/tagmem";
     std::uint64_t ram_size = kGiB; // -m, guest RAM (no NUMA layout needed)
+    // Where the tags' CDAT files are (<dir>/<tag>.cdat, written by the CLI),
+    // empty for none.
+    std::string cdat_dir;
 };
 
 struct CxlTag {
@@ -51,8 +54,9 @@ struct CxlTag {
     std::string device_id; // the cxl-type3 device's id: cxl_device_id(tag)
     std::string backend_id;
     std::string port_id;
-    std::string mem_path; // <mount point>/<tag>/data
-    nlohmann::json host;  // device, numa_node, source, performance
+    std::string mem_path;  // <mount point>/<tag>/data
+    std::string cdat_path; // the device's cdat= file, empty for QEMU's own
+    nlohmann::json host;   // device, numa_node, source, performance
     nlohmann::json access;
 };
 
@@ -86,6 +90,15 @@ nlohmann::json cxl_plan_json(const CxlPlan& plan);
 // The device's serial number (sn=): the guest's memdev shows it as
 // `serial`, so the guest can tell which memdev is which tag's.
 std::uint64_t cxl_serial(const CxlTag& t);
+
+// The device's CDAT (Coherent Device Attribute Table, as QEMU's cxl-type3
+// takes it from its cdat= file and serves it to the guest over DOE): one
+// DSMAS for the DC region (DPA 0, the tag's size; dynamic capacity, and
+// shareable when the tag is), a DSLBIS for each latency and bandwidth the
+// host knows for the tag, a DSEMTS. This is where a CXL device states its
+// performance to the guest kernel. nullopt when the host knows no figure
+// (QEMU's built-in table then stands).
+std::optional<std::string> cdat_table(const CxlTag& t);
 
 // QMP commands (one JSON object each, {"execute":..., "arguments":...}).
 nlohmann::json qmp_add_capacity(const std::string& device_id, const std::string& tag,

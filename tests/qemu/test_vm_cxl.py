@@ -107,6 +107,7 @@ dcd_ask attach
 tagmem wait {T} --timeout 120
 echo "TM-EVENT: tag ready uptime=$(tm_now)"
 tm_show {T}
+tm_section region-access sh -c 'for d in /sys/bus/cxl/devices/region*/access*; do echo "$d: $(ls $d)"; done'
 tm_section verify daxmap verify {d} {HOST_SEED} {PATTERN_LEN} {HOST_OFF}
 tm_section write daxmap write {d} {GUEST_SEED} {PATTERN_LEN} {GUEST_OFF}
 daxmap hold {d} 600 4096 >/tmp/hold.out 2>&1 &
@@ -132,13 +133,17 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     host = SyntheticHost(tmp_path)
 
     t0 = time.monotonic()
-    gen = host.run("vm-args", "--cxl", "--format", "json", "--memory", "1G", T)
+    gen = host.run("vm-args", "--cxl", "--format", "json", "--memory", "1G",
+                   "--cdat-dir", str(tmp_path), T)
     assert gen.returncode == 0, gen.stderr
     vm_args_s = time.monotonic() - t0
     generated = json.loads(gen.stdout)
     item = generated["fw_cfg"]["content"]
     assert item["tags"] == [] and item["cxl"]["make_dc_regions"] is True
     assert item["cxl"]["tags"][0]["host"]["performance"] == PERF
+    cdat = tmp_path / f"{T}.cdat"
+    assert f",cdat={cdat}" in " ".join(generated["qemu"])
+    assert cdat.stat().st_size == 16 + 24 * 6  # DSMAS, four DSLBIS, DSEMTS
 
     backing = dcdkit.backing_file(tmp_path / "tag-data.img", SIZE)
     dcdkit.write_at(backing, HOST_OFF, vmkit.daxmap_pattern(HOST_SEED, PATTERN_LEN))
@@ -213,6 +218,12 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     assert meta["source"] == "dcd"
     dev = meta["devices"][0]
     print("guest device metadata:", json.dumps(dev, indent=1))
+    # The host's figures: in the device's CDAT and in the item; the guest
+    # kernel shows none of the CDAT's for a DC region (region access0/1 are
+    # empty), so the values are the item's, and say so.
+    assert dev["performance"] == PERF
+    assert set(dev["performance_source"].values()) == {"host via fw_cfg"}
+    print("guest region access:", section(res, "region-access"))
     assert dev["handoff"]["cxl_device"] == f"tagmem-{T}"
     assert "OK" in section(res, "verify"), section(res, "verify")
     with open(backing, "rb") as fh:

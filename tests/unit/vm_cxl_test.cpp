@@ -152,6 +152,46 @@ TEST(VmCxl, QmpCommandsCoverTheTagFromOffsetZero) {
               json::parse(R"({"path":"/machine/peripheral/dev0","start":4096,"length":64})"));
 }
 
+TEST(VmCxl, TheCdatCarriesTheHostsFiguresForTheDcRegion) {
+    CxlGuestSpec g;
+    g.cdat_dir = "/var/lib/vm1";
+    auto r = plan_cxl(json::array({tag_json(1)}), {tag_n(1)}, g);
+    ASSERT_TRUE(r.plan);
+    const CxlTag& t = r.plan->tags[0];
+    EXPECT_EQ(t.cdat_path, "/var/lib/vm1/" + tag_n(1).str() + ".cdat");
+    EXPECT_THAT(cxl_qemu_args(*r.plan)[11], HasSubstr(",cdat=/var/lib/vm1/"));
+    auto table = cdat_table(t);
+    ASSERT_TRUE(table);
+    auto u8 = [&](std::size_t at) { return static_cast<unsigned char>((*table)[at]); };
+    auto le = [&](std::size_t at, int n) {
+        std::uint64_t v = 0;
+        for (int i = n - 1; i >= 0; --i)
+            v = (v << 8) | u8(at + static_cast<std::size_t>(i));
+        return v;
+    };
+    // Header, DSMAS, one DSLBIS (only read latency is known), DSEMTS.
+    ASSERT_EQ(table->size(), 16u + 24 * 3);
+    EXPECT_EQ(le(0, 4), table->size());
+    EXPECT_EQ(u8(4), 1u);
+    unsigned sum = 0;
+    for (std::size_t i = 0; i < table->size(); ++i)
+        sum += u8(i);
+    EXPECT_EQ(sum % 256, 0u);
+    EXPECT_EQ(u8(16), 0u);                    // DSMAS
+    EXPECT_EQ(u8(21), (1u << 5) | (1u << 3)); // dynamic capacity, shareable
+    EXPECT_EQ(le(24, 8), 0u);
+    EXPECT_EQ(le(32, 8), 256 * MiB);
+    EXPECT_EQ(u8(40), 1u);       // DSLBIS
+    EXPECT_EQ(u8(46), 1u);       // read latency
+    EXPECT_EQ(le(48, 8), 1000u); // in ps
+    EXPECT_EQ(le(56, 2), 350u);  // 350 ns
+    EXPECT_EQ(u8(64), 4u);       // DSEMTS
+    // No figure known: no table, QEMU's own stands.
+    CxlTag bare = t;
+    bare.host = json::object();
+    EXPECT_FALSE(cdat_table(bare));
+}
+
 TEST(VmCxl, DeviceIdsAreQemuIdsDerivedFromTheTag) {
     const std::string id = cxl_device_id(tag_n(7).str());
     EXPECT_EQ(id, "tagmem-" + tag_n(7).str());
