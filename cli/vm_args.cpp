@@ -138,13 +138,14 @@ int cxl_args(const nlohmann::json& listed, const std::vector<Uuid>& wanted, std:
 } // namespace
 
 int cmd_vm_args(const QueryOptions& query, const VmArgsOptions& opt) {
-    if (opt.hotplug && !opt.cxl)
+    if (opt.hotplug)
         return fail(kExitUnsupported,
                     "hotplug into a running guest is not possible with this hand-off: the guest "
                     "kernel makes a tag's range soft-reserved from memmap= at boot, and memory "
                     "hot-added later (QMP object-add + device_add pc-dimm) comes online as "
                     "ordinary RAM, not as the tag's dax device; start the guest with the tag "
-                    "instead (docs/vm.md, Hotplug)");
+                    "instead, or give it CXL devices (--cxl) and attach the tags later with "
+                    "tagmem vm-attach (docs/vm.md, Hotplug)");
     std::vector<Uuid> wanted;
     for (const auto& text : opt.tags) {
         auto tag = Uuid::parse(text);
