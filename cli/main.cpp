@@ -213,6 +213,9 @@ int run(int argc, char** argv) {
         sub->add_option("--qmp", aopt.qmp, "the guest's QMP socket (unix)")->required();
         sub->add_option("--id", aopt.id, "the cxl-type3 device id (default tagmem-<tag>)");
     }
+    vm_attach->add_flag("--follow", aopt.follow,
+                        "then follow the host tagmemfs: forward the tag's memory errors to the "
+                        "guest as poison, and ask the tag back when it leaves the host");
     vm_detach
         ->add_option("--wait", aopt.wait_s,
                      "seconds the guest has to give the capacity back before it counts as refused")

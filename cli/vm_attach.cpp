@@ -3,6 +3,7 @@
 
 #include "exit_codes.hpp"
 #include "qmp_client.hpp"
+#include "vm_follow.hpp"
 
 #include "uuid.hpp"
 #include "vm_cxl.hpp"
@@ -110,6 +111,9 @@ int cmd_vm_attach(const QueryOptions& query, const VmAttachOptions& opt) {
         return fail(kExitNoQmp, added.error().message);
     fmt::print("tag {}: {} bytes of capacity offered to the guest on {} (QMP {:.1f} ms)\n",
                tag->str(), size, declared->device_id, ms_since(t0));
+    std::fflush(stdout);
+    if (opt.follow)
+        return follow_attached(query, FollowTarget{opt.qmp, declared->device_id, *tag, size});
     return kExitOk;
 }
 

@@ -15,7 +15,8 @@ struct VmAttachOptions {
     std::string qmp;               // the guest's QMP socket
     std::optional<std::string> id; // the cxl-type3 device id; default from the tag
     std::string tag;
-    double wait_s = 5; // vm-detach: how long the guest has to give it back
+    double wait_s = 5;   // vm-detach: how long the guest has to give it back
+    bool follow = false; // vm-attach: then forward the tag's errors, release it when it goes
 };
 
 int cmd_vm_attach(const QueryOptions& query, const VmAttachOptions& opt);

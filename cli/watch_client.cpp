@@ -128,6 +128,20 @@ std::string revoked_text(const nlohmann::json& j) {
 
 } // namespace
 
+Result<bool> watch_stream(const std::string& socket_path,
+                          const std::function<bool(const nlohmann::json&)>& on_line) {
+    auto fd = connect_to(socket_path);
+    if (!fd)
+        return fd.error();
+    if (!send_line(*fd, {{"op", "watch"}}))
+        return make_error(ECONNRESET, "tagmemfs closed the connection");
+    auto done = read_lines(*fd, std::nullopt, [&](const std::string& line) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        return j.is_object() ? on_line(j) : true;
+    });
+    return done.value_or(false);
+}
+
 int cmd_wait(const WatchOptions& opt) {
     auto tag = Uuid::parse(opt.tag_text);
     if (!tag)

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -38,6 +39,12 @@ int cmd_wait_health(const WatchOptions& opt);
 int cmd_wait_release(const WatchOptions& opt);
 // Prints changes; with opt.snapshot, first the tags as they are.
 int cmd_watch(const WatchOptions& opt);
+
+// The daemon's watch stream (docs/watch-protocol.md), one parsed line at a
+// time, until on_line returns false (then true) or the daemon closes
+// (false). An error when tagmemfs cannot be reached.
+Result<bool> watch_stream(const std::string& socket_path,
+                          const std::function<bool(const nlohmann::json&)>& on_line);
 
 // Sends one request and returns the one JSON line the daemon answers (which
 // may be {"error":...}). Error code ENOENT: no socket there, so no daemon

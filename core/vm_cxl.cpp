@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 namespace tagmem::vm {
@@ -313,6 +314,34 @@ json qmp_release_capacity(const std::string& device_id, const std::string& tag,
 
 json qmp_qom_get(const std::string& path, const std::string& property) {
     return {{"execute", "qom-get"}, {"arguments", {{"path", path}, {"property", property}}}};
+}
+
+std::vector<std::pair<std::uint64_t, std::uint64_t>> poison_ranges(const json& bad_ranges,
+                                                                   std::uint64_t tag_size) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+    if (!bad_ranges.is_array())
+        return out;
+    for (const auto& r : bad_ranges) {
+        if (!r.is_object())
+            continue;
+        auto off = r.find("offset");
+        auto len = r.find("length");
+        if (off == r.end() || len == r.end() || !off->is_number_unsigned() ||
+            !len->is_number_unsigned())
+            continue;
+        const std::uint64_t o = off->get<std::uint64_t>();
+        const std::uint64_t l = len->get<std::uint64_t>();
+        if (l == 0 || o >= tag_size)
+            continue;
+        const std::uint64_t end = std::min(tag_size, l > tag_size - o ? tag_size : o + l);
+        const std::uint64_t start = o / kPoisonUnit * kPoisonUnit;
+        const std::uint64_t stop =
+            std::min(round_up(end, kPoisonUnit), round_up(tag_size, kPoisonUnit));
+        std::pair<std::uint64_t, std::uint64_t> p{start, stop - start};
+        if (std::find(out.begin(), out.end(), p) == out.end())
+            out.push_back(p);
+    }
+    return out;
 }
 
 json qmp_inject_poison(const std::string& device_id, std::uint64_t dpa, std::uint64_t length) {

@@ -100,6 +100,17 @@ std::uint64_t cxl_serial(const CxlTag& t);
 // (QEMU's built-in table then stands).
 std::optional<std::string> cdat_table(const CxlTag& t);
 
+// CXL poison is listed and injected in 64-byte units.
+inline constexpr std::uint64_t kPoisonUnit = 64;
+
+// Where QEMU must poison the guest's device for a tag's bad ranges (the
+// health event's "bad_ranges": offset and length within the tag's data):
+// device physical address = the extent's offset (0) + offset, rounded out
+// to 64-byte units, clipped to the tag's size; malformed ranges skipped.
+// (start, length) pairs in the order given, each once.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> poison_ranges(const nlohmann::json& bad_ranges,
+                                                                   std::uint64_t tag_size);
+
 // QMP commands (one JSON object each, {"execute":..., "arguments":...}).
 nlohmann::json qmp_add_capacity(const std::string& device_id, const std::string& tag,
                                 std::uint64_t size);

@@ -192,6 +192,21 @@ TEST(VmCxl, TheCdatCarriesTheHostsFiguresForTheDcRegion) {
     EXPECT_FALSE(cdat_table(bare));
 }
 
+TEST(VmCxl, BadRangesBecomePoisonAtTheSameOffsetIn64ByteUnits) {
+    json ranges = json::parse(R"([{"offset":4096,"length":512},{"offset":100,"length":10},
+        {"offset":4096,"length":512},{"offset":"x","length":1},{"offset":0,"length":0},
+        {"offset":1000,"length":100000},{"offset":5000}])");
+    using P = std::pair<std::uint64_t, std::uint64_t>;
+    EXPECT_EQ(poison_ranges(ranges, 2048 * 1024),
+              (std::vector<P>{{4096, 512}, {64, 64}, {960, 100096}}));
+    // Clipped to the tag; beyond it, nothing.
+    EXPECT_EQ(poison_ranges(json::parse(R"([{"offset":4032,"length":4096},
+        {"offset":4096,"length":1}])"),
+                            4096),
+              (std::vector<P>{{4032, 64}}));
+    EXPECT_TRUE(poison_ranges(json::object(), 4096).empty());
+}
+
 TEST(VmCxl, DeviceIdsAreQemuIdsDerivedFromTheTag) {
     const std::string id = cxl_device_id(tag_n(7).str());
     EXPECT_EQ(id, "tagmem-" + tag_n(7).str());
