@@ -111,6 +111,8 @@ def _man_options(page) -> set[str]:
     ([str(TAGMEM), "vm-args"], "tagmem.1"),
     ([str(TAGMEM), "claim"], "tagmem.1"),
     ([str(TAGMEM), "unclaim"], "tagmem.1"),
+    ([str(TAGMEM), "vm-attach"], "tagmem.1"),
+    ([str(TAGMEM), "vm-detach"], "tagmem.1"),
     ([str(TAGMEMFS)], "tagmemfs.8"),
 ])
 def test_man_page_documents_every_option(argv, page):
@@ -122,7 +124,7 @@ def test_man_page_options_exist():
     for argv, page in (([str(TAGMEM)], "tagmem.1"), ([str(TAGMEMFS)], "tagmemfs.8")):
         helped = set()
         subs = ([], ["list"], ["show"], ["resolve"], ["wait"], ["watch"], ["cdi"], ["online"],
-                ["offline"], ["vm-args"], ["claim"])
+                ["offline"], ["vm-args"], ["claim"], ["vm-attach"], ["vm-detach"])
         for sub in subs if page == "tagmem.1" else ([],):
             helped |= _help_options(argv + sub)
         stale = _man_options(page) - helped - {"--help"}
