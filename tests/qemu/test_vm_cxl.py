@@ -252,3 +252,116 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
           f"{attached:.2f} s; guest tagmemfs mounted at {up['tagmemfs mounted']:.1f} s uptime; "
           f"detach refused after {times['detach_mapped']:.1f} s; detach after unclaim "
           f"{times['detach']:.2f} s; tag gone {gone:.2f} s after")
+
+
+# --------------------------------------------------------------------------
+# vm-attach --follow: a host memory error reaches the guest at its offset
+# --------------------------------------------------------------------------
+
+T_NV = "c4c4c4c4-0018-4000-8000-0000000000c4"
+NV_BASE = 0x20_0000_0000
+BAD_OFF = 0x1340000  # into the tag's data: 19 MiB + 256 KiB
+SECTOR = 512
+
+
+def follow_scenario() -> str:
+    return f"""
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+dcd_start_answers
+tm_start
+dcd_ask attach
+tagmem wait {T_NV} --timeout 120
+echo "TM-EVENT: tag ready uptime=$(tm_now)"
+dcd_ask poison
+# An injected error raises no event in the guest: its poison list is read
+# at SIGHUP (docs/dcd.md).
+kill -HUP $TM_PID
+tm_section degraded tagmem wait --degraded {T_NV} --timeout 60
+echo "TM-EVENT: tag degraded uptime=$(tm_now)"
+tm_section meta-poisoned cat "$TM_MNT/{T_NV}/metadata"
+tm_stop
+"""
+
+
+def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
+    """The host's tagmemfs (on a synthetic host whose NVDIMM namespace is the
+    tag) learns of a bad range from its region's badblocks; vm-attach
+    --follow forwards it as poison; the guest's tagmem shows it at the same
+    offset of the tag's data."""
+    import os
+    import signal
+    import threading
+    paths, assets, product = dcd
+    sys.path.insert(0, str(tagmemvm.REPO / "tests" / "synthetic"))
+    import hostgen as hg
+    h = hg.Host()
+    region = h.nvdimm_region(1, NV_BASE, SIZE + hg.NVDIMM_DATA_OFFSET, target_node=1)
+    region.namespace(0, T_NV, size=SIZE + hg.NVDIMM_DATA_OFFSET)
+    root = tmp_path / "nv-host"
+    h.write(root)
+    build = tagmemvm.build_dir()
+    tagmem = str(build / "cli" / "tagmem")
+    gen = hg.run_in_host(root, [tagmem, "vm-args", "--cxl", "--format", "json", T_NV])
+    assert gen.returncode == 0, gen.stderr
+    backing = dcdkit.backing_file(tmp_path / "nv-data.img", SIZE)
+    qemu_args = tagmemvm.with_backing_file(json.loads(gen.stdout)["qemu"], T_NV, backing)
+
+    files = dcdkit.DcdGuestFiles(backing, tmp_path / "qmp.sock", tmp_path / "ctl.sock")
+    machine = [*qemu_args, "-qmp", f"unix:{files.qmp},server=on,wait=off",
+               "-chardev", f"socket,id=ctl,path={files.ctl},server=on,wait=off",
+               "-serial", "chardev:ctl"]
+    initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", follow_scenario(), assets=assets,
+                                 product=product, tools=guest_tools)
+    argv = vmkit.qemu_argv(initrd, assets=assets, smp=2, env={"DCD_CLAIM": "daemon"},
+                           machine_args=machine)
+    argv = [str(paths.qemu), *[a for d in dcdkit.FIRMWARE_DIRS for a in ("-L", d)], *argv[1:]]
+    guest = vmkit.Guest(argv, "vm-cxl-follow", GUEST_TIMEOUT_S, tmp_path / "follow.log")
+
+    # The host side, in one synthetic host: its tagmemfs, then the follower.
+    mnt, pidfile = tmp_path / "host-mnt", tmp_path / "host-tagmemfs.pid"
+    mnt.mkdir()
+    script = (f"{build / 'fs' / 'tagmemfs'} -f --uevents none --no-cdi {mnt} "
+              f">{tmp_path / 'host-tagmemfs.log'} 2>&1 & echo $! >{pidfile}; "
+              f"for i in $(seq 100); do [ -S {mnt}.sock ] && break; sleep 0.1; done; "
+              f"exec {tagmem} vm-attach --follow --qmp {files.qmp} --mount-point {mnt} {T_NV}")
+    lines: list[str] = []
+    follower: dict[str, subprocess.Popen] = {}
+
+    def attach(_q):
+        def run():
+            p = subprocess.Popen(hg.host_argv(root, ["sh", "-c", script]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+            follower["p"] = p
+            threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+            deadline = time.monotonic() + 30
+            while not any("capacity offered" in ln for ln in lines):
+                assert time.monotonic() < deadline and p.poll() is None, "".join(lines)
+                time.sleep(0.1)
+        return run
+
+    def poison(_q):
+        def run():
+            sector = (NV_BASE + hg.NVDIMM_DATA_OFFSET + BAD_OFF - NV_BASE) // SECTOR
+            (root / "sys/bus/nd/devices/region1/badblocks").write_text(f"{sector} 8\n")
+            os.kill(int(pidfile.read_text()), signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while not any("forwarded" in ln for ln in lines):
+                assert time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.1)
+        return run
+
+    try:
+        dcdkit.serve(guest, files, {"attach": attach, "poison": poison}, GUEST_TIMEOUT_S)
+    finally:
+        res = guest.wait()
+        if "p" in follower:
+            os.killpg(follower["p"].pid, signal.SIGTERM)
+            follower["p"].wait(10)
+    print(res.console[-12000:])
+    print("host follower:", "".join(lines))
+    assert res.verdict == "PASS", res.tail()
+    assert any(f"DPA {BAD_OFF:#x}" in ln for ln in lines), lines
+    health = section_json(res, "meta-poisoned")["health"]
+    assert health["status"] == "degraded", health
+    assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(BAD_OFF, 4096)], health
