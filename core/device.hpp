@@ -88,6 +88,8 @@ struct HandoffEntry {
     // host's QEMU device id and the memdev's serial; no guest range.
     std::string cxl_device;
     std::optional<std::uint64_t> cxl_serial;
+    // The device's CDAT is the host's (vm-args --cdat-dir), not QEMU's own.
+    bool cxl_cdat_from_host = false;
 
     PhysRange range() const { return {guest_start, guest_start + size - 1}; }
     bool operator==(const HandoffEntry&) const = default;
@@ -145,9 +147,12 @@ struct DeviceNotes {
     std::vector<std::string> warnings;   // non-fatal oddities
     std::optional<HandoffEntry> handoff; // the hand-off entry naming this device
     std::string enable_error;            // why enabling it as devdax failed
+    // A vm-args --cxl tag's figures as the guest kernel read them from the
+    // device's CDAT (the host put its own there): shown before the item's.
+    Performance guest_cdat;
     bool empty() const {
         return !infoblock_uuid && namespace_name.empty() && warnings.empty() && !handoff &&
-               enable_error.empty();
+               enable_error.empty() && guest_cdat.empty();
     }
     bool operator==(const DeviceNotes&) const = default;
 };

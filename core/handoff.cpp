@@ -201,6 +201,11 @@ Result<HandoffEntry> read_cxl_entry(const json& j, std::size_t index) {
             return serial.error();
         e.cxl_serial = *serial;
     }
+    if (auto cdat = j.find("cdat_from_host"); cdat != j.end()) {
+        if (!cdat->is_boolean())
+            return bad(where + ": \"cdat_from_host\" must be true or false");
+        e.cxl_cdat_from_host = cdat->get<bool>();
+    }
     if (auto host = j.find("host"); host != j.end())
         if (auto ok = read_host(*host, e, where); !ok)
             return ok.error();

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "host_state.hpp"
 
+#include "cdat.hpp"
 #include "daxctl_scan.hpp"
 #include "host_os.hpp"
 #include "records.hpp"
@@ -147,17 +148,34 @@ void HostState::load_device(const DaxDevice& listed, std::set<Uuid>& touched,
     // tag itself; the item adds what the extent cannot: the host's name,
     // shareable flag and figures.
     if (!handoff && reading->probed.tag)
-        if (const HandoffEntry* c = handoff_.match_cxl(*reading->probed.tag))
+        if (const HandoffEntry* c = handoff_.match_cxl(*reading->probed.tag)) {
             reading->notes.handoff = *c;
+            // The host's figures as the guest kernel has them: the device's
+            // CDAT, when the host wrote it. A table that cannot be read
+            // leaves the item's figures, and says why.
+            if (c->cxl_cdat_from_host) {
+                auto cdat = dc_region_cdat_performance(os_, reading->probed.dev.region_path());
+                if (cdat && *cdat)
+                    reading->notes.guest_cdat = **cdat;
+                else if (!cdat)
+                    reading->notes.warnings.push_back(
+                        fmt::format("performance from the hand-off item, not the device's CDAT: {}",
+                                    cdat.error().message));
+            }
+        }
     ProbedDevice p = complete_probe(std::move(*reading), cache_);
     if (p.notes->handoff) {
-        // The host's performance data, value by value; the guest's own HMAT
+        // The host's performance data, value by value (the guest kernel's
+        // CDAT first, then the hand-off item); the guest's own HMAT
         // data (none for a soft-reserved node so far) fills the gaps.
         Performance merged = *p.performance;
         const Performance& host = p.notes->handoff->host_performance;
+        const Performance& cdat = p.notes->guest_cdat;
         for (auto field : {&Performance::read_latency_ns, &Performance::write_latency_ns,
                            &Performance::read_bandwidth_mbps, &Performance::write_bandwidth_mbps})
-            if (host.*field)
+            if (cdat.*field)
+                merged.*field = cdat.*field;
+            else if (host.*field)
                 merged.*field = host.*field;
         if (!merged.empty())
             p.performance = Shared(merged);

@@ -47,19 +47,21 @@ json device_json(const ProbedDevice& p, bool privileged) {
         put("write_bandwidth_mbps", p.performance->write_bandwidth_mbps);
         j["performance"] = std::move(perf);
         // Where each value came from: a VM guest's memory has the host's
-        // (the guest kernel shows no HMAT data for a soft-reserved node).
+        // (the guest kernel shows no HMAT data for a soft-reserved node), a
+        // vm-args --cxl tag the host's figures from its device's CDAT.
         json from = json::object();
-        auto src = [&](const char* key, const std::optional<std::uint64_t>& v,
-                       const std::optional<std::uint64_t>& host) {
-            if (v)
-                from[key] = host ? "host via fw_cfg" : "HMAT access0";
-        };
         const Performance none;
         const Performance& host = p.notes->handoff ? p.notes->handoff->host_performance : none;
-        src("read_latency_ns", p.performance->read_latency_ns, host.read_latency_ns);
-        src("write_latency_ns", p.performance->write_latency_ns, host.write_latency_ns);
-        src("read_bandwidth_mbps", p.performance->read_bandwidth_mbps, host.read_bandwidth_mbps);
-        src("write_bandwidth_mbps", p.performance->write_bandwidth_mbps, host.write_bandwidth_mbps);
+        const Performance& cdat = p.notes->guest_cdat;
+        for (auto [key, field] :
+             {std::pair{"read_latency_ns", &Performance::read_latency_ns},
+              std::pair{"write_latency_ns", &Performance::write_latency_ns},
+              std::pair{"read_bandwidth_mbps", &Performance::read_bandwidth_mbps},
+              std::pair{"write_bandwidth_mbps", &Performance::write_bandwidth_mbps}})
+            if ((*p.performance).*field)
+                from[key] = cdat.*field   ? "guest kernel (CDAT)"
+                            : host.*field ? "host via fw_cfg"
+                                          : "HMAT access0";
         j["performance_source"] = std::move(from);
     }
     if (const auto& h = p.notes->handoff) {

@@ -132,7 +132,7 @@ CxlPlanResult plan_cxl(const json& tags, const std::vector<Uuid>& wanted,
 
 std::string cxl_handoff_json(const CxlPlan& p) {
     json tags = json::array();
-    for (const auto& t : p.tags)
+    for (const auto& t : p.tags) {
         tags.push_back({{"tag", t.tag},
                         {"name", t.name},
                         {"shareable", t.shareable},
@@ -141,6 +141,11 @@ std::string cxl_handoff_json(const CxlPlan& p) {
                         {"serial", cxl_serial(t)},
                         {"region", 0},
                         {"host", t.host}});
+        // The guest may take the device's CDAT figures as the host's only
+        // when the host wrote them: QEMU's own table has invented ones.
+        if (!t.cdat_path.empty())
+            tags.back()["cdat_from_host"] = true;
+    }
     // "tags" stays empty: a guest's tagmem that reads only the boot-time
     // hand-off (version 1) finds no entry to match and ignores "cxl".
     return dump({{"format", "tagmem-handoff"},

@@ -63,6 +63,23 @@ def dcd():
     return paths, assets, product
 
 
+def start_guest(dcd, qemu_args: list[str], backing: Path, initrd: Path, workdir: Path,
+                name: str, env: dict[str, str] | None = None, smp: int = 2):
+    """One DCD guest on `tagmem vm-args --cxl`'s QEMU arguments (the tag's
+    mem-path already swapped for ``backing``), with its own QMP socket and
+    answer port: workdir/<name>-qmp.sock, <name>-ctl.sock, <name>.log."""
+    paths, assets, _ = dcd
+    files = dcdkit.DcdGuestFiles(backing, workdir / f"{name}-qmp.sock",
+                                 workdir / f"{name}-ctl.sock")
+    machine = [*qemu_args, "-qmp", f"unix:{files.qmp},server=on,wait=off",
+               "-chardev", f"socket,id=ctl,path={files.ctl},server=on,wait=off",
+               "-serial", "chardev:ctl"]
+    argv = vmkit.qemu_argv(initrd, assets=assets, smp=smp,
+                           env={"DCD_CLAIM": "daemon", **(env or {})}, machine_args=machine)
+    argv = [str(paths.qemu), *[a for d in dcdkit.FIRMWARE_DIRS for a in ("-L", d)], *argv[1:]]
+    return vmkit.Guest(argv, name, GUEST_TIMEOUT_S, workdir / f"{name}.log"), files
+
+
 class SyntheticHost:
     """The host: T and T_UNDECLARED as 256 MiB hmem devices on node 1 (with
     HMAT figures), named and made shareable by its tagmem.conf."""
@@ -108,6 +125,7 @@ tagmem wait {T} --timeout 120
 echo "TM-EVENT: tag ready uptime=$(tm_now)"
 tm_show {T}
 tm_section region-access sh -c 'for d in /sys/bus/cxl/devices/region*/access*; do echo "$d: $(ls $d)"; done'
+tm_section guest-cdat sh -c 'sha256sum /sys/bus/cxl/devices/endpoint*/CDAT'
 tm_section verify daxmap verify {d} {HOST_SEED} {PATTERN_LEN} {HOST_OFF}
 tm_section write daxmap write {d} {GUEST_SEED} {PATTERN_LEN} {GUEST_OFF}
 daxmap hold {d} 600 4096 >/tmp/hold.out 2>&1 &
@@ -129,7 +147,7 @@ tm_stop
 
 
 def test_vm_attach_detach(dcd, guest_tools, tmp_path):
-    paths, assets, product = dcd
+    _, assets, product = dcd
     host = SyntheticHost(tmp_path)
 
     t0 = time.monotonic()
@@ -149,16 +167,9 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     dcdkit.write_at(backing, HOST_OFF, vmkit.daxmap_pattern(HOST_SEED, PATTERN_LEN))
     qemu_args = tagmemvm.with_backing_file(generated["qemu"], T, backing)
 
-    files = dcdkit.DcdGuestFiles(backing, tmp_path / "qmp.sock", tmp_path / "ctl.sock")
-    machine = [*qemu_args, "-qmp", f"unix:{files.qmp},server=on,wait=off",
-               "-chardev", f"socket,id=ctl,path={files.ctl},server=on,wait=off",
-               "-serial", "chardev:ctl"]
     initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", scenario(), assets=assets,
                                  product=product, tools=guest_tools)
-    argv = vmkit.qemu_argv(initrd, assets=assets, smp=2, env={"DCD_CLAIM": "daemon"},
-                           machine_args=machine)
-    argv = [str(paths.qemu), *[a for d in dcdkit.FIRMWARE_DIRS for a in ("-L", d)], *argv[1:]]
-    guest = vmkit.Guest(argv, "vm-cxl", GUEST_TIMEOUT_S, tmp_path / "vm-cxl.log")
+    guest, files = start_guest(dcd, qemu_args, backing, initrd, tmp_path, "vm-cxl")
 
     sock = str(files.qmp)
     got: dict[str, subprocess.CompletedProcess] = {}
@@ -218,12 +229,15 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     assert meta["source"] == "dcd"
     dev = meta["devices"][0]
     print("guest device metadata:", json.dumps(dev, indent=1))
-    # The host's figures: in the device's CDAT and in the item; the guest
-    # kernel shows none of the CDAT's for a DC region (region access0/1 are
-    # empty), so the values are the item's, and say so.
-    assert dev["performance"] == PERF
-    assert set(dev["performance_source"].values()) == {"host via fw_cfg"}
+    # The host's figures: in the device's CDAT and in the item. The guest
+    # kernel computes no access coordinates for a DC region (region
+    # access0/1 are empty) but shows the raw table it read over DOE, the
+    # host's byte for byte; the guest's tagmem takes its figures from there.
     print("guest region access:", section(res, "region-access"))
+    import hashlib
+    assert hashlib.sha256(cdat.read_bytes()).hexdigest() in section(res, "guest-cdat")
+    assert dev["performance"] == PERF
+    assert set(dev["performance_source"].values()) == {"guest kernel (CDAT)"}
     assert dev["handoff"]["cxl_device"] == f"tagmem-{T}"
     assert "OK" in section(res, "verify"), section(res, "verify")
     with open(backing, "rb") as fh:
@@ -252,6 +266,104 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
           f"{attached:.2f} s; guest tagmemfs mounted at {up['tagmemfs mounted']:.1f} s uptime; "
           f"detach refused after {times['detach_mapped']:.1f} s; detach after unclaim "
           f"{times['detach']:.2f} s; tag gone {gone:.2f} s after")
+
+
+# --------------------------------------------------------------------------
+# one host tag in two running guests: a message through it, both detach
+# --------------------------------------------------------------------------
+
+ROUNDS = 50
+
+
+def two_guests_scenario() -> str:
+    """Each guest: ask for the tag, exchange messages with the other guest
+    through its data (daxmap pingpong: TM_ROLE ping or pong), give it back."""
+    return f"""
+dcd_start_answers
+tm_start
+dcd_ask attach
+tagmem wait {T} --timeout 120
+echo "TM-EVENT: tag ready uptime=$(tm_now)"
+tm_show {T}
+daxmap pingpong $TM_MNT/{T}/data "$TM_ROLE" {ROUNDS} 120
+tm_section unclaim tagmem unclaim {T}
+dcd_ask detach
+for i in $(seq 600); do [ -e "$TM_MNT/{T}" ] || break; sleep 0.1; done
+[ -e "$TM_MNT/{T}" ] && echo "TM-EVENT: tag still there" || echo "TM-EVENT: tag gone uptime=$(tm_now)"
+tm_stop
+"""
+
+
+def test_two_guests_share_an_attached_tag(dcd, guest_tools, tmp_path):
+    """Two guests started with the same `vm-args --cxl` arguments (one
+    backing file, share=on) each get the tag by vm-attach while running,
+    ping-pong through /run/tagmem/T/data, and are detached."""
+    import threading
+    _, assets, product = dcd
+    host = SyntheticHost(tmp_path)
+    gen = host.run("vm-args", "--cxl", "--format", "json", "--memory", "1G", T)
+    assert gen.returncode == 0, gen.stderr
+    backing = dcdkit.backing_file(tmp_path / "tag-data.img", SIZE)
+    qemu_args = tagmemvm.with_backing_file(json.loads(gen.stdout)["qemu"], T, backing)
+    initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", two_guests_scenario(), assets=assets,
+                                 product=product, tools=guest_tools)
+    guests, times, got, errors, threads = [], {}, {}, [], []
+    for name, role in (("guest-a", "ping"), ("guest-b", "pong")):
+        g, files = start_guest(dcd, qemu_args, backing, initrd, tmp_path, name,
+                               env={"TM_ROLE": role}, smp=1)
+        guests.append(g)
+
+        def cmd(verb, name=name, sock=str(files.qmp)):
+            def make(_q):
+                def run():
+                    t = time.monotonic()
+                    extra = ("--wait", "20") if verb == "vm-detach" else ()
+                    got[name, verb] = host.run(verb, "--qmp", sock, *extra, T)
+                    times[name, verb] = time.monotonic() - t
+                return run
+            return make
+
+        def serve(g=g, files=files, cmd=cmd):
+            try:
+                dcdkit.serve(g, files, {"attach": cmd("vm-attach"), "detach": cmd("vm-detach")},
+                             GUEST_TIMEOUT_S)
+            except Exception as exc:  # reported once both guests ended
+                errors.append(exc)
+                g.kill()
+        threads.append(threading.Thread(target=serve, daemon=True))
+        threads[-1].start()
+    results = tagmemvm.wait_all(guests)
+    for t in threads:
+        t.join(10)
+    for res in results:
+        print(res.console[-6000:])
+    if errors:
+        raise errors[0]
+    lines = []
+    for res, (name, role) in zip(results, (("guest-a", "ping"), ("guest-b", "pong"))):
+        assert res.oops is None, res.oops_summary
+        assert got[name, "vm-attach"].returncode == 0, got[name, "vm-attach"].stderr
+        meta = section_json(res, f"metadata-{T}")
+        assert (meta["state"], meta["size"], meta["name"], meta["source"]) == (
+            "ready", SIZE, NAME, "dcd"), meta
+        pp = tagmemvm.parse_pingpong(res)
+        assert pp.role == role and pp.rounds == ROUNDS, pp
+        want = ([f"pong #{k} <- ping #{k}" for k in range(1, ROUNDS + 1)] if role == "ping"
+                else [f"ping #{k}" for k in range(1, ROUNDS + 1)])
+        assert pp.messages == want
+        assert got[name, "vm-detach"].returncode == 0, got[name, "vm-detach"].stderr
+        assert "TM-EVENT: tag gone" in res.console, res.tail()
+        up = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r"^(?:TM-EVENT|DCD-EVENT): (.*?) uptime=([\d.]+)", res.console, re.M)}
+        attached = up["tag ready"] - up["host did 'attach'"]
+        gone = up["tag gone"] - up["host did 'detach'"]
+        lines.append(f"{name}: vm-attach command {times[name, 'vm-attach']:.2f} s, host answered "
+                     f"-> tag ready in the guest {attached:.2f} s; "
+                     f"{ROUNDS} round trips {pp.seconds:.2f} s (rtt median "
+                     f"{pp.rtt_us.get('median', float('nan')):.0f} us); vm-detach "
+                     f"{times[name, 'vm-detach']:.2f} s, tag gone "
+                     f"{gone:.2f} s after")
+    print("MEASURED two guests on one tag:\n  " + "\n  ".join(lines))
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +403,7 @@ def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
     import os
     import signal
     import threading
-    paths, assets, product = dcd
+    _, assets, product = dcd
     sys.path.insert(0, str(tagmemvm.REPO / "tests" / "synthetic"))
     import hostgen as hg
     h = hg.Host()
@@ -306,16 +418,9 @@ def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
     backing = dcdkit.backing_file(tmp_path / "nv-data.img", SIZE)
     qemu_args = tagmemvm.with_backing_file(json.loads(gen.stdout)["qemu"], T_NV, backing)
 
-    files = dcdkit.DcdGuestFiles(backing, tmp_path / "qmp.sock", tmp_path / "ctl.sock")
-    machine = [*qemu_args, "-qmp", f"unix:{files.qmp},server=on,wait=off",
-               "-chardev", f"socket,id=ctl,path={files.ctl},server=on,wait=off",
-               "-serial", "chardev:ctl"]
     initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", follow_scenario(), assets=assets,
                                  product=product, tools=guest_tools)
-    argv = vmkit.qemu_argv(initrd, assets=assets, smp=2, env={"DCD_CLAIM": "daemon"},
-                           machine_args=machine)
-    argv = [str(paths.qemu), *[a for d in dcdkit.FIRMWARE_DIRS for a in ("-L", d)], *argv[1:]]
-    guest = vmkit.Guest(argv, "vm-cxl-follow", GUEST_TIMEOUT_S, tmp_path / "follow.log")
+    guest, files = start_guest(dcd, qemu_args, backing, initrd, tmp_path, "vm-cxl-follow")
 
     # The host side, in one synthetic host: its tagmemfs, then the follower.
     mnt, pidfile = tmp_path / "host-mnt", tmp_path / "host-tagmemfs.pid"

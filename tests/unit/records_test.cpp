@@ -672,7 +672,7 @@ TEST_F(Records, JsonReasonOnlyWhenNotReady) {
 TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
     ProbedDevice nv = device(0, 0, U(kA), TagSource::nvdimm);
     nv.extents = {Extent{{0, 0}, 0, 0x1000, U(kA)}}; // must not be shown
-    nv.notes = Shared(DeviceNotes{U(kC), "namespace0.0", {}, {}, {}});
+    nv.notes = Shared(DeviceNotes{U(kC), "namespace0.0", {}, {}, {}, {}});
     ProbedDevice cfg = device(1, 0, U(kB), TagSource::config);
     ProbedDevice empty_dcd = dcd(2, 0, kC);
     json jn = tag_to_json(record_of({nv}, empty, os), true)["devices"][0];
@@ -699,7 +699,7 @@ TEST_F(Records, JsonExtentsOnlyForDcdDevices) {
 TEST_F(Records, JsonPerformanceAndWarningsOnlyWhenPresent) {
     ProbedDevice d = dcd(0, 0, kA);
     d.performance = Shared(Performance{250, std::nullopt, std::nullopt, 9000});
-    d.notes = Shared(DeviceNotes{std::nullopt, "", {"extents unreadable: x"}, {}, {}});
+    d.notes = Shared(DeviceNotes{std::nullopt, "", {"extents unreadable: x"}, {}, {}, {}});
     json with = tag_to_json(record_of({d}, empty, os), true)["devices"][0];
     ASSERT_TRUE(with.contains("performance"));
     EXPECT_EQ(with["performance"],

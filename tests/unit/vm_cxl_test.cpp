@@ -105,7 +105,17 @@ TEST(VmCxl, TheItemIsReadByTheGuestAndIgnoredByVersion1Matching) {
     EXPECT_EQ(e->cxl_device, "tagmem-" + tag_n(1).str());
     EXPECT_EQ(e->cxl_serial, cxl_serial(p.tags[0]));
     EXPECT_EQ(e->host_performance.read_latency_ns, 350u);
+    EXPECT_FALSE(e->cxl_cdat_from_host); // QEMU's own CDAT: its figures are not the host's
     EXPECT_EQ(h->match_cxl(tag_n(2)), nullptr);
+    // With the host's CDAT (--cdat-dir) the item says so.
+    CxlPlan with_cdat = p;
+    with_cdat.tags[0].cdat_path = "/var/lib/vm1/x.cdat";
+    auto hc = parse_handoff(cxl_handoff_json(with_cdat));
+    ASSERT_TRUE(hc) << hc.error().message;
+    EXPECT_TRUE(hc->match_cxl(tag_n(1))->cxl_cdat_from_host);
+    auto j = json::parse(cxl_handoff_json(with_cdat));
+    j["cxl"]["tags"][0]["cdat_from_host"] = "yes";
+    EXPECT_FALSE(parse_handoff(j.dump()));
     // On the command line, QEMU's commas doubled.
     const auto a = cxl_qemu_args(p);
     EXPECT_THAT(a.back(), HasSubstr("name=opt/org.tagmem/tags,string={\"cxl\":{"));
