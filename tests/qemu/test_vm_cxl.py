@@ -37,7 +37,10 @@ MiB = vmkit.MiB
 T = "c1c1c1c1-0018-4000-8000-0000000000c1"
 T_UNDECLARED = "c2c2c2c2-0018-4000-8000-0000000000c2"  # on the host, not given at boot
 T_UNKNOWN = "c3c3c3c3-0018-4000-8000-0000000000c3"  # on no host
+T2 = "c5c5c5c5-0018-4000-8000-0000000000c5"  # a second tag given to the same guest
 SIZE = 256 * MiB  # the guest's CXL decoders map 256 MiB blocks
+SIZE2 = 512 * MiB
+HOST2_SEED = 0x5eed2518  # T2's pattern, at HOST_OFF of its own data
 NAME = "vm-cxl-db"
 PERF = tagmemvm.HANDOFF_PERF
 HOST_SEED, HOST_OFF = 0x5eed18, 0x100008  # the host's pattern, read by the guest
@@ -93,11 +96,12 @@ class SyntheticHost:
                read_bandwidth=PERF["read_bandwidth_mbps"],
                write_bandwidth=PERF["write_bandwidth_mbps"])
         sections = {}
-        for i, tag in enumerate((T, T_UNDECLARED)):
-            base = 0x1040000000 + i * SIZE
-            h.hmem(region_id=i, base=base, size=SIZE, target_node=1)
-            sections[tag] = {"name": NAME if tag == T else "other", "shareable": "yes",
-                             "match-range": f"{base:#x}-{base + SIZE - 1:#x}"}
+        base = 0x1040000000
+        for i, (tag, size) in enumerate(((T, SIZE), (T_UNDECLARED, SIZE), (T2, SIZE2))):
+            h.hmem(region_id=i, base=base, size=size, target_node=1)
+            sections[tag] = {"name": NAME if tag == T else f"other{i}", "shareable": "yes",
+                             "match-range": f"{base:#x}-{base + size - 1:#x}"}
+            base += size
         self.root = workdir / "cxl-host"
         h.write(self.root)
         self.conf = workdir / "cxl-host.conf"
@@ -123,7 +127,16 @@ tm_section list-before tagmem list
 dcd_ask attach
 tagmem wait {T} --timeout 120
 echo "TM-EVENT: tag ready uptime=$(tm_now)"
-tm_show {T}
+tagmem wait {T2} --timeout 120
+tm_show {T} {T2}
+# Two tags in one guest: each data is its own host file at the same offset;
+# T2 detached (after unclaim) leaves T.
+tm_section verify-t2 daxmap verify $TM_MNT/{T2}/data {HOST2_SEED} {PATTERN_LEN} {HOST_OFF}
+tm_section unclaim-t2 tagmem unclaim {T2}
+dcd_ask detach-t2
+for i in $(seq 600); do [ -e "$TM_MNT/{T2}" ] || break; sleep 0.1; done
+[ -e "$TM_MNT/{T2}" ] && echo "TM-EVENT: t2 still there" || echo "TM-EVENT: t2 gone uptime=$(tm_now)"
+tm_section ls-after-t2 ls "$TM_MNT"
 tm_section region-access sh -c 'for d in /sys/bus/cxl/devices/region*/access*; do echo "$d: $(ls $d)"; done'
 tm_section guest-cdat sh -c 'sha256sum /sys/bus/cxl/devices/endpoint*/CDAT'
 tm_section verify daxmap verify {d} {HOST_SEED} {PATTERN_LEN} {HOST_OFF}
@@ -152,7 +165,7 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
 
     t0 = time.monotonic()
     gen = host.run("vm-args", "--cxl", "--format", "json", "--memory", "1G",
-                   "--cdat-dir", str(tmp_path), T)
+                   "--cdat-dir", str(tmp_path), T, T2)
     assert gen.returncode == 0, gen.stderr
     vm_args_s = time.monotonic() - t0
     generated = json.loads(gen.stdout)
@@ -166,6 +179,9 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     backing = dcdkit.backing_file(tmp_path / "tag-data.img", SIZE)
     dcdkit.write_at(backing, HOST_OFF, vmkit.daxmap_pattern(HOST_SEED, PATTERN_LEN))
     qemu_args = tagmemvm.with_backing_file(generated["qemu"], T, backing)
+    backing2 = dcdkit.backing_file(tmp_path / "tag2-data.img", SIZE2)
+    dcdkit.write_at(backing2, HOST_OFF, vmkit.daxmap_pattern(HOST2_SEED, PATTERN_LEN))
+    qemu_args = tagmemvm.with_backing_file(qemu_args, T2, backing2)
 
     initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", scenario(), assets=assets,
                                  product=product, tools=guest_tools)
@@ -184,6 +200,16 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
             t = time.monotonic()
             got["attach"] = host.run("vm-attach", "--qmp", sock, T)
             times["attach_cmd"] = time.monotonic() - t
+            t = time.monotonic()
+            got["attach_t2"] = host.run("vm-attach", "--qmp", sock, T2)
+            times["attach_t2"] = time.monotonic() - t
+        return run
+
+    def detach_t2(_q):
+        def run():
+            t = time.monotonic()
+            got["detach_t2"] = host.run("vm-detach", "--qmp", sock, "--wait", "20", T2)
+            times["detach_t2"] = time.monotonic() - t
         return run
 
     def detach(key, wait):
@@ -203,7 +229,8 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     try:
         dcdkit.serve(guest, files, {"attach": attach,
                                     "detach-while-mapped": detach("detach_mapped", 3),
-                                    "detach": detach("detach", 20), "after": after},
+                                    "detach": detach("detach", 20), "after": after,
+                                    "detach-t2": detach_t2},
                      GUEST_TIMEOUT_S)
     finally:
         res = guest.wait()
@@ -219,6 +246,7 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     assert "given at boot" in got["undeclared"].stderr
     assert got["detach_unattached"].returncode == EXIT["not_attached"]
     assert got["attach"].returncode == 0, got["attach"].stderr
+    assert got["attach_t2"].returncode == 0, got["attach_t2"].stderr
 
     # The guest made the DC region itself (no dcd_make_region here).
     assert "dax_region" in section(res, "dc-regions"), section(res, "dc-regions")
@@ -243,6 +271,15 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     with open(backing, "rb") as fh:
         fh.seek(GUEST_OFF)
         assert fh.read(PATTERN_LEN) == vmkit.daxmap_pattern(GUEST_SEED, PATTERN_LEN)
+    # The second tag: its own size and bytes at the same offset; its detach
+    # left T in the mount (T was read and written after it).
+    meta2 = section_json(res, f"metadata-{T2}")
+    assert (meta2["state"], meta2["size"], meta2["source"]) == ("ready", SIZE2, "dcd"), meta2
+    assert meta2["devices"][0]["handoff"]["cxl_device"] == f"tagmem-{T2}"
+    assert "OK" in section(res, "verify-t2"), section(res, "verify-t2")
+    assert got["detach_t2"].returncode == 0, got["detach_t2"].stderr
+    assert "TM-EVENT: t2 gone" in res.console
+    assert T in section(res, "ls-after-t2") and T2 not in section(res, "ls-after-t2")
 
     # Detach while the guest holds the tag: refused (19), and unclaim in the
     # guest refuses too while mapped; after unclaim the detach goes through.
@@ -261,11 +298,14 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
           re.finditer(r"^(?:TM-EVENT|DCD-EVENT|DCD-ASK): (.*?) uptime=([\d.]+)", res.console, re.M)}
     attached = up["tag ready"] - up["host did 'attach'"]
     gone = up["tag gone"] - up["host did 'detach'"]
+    gone2 = up["t2 gone"] - up["host did 'detach-t2'"]
     print(f"MEASURED vm-args --cxl {vm_args_s:.2f} s; vm-attach command "
           f"{times['attach_cmd']:.2f} s; host answered 'attach' -> tag ready in the guest "
           f"{attached:.2f} s; guest tagmemfs mounted at {up['tagmemfs mounted']:.1f} s uptime; "
           f"detach refused after {times['detach_mapped']:.1f} s; detach after unclaim "
-          f"{times['detach']:.2f} s; tag gone {gone:.2f} s after")
+          f"{times['detach']:.2f} s; tag gone {gone:.2f} s after; second tag: vm-attach "
+          f"{times['attach_t2']:.2f} s, vm-detach {times['detach_t2']:.2f} s, gone "
+          f"{gone2:.2f} s after")
 
 
 # --------------------------------------------------------------------------
@@ -391,6 +431,15 @@ kill -HUP $TM_PID
 tm_section degraded tagmem wait --degraded {T_NV} --timeout 60
 echo "TM-EVENT: tag degraded uptime=$(tm_now)"
 tm_section meta-poisoned cat "$TM_MNT/{T_NV}/metadata"
+# The tag leaves the host: the follower asks for it back; the guest's
+# tagmemfs holds it (claimed), so the kernel defers and the guest is told.
+dcd_ask vanish
+tm_section release-requested tagmem wait --release-requested {T_NV} --timeout 60
+tm_section meta-asked-back cat "$TM_MNT/{T_NV}/metadata"
+tm_section unclaim tagmem unclaim {T_NV}
+dcd_ask detach
+for i in $(seq 600); do [ -e "$TM_MNT/{T_NV}" ] || break; sleep 0.1; done
+[ -e "$TM_MNT/{T_NV}" ] && echo "TM-EVENT: tag still there" || echo "TM-EVENT: tag gone uptime=$(tm_now)"
 tm_stop
 """
 
@@ -456,8 +505,24 @@ def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
                 time.sleep(0.1)
         return run
 
+    def vanish(_q):
+        def run():
+            # The namespace takes another UUID: tag T_NV is gone from the host.
+            (root / "sys/bus/nd/devices/namespace1.0/uuid").write_text(
+                "0badc0de-0018-4000-8000-0000000000aa\n")
+            os.kill(int(pidfile.read_text()), signal.SIGHUP)
+            follower["p"].wait(30)
+        return run
+
+    def detach(_q):
+        def run():
+            follower["detach"] = hg.run_in_host(root, [tagmem, "vm-detach", "--qmp",
+                                                       str(files.qmp), "--wait", "20", T_NV])
+        return run
+
     try:
-        dcdkit.serve(guest, files, {"attach": attach, "poison": poison}, GUEST_TIMEOUT_S)
+        dcdkit.serve(guest, files, {"attach": attach, "poison": poison, "vanish": vanish,
+                                    "detach": detach}, GUEST_TIMEOUT_S)
     finally:
         res = guest.wait()
         if "p" in follower:
@@ -470,3 +535,12 @@ def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
     health = section_json(res, "meta-poisoned")["health"]
     assert health["status"] == "degraded", health
     assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(BAD_OFF, 4096)], health
+    # The tag that left the host was asked back: the follower released it
+    # and exited 0; the guest, holding it, was told (release_requested), let
+    # go, and the next release took it out of its mount.
+    assert follower["p"].returncode == 0, "".join(lines)
+    assert any("left the host; the guest was asked" in ln for ln in lines), lines
+    assert '"event":"release-requested"' in section(res, "release-requested")
+    assert "release_requested" in section_json(res, "meta-asked-back")
+    assert follower["detach"].returncode == 0, follower["detach"].stderr
+    assert "TM-EVENT: tag gone" in res.console
