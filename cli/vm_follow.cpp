@@ -56,15 +56,36 @@ int follow_attached(const QueryOptions& query, const FollowTarget& t) {
     const std::string want = t.tag.str();
     Forwarder fwd(t);
     bool gone = false;
+    std::string unusable; // empty: the tag was removed
     for (;;) {
         // A new connection starts with a snapshot: a tag degraded meanwhile
         // shows in its exists line, and its ranges are asked for.
+        bool seen = false; // in this connection's snapshot
         auto ended = watch_stream(socket, [&](const json& j) {
             const std::string event = j.value("event", "");
             if (event == "overflow")
                 return false; // reconnect: the snapshot tells where things stand
+            if (event == "snapshot-end" && !seen) {
+                // Not in the snapshot: gone while no stream was open, or a
+                // tag this user may not open (never mentioned); show tells.
+                auto shown = ask_daemon(socket, {{"op", "show"}, {"tag", want}}, 10);
+                if (shown && shown->value("code", "") == "unknown-tag") {
+                    gone = true;
+                    return false;
+                }
+                return true;
+            }
             if (j.value("tag", "") != want)
                 return true;
+            seen = true;
+            if ((event == "changed" || event == "exists") && j.value("state", "") != "ready") {
+                // Still listed but no longer usable (conflict, disabled,
+                // system-ram, offered): vm-attach would refuse it now, and
+                // the guest must not keep memory whose owner is in doubt.
+                unusable = j.value("state", "");
+                gone = true;
+                return false;
+            }
             if (event == "exists" && j.value("health", "ok") != "ok") {
                 auto shown = ask_daemon(socket, {{"op", "show"}, {"tag", want}}, 10);
                 if (shown)
@@ -90,23 +111,26 @@ int follow_attached(const QueryOptions& query, const FollowTarget& t) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    // The host no longer has the tag: the guest must not keep using memory
-    // that may be someone else's now. One request; a guest that holds the
-    // capacity refuses it until its users let go (vm-detach asks again).
+    // The host no longer has the tag (or no longer a usable one): the guest
+    // must not keep using memory that may be someone else's now. One
+    // request; a guest that holds the capacity refuses it until its users
+    // let go (vm-detach asks again).
+    const std::string why =
+        unusable.empty() ? "left the host" : fmt::format("is {} on the host", unusable);
     auto r = qmp_execute(t.qmp, vm::qmp_release_capacity(t.device_id, want, t.size));
     if (!r && r.error().code == kQmpErrorReply &&
         r.error().message.find("non-existing") != std::string::npos) {
-        fmt::print("tag {}: left the host; the guest holds none of it (detached already)\n", want);
+        fmt::print("tag {}: {}; the guest holds none of it (detached already)\n", want, why);
         return kExitOk;
     }
     if (!r) {
-        fmt::print(stderr, "tagmem: tag {} left the host; asking the guest to give it back: {}\n",
-                   want, r.error().message);
+        fmt::print(stderr, "tagmem: tag {} {}; asking the guest to give it back: {}\n", want, why,
+                   r.error().message);
         return kExitNoQmp;
     }
-    fmt::print("tag {}: left the host; the guest was asked to give it back (vm-detach tells "
-               "whether it did)\n",
-               want);
+    fmt::print("tag {}: {}; the guest was asked to give it back (vm-detach tells whether it "
+               "did)\n",
+               want, why);
     return kExitOk;
 }
 

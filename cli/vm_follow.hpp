@@ -20,6 +20,7 @@ struct FollowTarget {
 };
 
 // Follows the host tagmemfs's watch stream until the tag leaves the host
+// or is no longer ready there (conflict, disabled, system-ram, offered)
 // (then releases it from the guest and returns 0) or tagmemfs cannot be
 // reached (1). Each bad range of a `health` line (and of a tag already
 // degraded when following starts) is injected once as poison on the

@@ -212,3 +212,28 @@ def test_follow_forwards_errors_and_releases_a_tag_that_leaves(host, tmp_path):
     assert rel["arguments"]["tag"] == hg.TAG_NV1
     assert rel["arguments"]["extents"] == [{"offset": 0, "len": size}]
     assert f"DPA {offset:#x}" in out and "left the host" in out, out
+
+
+def test_follow_releases_a_tag_that_is_no_longer_usable(host):
+    """A tag still on the host but in conflict (another namespace now
+    carries its UUID) is asked back from the guest like one that left."""
+    h, d, q, size = host
+    p = subprocess.Popen([str(TAGMEM), "vm-attach", "--follow", "--qmp", str(q.path),
+                          "--mount-point", str(d.mount_point), hg.TAG_NV1],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: q.named("cxl-add-dynamic-capacity"), timeout=10, what="the add")
+        time.sleep(0.5)  # its watch stream is up
+        q.release = ["ok"]
+        (h.sys / "bus/nd/devices/namespace1.0/uuid").write_text(hg.TAG_NV1 + "\n")
+        d.rescan()
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert metadata(d.mount_point, hg.TAG_NV1)["state"] == "conflict"
+    assert p.returncode == 0, err
+    [rel] = q.named("cxl-release-dynamic-capacity")
+    assert rel["arguments"]["tag"] == hg.TAG_NV1
+    assert rel["arguments"]["extents"] == [{"offset": 0, "len": size}]
+    assert f"tag {hg.TAG_NV1}: is conflict on the host; the guest was asked" in out, out

@@ -37,7 +37,10 @@ MiB = vmkit.MiB
 T = "c1c1c1c1-0018-4000-8000-0000000000c1"
 T_UNDECLARED = "c2c2c2c2-0018-4000-8000-0000000000c2"  # on the host, not given at boot
 T_UNKNOWN = "c3c3c3c3-0018-4000-8000-0000000000c3"  # on no host
+T2 = "c5c5c5c5-0018-4000-8000-0000000000c5"  # a second tag given to the same guest
 SIZE = 256 * MiB  # the guest's CXL decoders map 256 MiB blocks
+SIZE2 = 512 * MiB
+HOST2_SEED = 0x5eed2518  # T2's pattern, at HOST_OFF of its own data
 NAME = "vm-cxl-db"
 PERF = tagmemvm.HANDOFF_PERF
 HOST_SEED, HOST_OFF = 0x5eed18, 0x100008  # the host's pattern, read by the guest
@@ -93,11 +96,12 @@ class SyntheticHost:
                read_bandwidth=PERF["read_bandwidth_mbps"],
                write_bandwidth=PERF["write_bandwidth_mbps"])
         sections = {}
-        for i, tag in enumerate((T, T_UNDECLARED)):
-            base = 0x1040000000 + i * SIZE
-            h.hmem(region_id=i, base=base, size=SIZE, target_node=1)
-            sections[tag] = {"name": NAME if tag == T else "other", "shareable": "yes",
-                             "match-range": f"{base:#x}-{base + SIZE - 1:#x}"}
+        base = 0x1040000000
+        for i, (tag, size) in enumerate(((T, SIZE), (T_UNDECLARED, SIZE), (T2, SIZE2))):
+            h.hmem(region_id=i, base=base, size=size, target_node=1)
+            sections[tag] = {"name": NAME if tag == T else f"other{i}", "shareable": "yes",
+                             "match-range": f"{base:#x}-{base + size - 1:#x}"}
+            base += size
         self.root = workdir / "cxl-host"
         h.write(self.root)
         self.conf = workdir / "cxl-host.conf"
@@ -123,7 +127,16 @@ tm_section list-before tagmem list
 dcd_ask attach
 tagmem wait {T} --timeout 120
 echo "TM-EVENT: tag ready uptime=$(tm_now)"
-tm_show {T}
+tagmem wait {T2} --timeout 120
+tm_show {T} {T2}
+# Two tags in one guest: each data is its own host file at the same offset;
+# T2 detached (after unclaim) leaves T.
+tm_section verify-t2 daxmap verify $TM_MNT/{T2}/data {HOST2_SEED} {PATTERN_LEN} {HOST_OFF}
+tm_section unclaim-t2 tagmem unclaim {T2}
+dcd_ask detach-t2
+for i in $(seq 600); do [ -e "$TM_MNT/{T2}" ] || break; sleep 0.1; done
+[ -e "$TM_MNT/{T2}" ] && echo "TM-EVENT: t2 still there" || echo "TM-EVENT: t2 gone uptime=$(tm_now)"
+tm_section ls-after-t2 ls "$TM_MNT"
 tm_section region-access sh -c 'for d in /sys/bus/cxl/devices/region*/access*; do echo "$d: $(ls $d)"; done'
 tm_section guest-cdat sh -c 'sha256sum /sys/bus/cxl/devices/endpoint*/CDAT'
 tm_section verify daxmap verify {d} {HOST_SEED} {PATTERN_LEN} {HOST_OFF}
@@ -152,7 +165,7 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
 
     t0 = time.monotonic()
     gen = host.run("vm-args", "--cxl", "--format", "json", "--memory", "1G",
-                   "--cdat-dir", str(tmp_path), T)
+                   "--cdat-dir", str(tmp_path), T, T2)
     assert gen.returncode == 0, gen.stderr
     vm_args_s = time.monotonic() - t0
     generated = json.loads(gen.stdout)
@@ -166,6 +179,9 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     backing = dcdkit.backing_file(tmp_path / "tag-data.img", SIZE)
     dcdkit.write_at(backing, HOST_OFF, vmkit.daxmap_pattern(HOST_SEED, PATTERN_LEN))
     qemu_args = tagmemvm.with_backing_file(generated["qemu"], T, backing)
+    backing2 = dcdkit.backing_file(tmp_path / "tag2-data.img", SIZE2)
+    dcdkit.write_at(backing2, HOST_OFF, vmkit.daxmap_pattern(HOST2_SEED, PATTERN_LEN))
+    qemu_args = tagmemvm.with_backing_file(qemu_args, T2, backing2)
 
     initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", scenario(), assets=assets,
                                  product=product, tools=guest_tools)
@@ -184,6 +200,16 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
             t = time.monotonic()
             got["attach"] = host.run("vm-attach", "--qmp", sock, T)
             times["attach_cmd"] = time.monotonic() - t
+            t = time.monotonic()
+            got["attach_t2"] = host.run("vm-attach", "--qmp", sock, T2)
+            times["attach_t2"] = time.monotonic() - t
+        return run
+
+    def detach_t2(_q):
+        def run():
+            t = time.monotonic()
+            got["detach_t2"] = host.run("vm-detach", "--qmp", sock, "--wait", "20", T2)
+            times["detach_t2"] = time.monotonic() - t
         return run
 
     def detach(key, wait):
@@ -203,7 +229,8 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     try:
         dcdkit.serve(guest, files, {"attach": attach,
                                     "detach-while-mapped": detach("detach_mapped", 3),
-                                    "detach": detach("detach", 20), "after": after},
+                                    "detach": detach("detach", 20), "after": after,
+                                    "detach-t2": detach_t2},
                      GUEST_TIMEOUT_S)
     finally:
         res = guest.wait()
@@ -219,6 +246,7 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     assert "given at boot" in got["undeclared"].stderr
     assert got["detach_unattached"].returncode == EXIT["not_attached"]
     assert got["attach"].returncode == 0, got["attach"].stderr
+    assert got["attach_t2"].returncode == 0, got["attach_t2"].stderr
 
     # The guest made the DC region itself (no dcd_make_region here).
     assert "dax_region" in section(res, "dc-regions"), section(res, "dc-regions")
@@ -243,6 +271,15 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
     with open(backing, "rb") as fh:
         fh.seek(GUEST_OFF)
         assert fh.read(PATTERN_LEN) == vmkit.daxmap_pattern(GUEST_SEED, PATTERN_LEN)
+    # The second tag: its own size and bytes at the same offset; its detach
+    # left T in the mount (T was read and written after it).
+    meta2 = section_json(res, f"metadata-{T2}")
+    assert (meta2["state"], meta2["size"], meta2["source"]) == ("ready", SIZE2, "dcd"), meta2
+    assert meta2["devices"][0]["handoff"]["cxl_device"] == f"tagmem-{T2}"
+    assert "OK" in section(res, "verify-t2"), section(res, "verify-t2")
+    assert got["detach_t2"].returncode == 0, got["detach_t2"].stderr
+    assert "TM-EVENT: t2 gone" in res.console
+    assert T in section(res, "ls-after-t2") and T2 not in section(res, "ls-after-t2")
 
     # Detach while the guest holds the tag: refused (19), and unclaim in the
     # guest refuses too while mapped; after unclaim the detach goes through.
@@ -261,11 +298,14 @@ def test_vm_attach_detach(dcd, guest_tools, tmp_path):
           re.finditer(r"^(?:TM-EVENT|DCD-EVENT|DCD-ASK): (.*?) uptime=([\d.]+)", res.console, re.M)}
     attached = up["tag ready"] - up["host did 'attach'"]
     gone = up["tag gone"] - up["host did 'detach'"]
+    gone2 = up["t2 gone"] - up["host did 'detach-t2'"]
     print(f"MEASURED vm-args --cxl {vm_args_s:.2f} s; vm-attach command "
           f"{times['attach_cmd']:.2f} s; host answered 'attach' -> tag ready in the guest "
           f"{attached:.2f} s; guest tagmemfs mounted at {up['tagmemfs mounted']:.1f} s uptime; "
           f"detach refused after {times['detach_mapped']:.1f} s; detach after unclaim "
-          f"{times['detach']:.2f} s; tag gone {gone:.2f} s after")
+          f"{times['detach']:.2f} s; tag gone {gone:.2f} s after; second tag: vm-attach "
+          f"{times['attach_t2']:.2f} s, vm-detach {times['detach_t2']:.2f} s, gone "
+          f"{gone2:.2f} s after")
 
 
 # --------------------------------------------------------------------------
@@ -364,109 +404,3 @@ def test_two_guests_share_an_attached_tag(dcd, guest_tools, tmp_path):
                      f"{times[name, 'vm-detach']:.2f} s, tag gone "
                      f"{gone:.2f} s after")
     print("MEASURED two guests on one tag:\n  " + "\n  ".join(lines))
-
-
-# --------------------------------------------------------------------------
-# vm-attach --follow: a host memory error reaches the guest at its offset
-# --------------------------------------------------------------------------
-
-T_NV = "c4c4c4c4-0018-4000-8000-0000000000c4"
-NV_BASE = 0x20_0000_0000
-BAD_OFF = 0x1340000  # into the tag's data: 19 MiB + 256 KiB
-SECTOR = 512
-
-
-def follow_scenario() -> str:
-    return f"""
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
-dcd_start_answers
-tm_start
-dcd_ask attach
-tagmem wait {T_NV} --timeout 120
-echo "TM-EVENT: tag ready uptime=$(tm_now)"
-dcd_ask poison
-# An injected error raises no event in the guest: its poison list is read
-# at SIGHUP (docs/dcd.md).
-kill -HUP $TM_PID
-tm_section degraded tagmem wait --degraded {T_NV} --timeout 60
-echo "TM-EVENT: tag degraded uptime=$(tm_now)"
-tm_section meta-poisoned cat "$TM_MNT/{T_NV}/metadata"
-tm_stop
-"""
-
-
-def test_vm_attach_follow_forwards_a_host_error(dcd, guest_tools, tmp_path):
-    """The host's tagmemfs (on a synthetic host whose NVDIMM namespace is the
-    tag) learns of a bad range from its region's badblocks; vm-attach
-    --follow forwards it as poison; the guest's tagmem shows it at the same
-    offset of the tag's data."""
-    import os
-    import signal
-    import threading
-    _, assets, product = dcd
-    sys.path.insert(0, str(tagmemvm.REPO / "tests" / "synthetic"))
-    import hostgen as hg
-    h = hg.Host()
-    region = h.nvdimm_region(1, NV_BASE, SIZE + hg.NVDIMM_DATA_OFFSET, target_node=1)
-    region.namespace(0, T_NV, size=SIZE + hg.NVDIMM_DATA_OFFSET)
-    root = tmp_path / "nv-host"
-    h.write(root)
-    build = tagmemvm.build_dir()
-    tagmem = str(build / "cli" / "tagmem")
-    gen = hg.run_in_host(root, [tagmem, "vm-args", "--cxl", "--format", "json", T_NV])
-    assert gen.returncode == 0, gen.stderr
-    backing = dcdkit.backing_file(tmp_path / "nv-data.img", SIZE)
-    qemu_args = tagmemvm.with_backing_file(json.loads(gen.stdout)["qemu"], T_NV, backing)
-
-    initrd = dcdkit.build_initrd(tmp_path / "initrd.gz", follow_scenario(), assets=assets,
-                                 product=product, tools=guest_tools)
-    guest, files = start_guest(dcd, qemu_args, backing, initrd, tmp_path, "vm-cxl-follow")
-
-    # The host side, in one synthetic host: its tagmemfs, then the follower.
-    mnt, pidfile = tmp_path / "host-mnt", tmp_path / "host-tagmemfs.pid"
-    mnt.mkdir()
-    script = (f"{build / 'fs' / 'tagmemfs'} -f --uevents none --no-cdi {mnt} "
-              f">{tmp_path / 'host-tagmemfs.log'} 2>&1 & echo $! >{pidfile}; "
-              f"for i in $(seq 100); do [ -S {mnt}.sock ] && break; sleep 0.1; done; "
-              f"exec {tagmem} vm-attach --follow --qmp {files.qmp} --mount-point {mnt} {T_NV}")
-    lines: list[str] = []
-    follower: dict[str, subprocess.Popen] = {}
-
-    def attach(_q):
-        def run():
-            p = subprocess.Popen(hg.host_argv(root, ["sh", "-c", script]),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 start_new_session=True)
-            follower["p"] = p
-            threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
-            deadline = time.monotonic() + 30
-            while not any("capacity offered" in ln for ln in lines):
-                assert time.monotonic() < deadline and p.poll() is None, "".join(lines)
-                time.sleep(0.1)
-        return run
-
-    def poison(_q):
-        def run():
-            sector = (NV_BASE + hg.NVDIMM_DATA_OFFSET + BAD_OFF - NV_BASE) // SECTOR
-            (root / "sys/bus/nd/devices/region1/badblocks").write_text(f"{sector} 8\n")
-            os.kill(int(pidfile.read_text()), signal.SIGHUP)
-            deadline = time.monotonic() + 30
-            while not any("forwarded" in ln for ln in lines):
-                assert time.monotonic() < deadline, "".join(lines)
-                time.sleep(0.1)
-        return run
-
-    try:
-        dcdkit.serve(guest, files, {"attach": attach, "poison": poison}, GUEST_TIMEOUT_S)
-    finally:
-        res = guest.wait()
-        if "p" in follower:
-            os.killpg(follower["p"].pid, signal.SIGTERM)
-            follower["p"].wait(10)
-    print(res.console[-12000:])
-    print("host follower:", "".join(lines))
-    assert res.verdict == "PASS", res.tail()
-    assert any(f"DPA {BAD_OFF:#x}" in ln for ln in lines), lines
-    health = section_json(res, "meta-poisoned")["health"]
-    assert health["status"] == "degraded", health
-    assert [(b["offset"], b["length"]) for b in health["bad_ranges"]] == [(BAD_OFF, 4096)], health
