@@ -59,18 +59,12 @@ CxlPlanResult plan_cxl(const json& tags, const std::vector<Uuid>& wanted,
                fmt::format("{} tags asked for; --cxl gives a guest at most {} (one CXL device and "
                            "root port each)",
                            wanted.size(), kMaxCxlTags));
-    if (!guest.mount_point.starts_with('/'))
-        refuse(Refusal::usage,
-               fmt::format("mount point '{}' is not an absolute path", guest.mount_point));
-    if (guest.ram_size == 0 || guest.ram_size % kGuestAlign != 0)
-        refuse(Refusal::usage,
-               fmt::format("guest RAM of {} bytes is not a positive multiple of 2 MiB",
-                           guest.ram_size));
-    std::set<Uuid> seen;
-    for (const auto& w : wanted)
-        if (!seen.insert(w).second)
-            refuse(Refusal::usage,
-                   fmt::format("tag {} is asked for twice; one guest sees a tag once", w.str()));
+    if (auto no = mount_point_refusal(guest.mount_point))
+        r.refused.push_back(std::move(*no));
+    if (auto no = ram_refusal(guest.ram_size))
+        r.refused.push_back(std::move(*no));
+    for (auto& no : duplicate_tag_refusals(wanted))
+        r.refused.push_back(std::move(no));
     if (!r.refused.empty())
         return r;
 

@@ -228,6 +228,34 @@ std::string shell_quote(std::string_view arg) {
     return out + "'";
 }
 
+std::optional<Refused> ram_refusal(std::uint64_t ram_size) {
+    if (ram_size != 0 && ram_size % kGuestAlign == 0)
+        return std::nullopt;
+    return Refused{
+        Refusal::usage,
+        fmt::format("guest RAM of {} bytes is not a positive multiple of 2 MiB", ram_size)};
+}
+
+std::optional<Refused> mount_point_refusal(const std::string& mount_point) {
+    if (mount_point.starts_with('/') && !has_control_char(mount_point))
+        return std::nullopt;
+    return Refused{
+        Refusal::usage,
+        fmt::format("mount point '{}' is not an absolute path without control characters",
+                    mount_point)};
+}
+
+std::vector<Refused> duplicate_tag_refusals(const std::vector<Uuid>& wanted) {
+    std::vector<Refused> out;
+    std::set<Uuid> seen;
+    for (const auto& w : wanted)
+        if (!seen.insert(w).second)
+            out.push_back(
+                {Refusal::usage,
+                 fmt::format("tag {} is asked for twice; one guest sees a tag once", w.str())});
+    return out;
+}
+
 PlanResult plan_handoff(const json& tags, const std::vector<Uuid>& wanted, const GuestSpec& guest) {
     PlanResult r;
     auto refuse = [&](Refusal why, std::string message) {
@@ -238,16 +266,12 @@ PlanResult plan_handoff(const json& tags, const std::vector<Uuid>& wanted, const
         refuse(Refusal::usage,
                fmt::format("machine '{}' is neither pc (pc-i440fx-*) nor q35 (pc-q35-*)",
                            guest.machine));
-    if (guest.ram_size == 0 || guest.ram_size % kGuestAlign != 0)
-        refuse(Refusal::usage,
-               fmt::format("guest RAM of {} bytes is not a positive multiple of 2 MiB",
-                           guest.ram_size));
+    if (auto no = ram_refusal(guest.ram_size))
+        r.refused.push_back(std::move(*no));
     if (guest.cpus == 0)
         refuse(Refusal::usage, "a guest needs at least one CPU");
-    if (!guest.mount_point.starts_with('/') || has_control_char(guest.mount_point))
-        refuse(Refusal::usage,
-               fmt::format("mount point '{}' is not an absolute path without control characters",
-                           guest.mount_point));
+    if (auto no = mount_point_refusal(guest.mount_point))
+        r.refused.push_back(std::move(*no));
     if (wanted.empty())
         refuse(Refusal::usage, "no tag given");
     if (wanted.size() > kMaxTags)
@@ -255,11 +279,8 @@ PlanResult plan_handoff(const json& tags, const std::vector<Uuid>& wanted, const
                fmt::format("{} tags asked for; a guest takes at most {} (QEMU has 128 NUMA nodes, "
                            "node 0 is the guest's RAM)",
                            wanted.size(), kMaxTags));
-    std::set<Uuid> seen;
-    for (const auto& w : wanted)
-        if (!seen.insert(w).second)
-            refuse(Refusal::usage,
-                   fmt::format("tag {} is asked for twice; one guest sees a tag once", w.str()));
+    for (auto& no : duplicate_tag_refusals(wanted))
+        r.refused.push_back(std::move(no));
     if (!r.refused.empty())
         return r;
 

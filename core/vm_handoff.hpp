@@ -75,6 +75,14 @@ struct Refused {
     std::string message;
 };
 
+// What both hand-off mechanisms refuse alike in a request, each where its
+// planner checks it: guest RAM that is not a positive multiple of 2 MiB; a
+// mount point that is not absolute or holds control characters (it goes
+// into the guest's item and command lines); a tag asked for twice.
+std::optional<Refused> ram_refusal(std::uint64_t ram_size);
+std::optional<Refused> mount_point_refusal(const std::string& mount_point);
+std::vector<Refused> duplicate_tag_refusals(const std::vector<Uuid>& wanted);
+
 // The tag's object (in `tags`, an array of tag_to_json objects) when it may
 // go to a guest: ready, one devdax device with a size; else why not. Both
 // hand-off mechanisms ask this.

@@ -139,6 +139,15 @@ TEST(VmCxl, Refusals) {
         tags.push_back(tag_json(i));
     }
     EXPECT_EQ(refusal(tags, many), Refusal::layout);
+    // The request's own checks are the boot-time hand-off's (vm_handoff.hpp).
+    for (const char* mount : {"run/tagmem", "/run/tag\nmem"}) {
+        CxlGuestSpec g;
+        g.mount_point = mount;
+        auto r = plan_cxl(json::array({tag_json(1)}), {tag_n(1)}, g);
+        ASSERT_EQ(r.refused.size(), 1u) << mount;
+        EXPECT_EQ(r.refused[0].why, Refusal::usage);
+        EXPECT_THAT(r.refused[0].message, HasSubstr("without control characters"));
+    }
 }
 
 TEST(VmCxl, QmpCommandsCoverTheTagFromOffsetZero) {
